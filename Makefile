@@ -1,0 +1,37 @@
+# cellseg developer entry points. Every target creates .venv on first use.
+#   make demo   synthetic data -> train -> predict -> validate -> score -> report
+#   make test   the fast test suite (what CI runs); `make test-slow` adds the slow ones
+#   make bench  benchmark tables
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch/torchvision pinned here (not in setup.cfg) so a user's CUDA machine can pick its own build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_OUT ?= demo_out
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: demo test test-slow bench venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(VENV)/bin/cellseg demo --out $(DEMO_OUT)
+
+test: venv
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-slow: venv
+	$(PY) -m pytest -q -n 2 --dist loadfile --runslow
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(DEMO_OUT) build dist *.egg-info

@@ -1,0 +1,62 @@
+"""Shared fixtures. Tests that need the real samples in ../shared/data skip when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CELLSEG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow") or os.environ.get("CELLSEG_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or CELLSEG_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads() -> None:
+    # the CI machine has 2 cores and pytest-xdist runs 2 workers
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real sample data not found at {path} (needs ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_sartorius() -> Path:
+    """../shared/data/sartorius: train.csv (1 image, 395 cells), train/, test/ (3 PNGs)."""
+    return _shared("sartorius")
+
+
+@pytest.fixture(scope="session")
+def shared_livecell() -> Path:
+    """../shared/data/livecell: official layout, 5 annotated val images (1,243 cells)."""
+    return _shared("livecell")
+
+
+@pytest.fixture(scope="session")
+def shared_unlabeled() -> Path:
+    """../shared/data/unlabeled/shsy5y: 48 unlabeled LIVECell TIFFs."""
+    return _shared("unlabeled/shsy5y")
