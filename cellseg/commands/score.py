@@ -1,0 +1,264 @@
+"""``cellseg score``: the competition metric (and COCO AP/AR) of predictions against truth.
+
+    cellseg score --truth data/sartorius/train.csv --pred submission.csv
+    cellseg score --truth data/sartorius --pred oof.csv --fold 0 --n-folds 5 --json score.json
+    cellseg score --truth livecell_coco_val.json --pred results.json --report report/
+
+Truth (``--truth``): anything ``cellseg.data.loaders.load_records`` reads: a competition folder
+or train.csv, a LIVECell root (``--split``), a COCO JSON.
+Predictions (``--pred``): a submission.csv (``id,predicted``; rows have no score, so COCO AP
+gives each 1.0), or a COCO results JSON: a list of ``{image_id, segmentation (COCO RLE), score,
+category_id}``, ``image_id`` being the truth's COCO/LIVECell image id or the kit's image id.
+Optional per-instance ``pred_iou`` / ``stability`` keys are averaged and printed.
+
+Every prediction counts for the competition metric (``--min-score`` drops low-confidence
+results first, like a submission would); COCO AP ranks them by score with up to 2000 per image.
+Images of the truth without predictions score 0 (or 1 when they have no cell either).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truth", required=True, type=Path,
+                        help="train.csv / competition folder / LIVECell root / COCO JSON")
+    parser.add_argument("--pred", required=True, type=Path,
+                        help="submission.csv or COCO results JSON")
+    parser.add_argument("--split", default=None,
+                        help="split of a folder truth (competition: train; LIVECell: val)")
+    parser.add_argument("--ids", nargs="+", default=None, metavar="ID",
+                        help="score only these image ids")
+    parser.add_argument("--fold", type=int, default=None, help="score only this fold")
+    parser.add_argument("--n-folds", type=int, default=5, help="number of folds (default 5)")
+    parser.add_argument("--fold-seed", type=int, default=0, help="fold seed (default 0)")
+    parser.add_argument("--min-score", type=float, default=0.0,
+                        help="competition metric: drop predictions scored below this")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="image folder for --report overlays (default: the truth's paths)")
+    parser.add_argument("--json", type=Path, default=None, help="write the full result here")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="write PNG overlays and plots into this folder")
+    parser.add_argument("--max-overlays", type=int, default=20,
+                        help="at most this many per-image overlays (default 20)")
+    parser.add_argument("--no-coco", action="store_true", help="skip COCO AP/AR")
+    parser.add_argument("--coco-backend", default="faster", choices=("faster", "pycocotools"),
+                        help="COCOeval implementation (default faster-coco-eval)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cellseg import metrics
+    from cellseg.io import write_json
+
+    records = _select(_load_truth(args.truth, args.split), args)
+    if not records:
+        print("error: no truth image selected", file=sys.stderr)
+        return 2
+    shapes = {r.image_id: r.shape for r in records}
+    truth = {r.image_id: metrics.runs_from_rles(r.rles, r.shape) for r in records}
+    preds, scores, extras = load_predictions(args.pred, records)
+    ignored = [k for k in preds if k not in truth]
+    if ignored:
+        print(f"note: {len(ignored)} predicted images are not in the scored truth and are "
+              f"ignored (e.g. {ignored[:3]})", file=sys.stderr)
+    preds = {k: v for k, v in preds.items() if k in truth}
+    comp_preds = preds
+    if args.min_score > 0:
+        comp_preds = {k: _keep(v, scores[k] >= args.min_score) for k, v in preds.items()}
+    report = metrics.score(truth, comp_preds, cell_types={r.image_id: r.cell_type
+                                                           for r in records}, shape=shapes)
+    result = report.to_dict()
+    if not args.no_coco:
+        from cellseg.metrics_coco import coco_metrics
+
+        result["coco"] = coco_metrics(truth, preds, {k: scores[k] for k in preds},
+                                      shape=shapes, backend=args.coco_backend)
+    else:
+        result["coco"] = None
+    if extras:
+        result["pred_extras"] = {k: float(np.mean(v)) for k, v in extras.items()}
+    result["truth"], result["pred"] = str(args.truth), str(args.pred)
+    print(format_result(result))
+    if args.json is not None:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.report is not None:
+        from cellseg.report import write_report
+
+        paths = write_report(args.report, report, truth, comp_preds,
+                             _image_paths(records, args.images), max_images=args.max_overlays)
+        print(f"wrote {len(paths)} report files to {args.report}")
+    return 0
+
+
+def _load_truth(path: Path, split: str | None) -> list:
+    from cellseg.data.loaders import detect, load_records
+
+    kind = detect(path)
+    if split is None:
+        split = "val" if kind == "livecell" else "train"
+    records = load_records(path, split)
+    if not any(r.rles for r in records):
+        raise SystemExit(f"error: {path} ({kind}, split {split}) has no annotated image")
+    return records
+
+
+def _select(records: list, args: argparse.Namespace) -> list:
+    if args.ids:
+        have = {r.image_id for r in records}
+        unknown = [i for i in args.ids if i not in have]
+        if unknown:
+            raise SystemExit(f"error: --ids not in the truth: {unknown[:5]}")
+        wanted = set(args.ids)
+        records = [r for r in records if r.image_id in wanted]
+    if args.fold is not None:
+        from cellseg.data.folds import make_folds
+
+        if not 0 <= args.fold < args.n_folds:
+            raise SystemExit(f"error: --fold must be in 0..{args.n_folds - 1}")
+        folds = make_folds(records, n_folds=args.n_folds, seed=args.fold_seed)
+        records = [r for r in records if folds[r.image_id] == args.fold]
+    return records
+
+
+def _keep(runs: Any, keep: np.ndarray) -> Any:
+    from cellseg.metrics import Runs
+
+    idx = np.flatnonzero(keep)
+    new_id = np.full(runs.n, -1, np.int64)
+    new_id[idx] = np.arange(idx.size)
+    sel = keep[runs.owner]
+    return Runs(runs.starts[sel], runs.lengths[sel], new_id[runs.owner[sel]], int(idx.size),
+                runs.shape)
+
+
+def load_predictions(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
+    """Read predictions for the images of ``records``.
+
+    Returns:
+        ``(runs, scores, extras)``: image id -> ``metrics.Runs``; image id -> (P,) float64
+        scores (1.0 for submission rows); name -> all values of ``pred_iou`` / ``stability``.
+    """
+    from cellseg import metrics
+
+    shapes = {r.image_id: r.shape for r in records}
+    if path.suffix.lower() == ".csv":
+        from cellseg.submission import read_submission
+
+        runs, scores = {}, {}
+        for image_id, rles in read_submission(path).items():
+            shp = shapes.get(image_id, metrics.SHAPE)
+            try:
+                runs[image_id] = metrics.runs_from_rles(rles, shp)
+            except ValueError as err:
+                raise SystemExit(f"error: {path} image {image_id}: {err}") from None
+            scores[image_id] = np.ones(len(rles))
+        return runs, scores, {}
+    if path.suffix.lower() != ".json":
+        raise SystemExit(f"error: {path}: predictions must be a .csv submission or .json "
+                         f"COCO results")
+    return _load_coco_results(path, records)
+
+
+def _load_coco_results(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
+    from cellseg.metrics_coco import coco_to_runs
+
+    with open(path) as fh:
+        data = json.load(fh)
+    if isinstance(data, dict):
+        data = data.get("annotations", data)
+        data = list(data.values()) if isinstance(data, dict) else data
+    if not isinstance(data, list):
+        raise SystemExit(f"error: {path}: expected a list of COCO results")
+    alias: dict[Any, str] = {}
+    for r in records:
+        alias[r.image_id] = r.image_id
+        for key in ("coco_id", "livecell_id"):
+            if key in r.meta:
+                alias[r.meta[key]] = r.image_id
+        if "file_name" in r.meta:
+            alias[Path(str(r.meta["file_name"])).stem] = r.image_id
+    shapes = {r.image_id: r.shape for r in records}
+    segs: dict[str, list] = {}
+    scores: dict[str, list] = {}
+    extras: dict[str, list] = {}
+    unknown = set()
+    for n, det in enumerate(data):
+        try:
+            key, seg = det["image_id"], det["segmentation"]
+        except (KeyError, TypeError):
+            raise SystemExit(f"error: {path} result {n}: needs image_id and segmentation "
+                             f"(COCO RLE)") from None
+        image_id = alias.get(key, alias.get(str(key)))
+        if image_id is None:
+            unknown.add(key)
+            continue
+        if not isinstance(seg, dict) or "counts" not in seg:
+            raise SystemExit(f"error: {path} result {n}: segmentation must be a COCO RLE dict "
+                             f"(size, counts), not polygons")
+        segs.setdefault(image_id, []).append(seg)
+        scores.setdefault(image_id, []).append(float(det.get("score", 1.0)))
+        for name in ("pred_iou", "stability"):
+            if name in det:
+                extras.setdefault(name, []).append(float(det[name]))
+    if unknown:
+        print(f"note: {path}: {len(unknown)} image ids match no truth image (e.g. "
+              f"{sorted(map(str, unknown))[:3]}); their results are ignored", file=sys.stderr)
+    runs = {}
+    for k, v in segs.items():
+        try:
+            runs[k] = coco_to_runs(v, shapes[k])
+        except ValueError as err:
+            raise SystemExit(f"error: {path} image {k}: {err}") from None
+    return runs, {k: np.asarray(v) for k, v in scores.items()}, extras
+
+
+def _image_paths(records: Sequence, images: Path | None) -> dict[str, Path]:
+    out = {}
+    for r in records:
+        if images is not None:
+            hits = [p for p in (images / f"{r.image_id}{s}" for s in
+                                (".png", ".tif", ".tiff")) if p.is_file()]
+            if hits:
+                out[r.image_id] = hits[0]
+        elif r.image_path is not None and Path(r.image_path).is_file():
+            out[r.image_id] = Path(r.image_path)
+    return out
+
+
+def format_result(result: Mapping[str, Any]) -> str:
+    """The printed table: overall score, per cell type, per threshold, counts, COCO AP/AR."""
+    lines = [f"competition score  {result['score']:.4f}   "
+             f"({result['counts']['n_images']} images, {result['counts']['n_true']} true cells, "
+             f"{result['counts']['n_pred']} predicted)", ""]
+    per_type: dict[str, list[float]] = {}
+    for r in result["per_image"].values():
+        per_type.setdefault(r["cell_type"] or "unknown", []).append(r["score"])
+    lines.append(f"{'cell type':<12} {'images':>6} {'score':>8}")
+    for t, s in result["per_cell_type"].items():
+        lines.append(f"{t:<12} {len(per_type.get(t, [])):>6} {s:>8.4f}")
+    lines.append("")
+    c = result["counts"]
+    lines.append(f"{'IoU >':<6} {'score':>7} {'TP':>7} {'FP':>7} {'FN':>7}")
+    for t, s in result["per_threshold"].items():
+        lines.append(f"{t:<6} {s:>7.4f} {c['tp'][t]:>7} {c['fp'][t]:>7} {c['fn'][t]:>7}")
+    lines.append("(TP/FP/FN are summed for reading; the score averages per image)")
+    coco = result.get("coco")
+    if coco:
+        lines.append("")
+        lines.append(f"COCO mask AP/AR at maxDets={coco['max_dets']} (LIVECell size bins):")
+        keys = [k for k in coco if k.startswith(("AP", "AR"))]
+        for i in range(0, len(keys), 6):
+            lines.append("  " + "  ".join(f"{k}={coco[k]:.4f}" for k in keys[i:i + 6]))
+    if result.get("pred_extras"):
+        lines.append("")
+        lines.append("prediction averages: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in result["pred_extras"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,538 @@
+"""The competition metric, computed sparsely: one implementation shared by training validation,
+``cellseg score`` and tuning.
+
+    from cellseg.metrics import score, match_image
+    report = score({"0030fd0e6378": truth_rles}, {"0030fd0e6378": pred_rles},
+                   cell_types={"0030fd0e6378": "shsy5y"})
+    report.score, report.per_cell_type, report.per_threshold, report.counts
+
+Definition (Sartorius Cell Instance Segmentation):
+
+* per image and threshold t in 0.50, 0.55, ..., 0.95 a prediction matches a true cell when
+  IoU > t, strictly. The comparison is done in exact integer arithmetic
+  (``20 * intersection > k * union`` for t = k / 20), so an IoU of exactly 0.5 is a miss no
+  matter how floats round;
+* score(t) = TP / (TP + FP + FN); the image score is the mean over the 10 thresholds; the data
+  set score is the mean of image scores (counts are NEVER pooled across images);
+* undefined cases (Kaggle does not say): no true cell and no prediction -> 1.0; exactly one side
+  empty -> 0.0 (follows from the formula).
+
+Matching. With IoU > 0.5 and non-overlapping masks on both sides each truth can match at most
+one prediction and vice versa, so matching is unique. Training masks overlap, and local
+predictions may, so pairs are matched one-to-one GREEDILY by IoU descending (ties: lower truth
+index, then lower prediction index) among pairs with IoU > 0.5. TP(t) is the number of greedy
+pairs with IoU > t: greedy matching on the pairs above t equals the prefix of the greedy
+matching above 0.5, because pairs above t come first in the IoU order.
+
+How it stays fast and small: masks are kept as runs over the C-order flat image (``Runs``),
+never as one dense array per cell. All RLE strings of an image are parsed in one call.
+Intersections come from ``np.bincount`` over (truth id, prediction label) pairs of the truth
+pixels, looking up a prediction label image; when both sides overlap, a scipy sparse product.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+
+import numpy as np
+
+from cellseg import rle as rle_codec
+
+if TYPE_CHECKING:
+    from cellseg.data.record import ImageRecord
+    from cellseg.instances import Instances
+
+# t = k / 20 for k = 10..19: the integer form keeps "IoU > t" exact
+_K = np.arange(10, 20, dtype=np.int64)
+THRESHOLDS: np.ndarray = _K / 20.0  # 0.50, 0.55, ..., 0.95
+THRESHOLD_KEYS: tuple[str, ...] = tuple(f"{t:.2f}" for t in THRESHOLDS)
+SHAPE = rle_codec.SHAPE
+
+
+# --------------------------------------------------------------------------------------------
+# Masks of one image as runs
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Runs:
+    """The instances of one image as runs over its C-order flat pixel array.
+
+    Attributes:
+        starts: (R,) int64 0-indexed run starts; the runs of one instance are ascending.
+        lengths: (R,) int64 run lengths (>= 1).
+        owner: (R,) int64 instance index of each run, in [0, n).
+        n: number of instances (an instance may have no run: an empty mask).
+        shape: (height, width) of the image.
+    """
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    owner: np.ndarray
+    n: int
+    shape: tuple[int, int]
+
+    @property
+    def areas(self) -> np.ndarray:
+        """(n,) int64 pixel count of each instance."""
+        return np.bincount(self.owner, weights=self.lengths, minlength=self.n).astype(np.int64)
+
+    def overlapping(self) -> bool:
+        """True when two instances share a pixel (runs of one instance never overlap)."""
+        return self.starts.size > 1 and _sorted_disjoint(self) is None
+
+    def pixels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat pixel indices and their instance index: two (sum(lengths),) int64 arrays."""
+        return expand_runs(self.starts, self.lengths), np.repeat(self.owner, self.lengths)
+
+    def label_image(self) -> np.ndarray:
+        """(H*W,) int32 flat label image, instance i -> i + 1. Only for non-overlapping runs."""
+        n_pixels = self.shape[0] * self.shape[1]
+        # difference array + cumsum: one pass over the image instead of expanding every pixel
+        diff = np.zeros(n_pixels + 1, dtype=np.int32)
+        value = (self.owner + 1).astype(np.int32)
+        # starts are unique and so are ends when runs do not overlap: plain fancy updates
+        diff[self.starts] += value
+        diff[self.starts + self.lengths] -= value
+        return np.cumsum(diff[:-1], dtype=np.int32)
+
+
+def expand_runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Flat pixel indices covered by runs, in run order: (sum(lengths),) int64.
+
+    Same result as ``cellseg.rle.runs_to_indices`` with one cumsum instead of two repeats
+    (the metric's hot loop); lengths must be >= 1.
+    """
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    step = np.ones(total, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths  # position of each run's first pixel in the output
+    step[first[0]] = starts[0]
+    # jump from the previous run's last pixel to this run's first pixel
+    step[first[1:]] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1
+    return np.cumsum(step)
+
+
+_CANONICAL_BAD = ("  ", "\t", "\n", "\r", "\x0b", "\x0c")
+
+
+def runs_from_rles(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> Runs:
+    """Parse and validate all RLE strings of one image in one go.
+
+    Args:
+        rles: competition RLE strings (``"start length ..."``, 1-indexed, C order); "" is an
+            empty instance.
+        shape: (height, width) of the image.
+    Raises:
+        rle.RLEError: naming the instance index and the broken rule.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    n = len(rles)
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return Runs(z, z, z, 0, shape)
+    joined = " ".join(rles)
+    values = counts = None
+    # fast path: canonical single-space strings -> token counts from str.count, one C parse
+    # of all numbers (np.fromstring text mode); anything else takes the tolerant slow path
+    if joined and joined[0] != " " and joined[-1] != " " and not any(
+            b in joined for b in _CANONICAL_BAD):
+        # no empty string here (it would leave a double, leading or trailing space)
+        counts = np.fromiter((r.count(" ") for r in rles), np.int64, n) + 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                values = np.fromstring(joined, dtype=np.int64, sep=" ")
+            except (ValueError, AttributeError):
+                values = None
+        if values is not None and values.size != counts.sum():
+            values = None  # garbage token: the slow path names it
+    if values is None:
+        tokens = [r.split() for r in rles]
+        counts = np.fromiter(map(len, tokens), np.int64, n)
+        try:
+            values = np.array([t for ts in tokens for t in ts], dtype=np.int64)
+        except (ValueError, OverflowError):
+            _raise_first_error(rles, shape)
+    if (counts % 2).any():
+        _raise_first_error(rles, shape)
+    pairs = values.reshape(-1, 2)
+    starts, lengths = pairs[:, 0] - 1, pairs[:, 1]
+    owner = np.repeat(np.arange(n, dtype=np.int64), counts // 2)
+    n_pixels = shape[0] * shape[1]
+    ends = starts + lengths
+    same = owner[1:] == owner[:-1]
+    if ((starts < 0).any() or (lengths < 1).any() or (ends > n_pixels).any()
+            or (same & (starts[1:] < ends[:-1])).any()):
+        _raise_first_error(rles, shape)
+    return Runs(starts, lengths, owner, n, shape)
+
+
+def _raise_first_error(rles: Sequence[str], shape: tuple[int, int]) -> None:
+    for i, r in enumerate(rles):
+        try:
+            rle_codec.parse(r, shape)
+        except rle_codec.RLEError as err:
+            raise rle_codec.RLEError(f"instance {i}: {err}") from None
+    raise AssertionError("batch RLE validation failed but every string parses")  # pragma: no cover
+
+
+def runs_from_labels(labels: np.ndarray) -> Runs:
+    """Runs of an (H, W) integer label image (0 = background); instance order = ascending label."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"label image must be (H, W), got shape {labels.shape}")
+    shape = (int(labels.shape[0]), int(labels.shape[1]))
+    flat = labels.ravel(order="C")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    run_starts = np.concatenate(([0], change)).astype(np.int64)
+    run_lengths = np.diff(np.concatenate((run_starts, [flat.size])))
+    values = flat[run_starts]
+    keep = values != 0
+    run_starts, run_lengths, values = run_starts[keep], run_lengths[keep], values[keep]
+    ids, owner = np.unique(values, return_inverse=True)
+    order = np.argsort(owner, kind="stable")  # group runs by instance, pixel order within
+    return Runs(run_starts[order], run_lengths[order], owner[order].astype(np.int64),
+                int(ids.size), shape)
+
+
+def runs_from_instances(inst: "Instances") -> Runs:
+    """Runs of ``cellseg.instances.Instances`` (crop masks placed at their boxes)."""
+    h, w = inst.image_shape
+    starts, lengths, owner = [], [], []
+    for i, ((x0, y0, x1, y1), m) in enumerate(zip(inst.boxes, inst.masks)):
+        m = np.asarray(m, dtype=bool)
+        if m.size == 0 or not m.any():
+            continue
+        if m.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"instance {i}: mask shape {m.shape} does not fit box "
+                             f"{(int(x0), int(y0), int(x1), int(y1))}")
+        pad = np.zeros((m.shape[0], m.shape[1] + 2), dtype=np.int8)
+        pad[:, 1:-1] = m
+        d = np.diff(pad, axis=1)
+        r0, c0 = np.nonzero(d == 1)  # row-major order: ascending flat position
+        _, c1 = np.nonzero(d == -1)
+        s = (r0.astype(np.int64) + int(y0)) * w + c0 + int(x0)
+        starts.append(s)
+        lengths.append((c1 - c0).astype(np.int64))
+        owner.append(np.full(s.size, i, np.int64))
+    if not starts:
+        z = np.zeros(0, np.int64)
+        return Runs(z, z, z, len(inst), (h, w))
+    return Runs(np.concatenate(starts), np.concatenate(lengths), np.concatenate(owner),
+                len(inst), (h, w))
+
+
+MaskInput = Union[Runs, Sequence[str], np.ndarray, "Instances"]
+
+
+def as_runs(masks: MaskInput, shape: tuple[int, int] | None = None) -> Runs:
+    """Runs from RLE strings, an (H, W) label image, ``Instances`` or ``Runs``."""
+    if isinstance(masks, Runs):
+        return masks
+    if isinstance(masks, np.ndarray):
+        if masks.ndim == 2 and masks.dtype != object:
+            return runs_from_labels(masks)
+        masks = masks.tolist()
+    if hasattr(masks, "boxes") and hasattr(masks, "image_shape"):
+        return runs_from_instances(masks)  # type: ignore[arg-type]
+    return runs_from_rles(list(masks), SHAPE if shape is None else shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Intersections and matching
+# --------------------------------------------------------------------------------------------
+
+def intersections(truth: Runs, pred: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nonzero intersections between every truth and prediction instance.
+
+    Works on runs, not pixels: when one side has no overlapping instances its runs, sorted,
+    are disjoint intervals with ascending ends, so the runs of the other side that each one
+    meets come from two ``searchsorted`` calls and the shared length from min/max arithmetic
+    (a few thousand runs per image instead of ~10^5 pixels). When both sides overlap, a scipy
+    sparse product of pixel indicator matrices.
+
+    Returns:
+        ``(ti, pi, inter)``: three (K,) int64 arrays, truth index, prediction index and shared
+        pixel count of each overlapping pair, sorted by (ti, pi).
+    """
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth is {truth.shape}, prediction is {pred.shape} (HxW)")
+    z = np.zeros(0, np.int64)
+    if truth.starts.size == 0 or pred.starts.size == 0:
+        return z, z, z
+    sorted_pred = _sorted_disjoint(pred)
+    if sorted_pred is not None:
+        ti, pi, inter = _run_pairs(truth, *sorted_pred, pred.n)
+    else:
+        sorted_truth = _sorted_disjoint(truth)
+        if sorted_truth is None:
+            return _intersections_sparse(truth, pred)
+        pi, ti, inter = _run_pairs(pred, *sorted_truth, truth.n)
+        order = np.lexsort((pi, ti))
+        ti, pi, inter = ti[order], pi[order], inter[order]
+    return ti, pi, inter
+
+
+def _sorted_disjoint(runs: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(starts, ends, owner) sorted by start, or None when two instances overlap."""
+    order = np.argsort(runs.starts, kind="stable")  # radix sort: faster than quicksort here
+    s = runs.starts[order]
+    e = s + runs.lengths[order]
+    if (s[1:] < e[:-1]).any():
+        return None
+    return s, e, runs.owner[order]
+
+
+def _run_pairs(a: Runs, bs: np.ndarray, be: np.ndarray, bo: np.ndarray,
+               b_n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # b's runs are disjoint and sorted, so their ends ascend too: run j meets [as, ae) iff
+    # be[j] > as and bs[j] < ae, i.e. j in [i0, i1)
+    a_s = a.starts
+    a_e = a_s + a.lengths
+    i0 = np.searchsorted(be, a_s, side="right")
+    i1 = np.searchsorted(bs, a_e, side="left")
+    cnt = i1 - i0
+    hit = cnt > 0
+    if not hit.any():
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    ai = np.repeat(np.flatnonzero(hit), cnt[hit])
+    bi = expand_runs(i0[hit], cnt[hit])  # consecutive b runs for each a run
+    length = np.minimum(a_e[ai], be[bi]) - np.maximum(a_s[ai], bs[bi])
+    key = a.owner[ai] * b_n + bo[bi]
+    bits = int(length.max()).bit_length()
+    if int(key.max()).bit_length() + bits < 63:
+        # pack (pair, length) into one int64 and sort once: cheaper than a T*P count table
+        # or np.unique(return_inverse) at a few thousand pairs per image
+        packed = np.sort((key << bits) | length)
+        key, length = packed >> bits, packed & ((1 << bits) - 1)
+        first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        uniq, inter = key[first], np.add.reduceat(length, first)
+    else:
+        uniq, inv = np.unique(key, return_inverse=True)
+        inter = np.bincount(inv.reshape(-1), weights=length).astype(np.int64)
+    return uniq // b_n, uniq % b_n, inter
+
+
+def _intersections_sparse(truth: Runs, pred: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # both sides overlap: (T x HW) @ (HW x P) sparse product of indicator matrices
+    from scipy import sparse  # lazy
+
+    n_pixels = truth.shape[0] * truth.shape[1]
+    tp, tid = truth.pixels()
+    pp, pid = pred.pixels()
+    a = sparse.csr_matrix((np.ones(tp.size, np.int64), (tid, tp)), shape=(truth.n, n_pixels))
+    b = sparse.csr_matrix((np.ones(pp.size, np.int64), (pid, pp)), shape=(pred.n, n_pixels))
+    prod = (a @ b.T).tocoo()
+    order = np.lexsort((prod.col, prod.row))
+    return (prod.row[order].astype(np.int64), prod.col[order].astype(np.int64),
+            prod.data[order].astype(np.int64))
+
+
+def iou_matrix(truth: MaskInput, pred: MaskInput, shape: tuple[int, int] = SHAPE) -> np.ndarray:
+    """Dense (T, P) float64 IoU matrix, computed from sparse intersections.
+
+    ``truth`` / ``pred``: lists of RLE strings, (H, W) label images, ``Instances`` or ``Runs``.
+    """
+    t, p = as_runs(truth, shape), as_runs(pred, shape)
+    ti, pi, inter = intersections(t, p)
+    out = np.zeros((t.n, p.n), dtype=np.float64)
+    union = t.areas[ti] + p.areas[pi] - inter
+    out[ti, pi] = inter / union
+    return out
+
+
+def greedy_match(ti: np.ndarray, pi: np.ndarray, inter: np.ndarray,
+                 union: np.ndarray) -> np.ndarray:
+    """Indices into the candidate pairs kept by one-to-one greedy matching by IoU descending.
+
+    Only pairs with IoU > 0.5 should be passed. Ties: lower truth index, then lower prediction
+    index. Returns (M,) int64 positions, in IoU-descending order.
+    """
+    if ti.size == 0:
+        return np.zeros(0, np.int64)
+    iou = inter / union
+    order = np.lexsort((pi, ti, -iou))
+    if np.unique(ti).size == ti.size and np.unique(pi).size == pi.size:
+        return order  # the usual case (IoU > 0.5, no overlaps): already one-to-one
+    used_t, used_p, keep = set(), set(), []
+    for k in order.tolist():
+        a, b = int(ti[k]), int(pi[k])
+        if a not in used_t and b not in used_p:
+            used_t.add(a)
+            used_p.add(b)
+            keep.append(k)
+    return np.array(keep, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """Metric of one image.
+
+    Attributes:
+        image_id: id, or None when scored alone.
+        cell_type: cell type, or None.
+        n_true, n_pred: instance counts (empty masks count: they can only be FP/FN).
+        tp, fp, fn: (10,) int64 counts at each threshold of ``THRESHOLDS``.
+        scores: (10,) float64 TP / (TP + FP + FN) at each threshold.
+        score: mean of ``scores``.
+        matches: (M, 2) int64 (truth index, prediction index) pairs matched at IoU > 0.5.
+        match_iou: (M,) float64 their IoU.
+    """
+
+    image_id: str | None
+    cell_type: str | None
+    n_true: int
+    n_pred: int
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    scores: np.ndarray
+    score: float
+    matches: np.ndarray = field(repr=False)
+    match_iou: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": float(self.score), "cell_type": self.cell_type,
+                "n_true": self.n_true, "n_pred": self.n_pred,
+                "per_threshold": dict(zip(THRESHOLD_KEYS, map(float, self.scores))),
+                "tp": self.tp.tolist(), "fp": self.fp.tolist(), "fn": self.fn.tolist()}
+
+
+def match_image(truth: MaskInput, pred: MaskInput, shape: tuple[int, int] = SHAPE, *,
+                image_id: str | None = None, cell_type: str | None = None) -> ImageResult:
+    """Score one image.
+
+    Args:
+        truth: true cells: list of RLE strings (may overlap), (H, W) label image, ``Runs``.
+        pred: predicted cells, same forms or ``Instances``.
+        shape: (height, width), used for RLE strings.
+    """
+    t, p = as_runs(truth, shape), as_runs(pred, shape)
+    ti, pi, inter = intersections(t, p)
+    union = t.areas[ti] + p.areas[pi] - inter
+    cand = 2 * inter > union  # IoU > 0.5, exactly
+    ti, pi, inter, union = ti[cand], pi[cand], inter[cand], union[cand]
+    keep = greedy_match(ti, pi, inter, union)
+    ti, pi, inter, union = ti[keep], pi[keep], inter[keep], union[keep]
+    # TP(t = k/20) = matched pairs with 20 * inter > k * union
+    tp = (20 * inter[None, :] > _K[:, None] * union[None, :]).sum(axis=1).astype(np.int64)
+    fp, fn = p.n - tp, t.n - tp
+    denom = tp + fp + fn
+    if t.n == 0 and p.n == 0:
+        scores = np.ones(len(_K))  # documented choice: nothing to find, nothing found
+    else:
+        scores = tp / denom
+    return ImageResult(image_id, cell_type, t.n, p.n, tp, fp, fn, scores, float(scores.mean()),
+                       np.stack([ti, pi], axis=1), inter / np.maximum(union, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Data-set score
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ScoreReport:
+    """Competition metric over a set of images (mean of image scores, never pooled counts)."""
+
+    images: dict[str, ImageResult]
+
+    @property
+    def score(self) -> float:
+        if not self.images:
+            return float("nan")
+        return float(np.mean([r.score for r in self.images.values()]))
+
+    @property
+    def per_image(self) -> dict[str, float]:
+        return {k: r.score for k, r in self.images.items()}
+
+    @property
+    def per_cell_type(self) -> dict[str, float]:
+        """Mean image score per cell type (images without a type under "unknown")."""
+        groups: dict[str, list[float]] = {}
+        for r in self.images.values():
+            groups.setdefault(r.cell_type or "unknown", []).append(r.score)
+        return {k: float(np.mean(v)) for k, v in sorted(groups.items())}
+
+    @property
+    def per_threshold(self) -> dict[str, float]:
+        """Mean over images of score(t), keyed "0.50" .. "0.95"."""
+        if not self.images:
+            return {k: float("nan") for k in THRESHOLD_KEYS}
+        m = np.mean([r.scores for r in self.images.values()], axis=0)
+        return dict(zip(THRESHOLD_KEYS, map(float, m)))
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        """Totals for reading, NOT for scoring: n_images, n_true, n_pred, tp/fp/fn per threshold."""
+        rs = list(self.images.values())
+        out: dict[str, Any] = {"n_images": len(rs), "n_true": sum(r.n_true for r in rs),
+                               "n_pred": sum(r.n_pred for r in rs)}
+        for name in ("tp", "fp", "fn"):
+            tot = np.sum([getattr(r, name) for r in rs], axis=0) if rs else np.zeros(10, int)
+            out[name] = dict(zip(THRESHOLD_KEYS, map(int, tot)))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": self.score,
+                "per_image": {k: r.to_dict() for k, r in self.images.items()},
+                "per_cell_type": self.per_cell_type,
+                "per_threshold": self.per_threshold,
+                "counts": self.counts}
+
+
+def score(truth: Mapping[str, MaskInput], pred: Mapping[str, MaskInput], *,
+          cell_types: Mapping[str, str | None] | None = None,
+          shape: tuple[int, int] | Mapping[str, tuple[int, int]] = SHAPE) -> ScoreReport:
+    """Score predictions against truth over the images of ``truth``.
+
+    Args:
+        truth: image id -> true cells (RLE strings, label image, ...). Every key is scored.
+        pred: image id -> predicted cells; a missing id is an image with no prediction.
+        cell_types: image id -> cell type, for the per-type breakdown.
+        shape: (height, width) of every image, or image id -> shape.
+    Raises:
+        ValueError: ``pred`` has ids that ``truth`` lacks (wrong files, or a fold mix-up).
+    """
+    unknown = [k for k in pred if k not in truth]
+    if unknown:
+        raise ValueError(f"{len(unknown)} predicted image ids are not in the truth, e.g. "
+                         f"{unknown[:3]}; restrict the predictions to the scored images")
+    results = {}
+    for image_id, t in truth.items():
+        shp = shape[image_id] if isinstance(shape, Mapping) else shape
+        ct = cell_types.get(image_id) if cell_types else None
+        try:
+            results[image_id] = match_image(t, pred.get(image_id, []), shp,
+                                            image_id=image_id, cell_type=ct)
+        except ValueError as err:
+            raise type(err)(f"image {image_id}: {err}") from None
+    return ScoreReport(results)
+
+
+def score_instances(records: Sequence["ImageRecord"],
+                    preds: Sequence["Instances"]) -> ScoreReport:
+    """Score predicted ``Instances`` against ``ImageRecord`` truth (training validation, tune)."""
+    if len(records) != len(preds):
+        raise ValueError(f"{len(records)} records but {len(preds)} predictions")
+    truth = {r.image_id: runs_from_rles(r.rles, r.shape) for r in records}
+    if len(truth) != len(records):
+        raise ValueError("duplicate image ids in records")
+    for r, p in zip(records, preds):
+        if tuple(p.image_shape) != r.shape:
+            raise ValueError(f"image {r.image_id}: prediction is {p.image_shape}, "
+                             f"truth is {r.shape} (HxW)")
+    pred = {r.image_id: runs_from_instances(p) for r, p in zip(records, preds)}
+    return score(truth, pred, cell_types={r.image_id: r.cell_type for r in records})
+
+
+def coco_metrics(*args: Any, **kwargs: Any) -> dict[str, float]:
+    """COCO mask AP/AR at maxDets 2000 with LIVECell size bins: see
+    ``cellseg.metrics_coco.coco_metrics`` (imported lazily: it needs pycocotools)."""
+    from cellseg.metrics_coco import coco_metrics as _coco_metrics
+
+    return _coco_metrics(*args, **kwargs)

@@ -1,0 +1,166 @@
+"""Visual report of a scoring run: per-image overlays and summary plots (PNG).
+
+    from cellseg.report import write_report
+    write_report("report/", score_report, truth_runs, pred_runs, image_paths)
+
+* ``overlay_<id>.png``: the grayscale image with outlines, matched at IoU > 0.5: predicted
+  cells that match (true positives) green, unmatched predictions (false positives) red, true
+  cells nobody found (false negatives) yellow.
+* ``score_per_cell_type.png``: bar chart of the mean image score per cell type.
+* ``score_vs_threshold.png``: score against the IoU threshold, overall and per cell type.
+
+matplotlib (Agg backend) is imported only here, only when a report is written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+
+from cellseg.metrics import THRESHOLDS, ImageResult, Runs
+
+if TYPE_CHECKING:
+    from cellseg.metrics import ScoreReport
+
+# RGB in 0..1
+GREEN, RED, YELLOW = (0.1, 0.9, 0.2), (1.0, 0.15, 0.15), (1.0, 0.85, 0.0)
+
+
+def outline(runs: Runs, which: Sequence[int] | np.ndarray, thickness: int = 1) -> np.ndarray:
+    """(H, W) bool: the inner boundary pixels of the chosen instances (overlaps allowed).
+
+    Each instance is rasterised only inside its bounding box.
+    """
+    from scipy import ndimage  # lazy
+
+    h, w = runs.shape
+    out = np.zeros((h, w), dtype=bool)
+    which = np.asarray(which, dtype=np.int64)
+    if which.size == 0 or runs.starts.size == 0:
+        return out
+    chosen = np.isin(runs.owner, which)
+    from cellseg.metrics import expand_runs
+
+    pix = expand_runs(runs.starts[chosen], runs.lengths[chosen])
+    owner = np.repeat(runs.owner[chosen], runs.lengths[chosen])
+    order = np.argsort(owner, kind="stable")
+    pix, owner = pix[order], owner[order]
+    bounds = np.flatnonzero(np.diff(owner)) + 1
+    structure = ndimage.generate_binary_structure(2, 1)
+    for p in np.split(pix, bounds):
+        r, c = p // w, p % w
+        r0, c0 = r.min(), c.min()
+        crop = np.zeros((r.max() - r0 + 3, c.max() - c0 + 3), dtype=bool)  # 1 px margin
+        crop[r - r0 + 1, c - c0 + 1] = True
+        inner = ndimage.binary_erosion(crop, structure, iterations=thickness)
+        edge = crop & ~inner
+        er, ec = np.nonzero(edge)
+        out[er + r0 - 1, ec + c0 - 1] = True
+    return out
+
+
+def overlay(image: np.ndarray, truth: Runs, pred: Runs, result: ImageResult) -> np.ndarray:
+    """(H, W, 3) float RGB in [0, 1]: ``image`` (H, W) uint8 with TP/FP/FN outlines."""
+    img = np.asarray(image, dtype=np.float64)
+    lo, hi = np.percentile(img, (0.5, 99.5))  # phase-contrast images are low contrast
+    gray = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 0.85
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    matched_t = result.matches[:, 0] if result.matches.size else np.zeros(0, np.int64)
+    matched_p = result.matches[:, 1] if result.matches.size else np.zeros(0, np.int64)
+    fn = np.setdiff1d(np.arange(truth.n), matched_t)
+    fp = np.setdiff1d(np.arange(pred.n), matched_p)
+    for which, runs, color in ((fn, truth, YELLOW), (fp, pred, RED), (matched_p, pred, GREEN)):
+        rgb[outline(runs, which)] = color
+    return rgb
+
+
+def write_report(out_dir: str | os.PathLike, report: "ScoreReport",
+                 truth: Mapping[str, Runs], pred: Mapping[str, Runs],
+                 image_paths: Mapping[str, str | os.PathLike], *,
+                 max_images: int = 20) -> list[Path]:
+    """Write overlays for up to ``max_images`` images (worst scores first) and the plots.
+
+    Images without a readable path get no overlay. Returns the written paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from cellseg.io import atomic_path, read_gray
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        path = out / name
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    ranked = sorted(report.images.values(), key=lambda r: r.score)
+    shown = [r for r in ranked if r.image_id in image_paths][:max_images]
+    for res in shown:
+        image = read_gray(image_paths[res.image_id])
+        t = truth[res.image_id]
+        p = pred.get(res.image_id) or Runs(*(np.zeros(0, np.int64),) * 3, 0, t.shape)
+        rgb = overlay(image, t, p, res)
+        h, w = rgb.shape[:2]
+        fig = plt.figure(figsize=(w / 100, h / 100 + 0.45))
+        ax = fig.add_axes((0, 0, 1, h / (h + 45)))
+        ax.imshow(rgb, interpolation="nearest")
+        ax.set_axis_off()
+        n_tp = int(res.tp[0])
+        fig.text(0.01, 1 - 22 / (h + 45), f"{res.image_id}  {res.cell_type or ''}   "
+                 f"score {res.score:.3f}   at IoU>0.5: TP {n_tp}  FP {int(res.fp[0])}  "
+                 f"FN {int(res.fn[0])}", fontsize=10, va="center")
+        ax.legend(handles=[Patch(color=GREEN, label="true positive"),
+                           Patch(color=RED, label="false positive"),
+                           Patch(color=YELLOW, label="missed (FN)")],
+                  loc="lower right", fontsize=8, framealpha=0.8)
+        save(fig, f"overlay_{res.image_id}.png")
+
+    per_type = report.per_cell_type
+    n_per_type: dict[str, int] = {}
+    for r in report.images.values():
+        n_per_type[r.cell_type or "unknown"] = n_per_type.get(r.cell_type or "unknown", 0) + 1
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(per_type) + 2), 3.6))
+    names = list(per_type)
+    bars = ax.bar(names, [per_type[k] for k in names], color="#4c72b0", width=0.55)
+    ax.set_xlim(-0.8, len(names) - 0.2)
+    for b, k in zip(bars, names):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 0.01,
+                f"{per_type[k]:.3f}\n(n={n_per_type[k]})", ha="center", va="bottom", fontsize=8)
+    ax.axhline(report.score, color="k", ls="--", lw=1, label=f"all: {report.score:.3f}")
+    ax.set_ylim(0, min(1.0, max(per_type.values(), default=0) + 0.2) or 1.0)
+    ax.set_ylabel("mean image score")
+    ax.set_title("Competition score per cell type")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    save(fig, "score_per_cell_type.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(THRESHOLDS, list(report.per_threshold.values()), "o-", color="k", lw=2,
+            label=f"all ({report.score:.3f})")
+    if len(per_type) > 1:
+        for name in names:
+            rs = [r.scores for r in report.images.values() if (r.cell_type or "unknown") == name]
+            ax.plot(THRESHOLDS, np.mean(rs, axis=0), ".-", lw=1,
+                    label=f"{name} ({per_type[name]:.3f})")
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("TP / (TP + FP + FN)")
+    ax.set_xticks(THRESHOLDS)
+    ax.set_xticklabels([f"{t:.2f}" for t in THRESHOLDS], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title("Score vs IoU threshold")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, "score_vs_threshold.png")
+    return written
