@@ -1,0 +1,244 @@
+"""COCO JSON <-> records, and COCO segmentations -> competition RLE.
+
+    from cellseg.data import coco
+    data = coco.records_to_coco(records)                 # dict, json.dump-able
+    records = coco.coco_to_records(data, "data/sartorius/train")
+
+COCO JSON written here uses compressed COCO RLE segmentations (``cellseg.rle.rle_to_coco``,
+identical to pycocotools' own encoding), one category (``cell``, id 1), ``iscrowd`` 0, tight
+``bbox`` [x, y, w, h] and integer ``area`` in pixels. Image entries carry ``file_name``,
+``width``, ``height`` and, beyond the COCO standard, ``cell_type``, ``sample_id``, ``source``
+and ``meta`` (the remaining train.csv columns), so a train.csv survives the round trip
+train.csv -> COCO JSON -> train.csv byte for byte.
+
+Reading accepts polygon segmentations (LIVECell), uncompressed and compressed RLE, and the
+Kaggle LIVECell mirror's shape (``annotations`` as a dict keyed by id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cellseg import rle as rle_codec
+from cellseg.data.record import ImageRecord
+
+CATEGORY = {"id": 1, "name": "cell", "supercategory": "cell"}
+
+
+def annotations_list(coco: Mapping[str, Any]) -> list[dict]:
+    """``coco["annotations"]`` as a list; the Kaggle LIVECell mirror stores a dict keyed by id
+    (pycocotools crashes on it)."""
+    anns = coco.get("annotations", [])
+    return list(anns.values()) if isinstance(anns, Mapping) else list(anns)
+
+
+def _to_coco_rle(segmentation: Any, height: int, width: int) -> dict | None:
+    """One COCO segmentation -> a pycocotools RLE dict of (height, width); None when empty."""
+    from pycocotools import mask as mask_utils  # lazy: keep `import cellseg` light
+
+    if isinstance(segmentation, Mapping):
+        size = segmentation.get("size") or [height, width]
+        if [int(v) for v in size] != [int(height), int(width)]:
+            raise ValueError(f"RLE size {list(size)} != image size {[height, width]}")
+        return {"size": [int(height), int(width)], "counts": segmentation["counts"]}
+    # polygons with fewer than 3 points are dropped: pycocotools would read 4 numbers as a box
+    polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+    if not polygons:
+        return None
+    rles = mask_utils.frPyObjects(polygons, int(height), int(width))
+    return mask_utils.merge(rles) if len(rles) > 1 else rles[0]
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> str:
+    """One COCO segmentation (polygon list, uncompressed or compressed RLE) -> competition RLE.
+
+    Polygons are rasterised by pycocotools (``frPyObjects(seg, h, w)``, merged), exactly as COCO
+    evaluation does; polygons with fewer than 3 points are ignored. Returns ``""`` when nothing
+    is left (the caller drops the instance).
+    """
+    coco = _to_coco_rle(segmentation, height, width)
+    return "" if coco is None else rle_codec.from_coco(coco)
+
+
+def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: int
+                          ) -> tuple[list[str], list[tuple[Any, str]]]:
+    """The segmentations of one image's annotations -> competition RLE strings, vectorised.
+
+    Returns:
+        ``(rles, problems)``: one string per annotation in order (``""`` for an empty one or a
+        bad one) and ``[(annotation id, reason), ...]`` for the bad ones.
+    """
+    problems: list[tuple[Any, str]] = []
+    cocos: list[dict | None] = []
+    for ann in annotations:
+        try:
+            cocos.append(_to_coco_rle(ann["segmentation"], height, width))
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            problems.append((ann.get("id"), f"bad segmentation ({err})"))
+            cocos.append(None)
+    keep = [i for i, c in enumerate(cocos) if c is not None]
+    out = [""] * len(cocos)
+    try:
+        for i, r in zip(keep, rle_codec.coco_to_rles([cocos[i] for i in keep])):
+            out[i] = r
+    except (ValueError, TypeError):  # find the culprit(s), one at a time
+        for i in keep:
+            try:
+                out[i] = rle_codec.from_coco(cocos[i])
+            except (ValueError, TypeError) as err:
+                problems.append((annotations[i].get("id"), f"bad segmentation ({err})"))
+    return out, problems
+
+
+def bbox_area(rle: str, shape: tuple[int, int]) -> tuple[list[int], int]:
+    """Tight ``[x, y, w, h]`` box and pixel area of one competition RLE (as pycocotools toBbox)."""
+    boxes, areas = rle_codec.boxes_and_areas([rle], shape)
+    return boxes[0].tolist(), int(areas[0])
+
+
+def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.PathLike | None = None
+                    ) -> dict:
+    """Records -> a COCO JSON dict (images numbered 1.., annotations numbered 1..).
+
+    ``file_name`` is the image path relative to ``image_root`` when given (and under it), else
+    the bare file name. Empty RLEs are skipped.
+    """
+    from tqdm import tqdm
+
+    images, annotations = [], []
+    root = Path(image_root).resolve() if image_root is not None else None
+    n_cells = sum(r.n_instances for r in records)
+    bar = tqdm(total=n_cells, desc="to COCO", unit="cell", disable=n_cells < 5000, leave=False)
+    for img_id, rec in enumerate(records, start=1):
+        path = Path(rec.image_path)
+        name = path.name
+        if root is not None:
+            try:
+                name = path.resolve().relative_to(root).as_posix()
+            except ValueError:
+                pass
+        entry = {"id": img_id, "file_name": name, "width": int(rec.width),
+                 "height": int(rec.height), "cell_type": rec.cell_type,
+                 "sample_id": rec.sample_id, "source": rec.source, "image_key": rec.image_id}
+        if rec.meta:
+            entry["meta"] = {k: _plain(v) for k, v in rec.meta.items()}
+        images.append(entry)
+        rles = [r for r in rec.rles if r.strip()]
+        # one vectorised pass per image for segmentations, boxes and areas
+        segs = rle_codec.rles_to_coco(rles, rec.shape)
+        boxes, areas = rle_codec.boxes_and_areas(rles, rec.shape)
+        for seg, box, area in zip(segs, boxes.tolist(), areas.tolist()):
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": img_id, "category_id": CATEGORY["id"],
+                "segmentation": seg, "area": area, "bbox": box, "iscrowd": 0})
+        bar.update(rec.n_instances)
+    bar.close()
+    return {"info": {"description": "written by cellseg"}, "images": images,
+            "annotations": annotations, "categories": [dict(CATEGORY)]}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class _ImageFinder:
+    """``root/name``, else ``root/<cell type>/name`` (LIVECell's per-type folders), else the
+    first file of that name anywhere under ``root`` (indexed once, on first need)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._index: dict[str, Path] | None = None
+
+    def __call__(self, name: str, cell_type: str | None) -> Path:
+        direct = self.root / name
+        if direct.exists():
+            return direct
+        if cell_type is not None and (self.root / cell_type / Path(name).name).exists():
+            return self.root / cell_type / Path(name).name
+        if self._index is None:
+            self._index = {}
+            if self.root.is_dir():
+                for p in sorted(self.root.rglob("*")):
+                    self._index.setdefault(p.name, p)
+        return self._index.get(Path(name).name, direct)
+
+
+def _cell_type(img: Mapping[str, Any]) -> str | None:
+    """The entry's ``cell_type``, else a LIVECell name prefix (``MCF7_Phase_...`` -> MCF7)."""
+    if img.get("cell_type"):
+        return str(img["cell_type"])
+    from cellseg.data.livecell import CELL_TYPES, cell_type_of
+
+    guess = cell_type_of(str(img.get("file_name", "")))
+    return guess if guess in CELL_TYPES else None
+
+
+def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
+                    image_root: str | os.PathLike | None = None, *,
+                    source: str | None = None, min_cells: int = 0) -> list[ImageRecord]:
+    """COCO JSON (dict or file path) -> records, in the order of ``coco["images"]``.
+
+    Args:
+        coco: the JSON dict or a path to it.
+        image_root: folder the ``file_name`` entries are relative to (default: the JSON's
+            folder when a path is given, else the current folder).
+        source: record source; default the image entry's ``source`` or ``"coco"``.
+        min_cells: skip images with fewer annotations.
+    Returns:
+        One record per image; ``image_id`` is the entry's ``image_key`` (written by
+        ``records_to_coco``) or the file stem; cell type from the entry's ``cell_type`` or a
+        LIVECell file-name prefix; images found as ``root/file_name``, ``root/<type>/name`` or
+        by name anywhere under ``root``.
+    Raises:
+        ValueError: an annotation that points at an unknown image, or a bad segmentation
+            (the message names the annotation id).
+    """
+    if not isinstance(coco, Mapping):
+        path = Path(coco)
+        with open(path) as fh:
+            coco = json.load(fh)
+        if image_root is None:
+            image_root = path.parent
+    root = Path(image_root) if image_root is not None else Path(".")
+    find_image = _ImageFinder(root)
+    per_image: dict[Any, list[dict]] = {}
+    for img in coco.get("images", []):
+        per_image[img["id"]] = []
+    for ann in annotations_list(coco):
+        if ann.get("image_id") not in per_image:
+            raise ValueError(f"annotation {ann.get('id')} refers to unknown image "
+                             f"{ann.get('image_id')!r}")
+        per_image[ann["image_id"]].append(ann)
+    records = []
+    for img in coco.get("images", []):
+        anns = sorted(per_image[img["id"]], key=lambda a: a.get("id", 0))
+        h, w = int(img["height"]), int(img["width"])
+        converted, problems = segmentations_to_rles(anns, h, w)
+        if problems:
+            ann_id, reason = problems[0]
+            raise ValueError(f"annotation {ann_id} of image {img.get('file_name')}: {reason}"
+                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        rles = [r for r in converted if r]
+        if len(rles) < min_cells:
+            continue
+        name = str(img["file_name"])
+        cell_type = _cell_type(img)
+        meta = dict(img.get("meta") or {})
+        meta.setdefault("coco_id", img["id"])
+        records.append(ImageRecord(
+            image_id=str(img.get("image_key") or Path(name).stem),
+            image_path=find_image(name, cell_type), height=h, width=w,
+            cell_type=cell_type, source=source or img.get("source") or "coco",
+            sample_id=img.get("sample_id"), rles=tuple(rles), meta=meta))
+    return records

@@ -1,0 +1,88 @@
+"""Cross-validation folds: grouped by ``sample_id``, stratified by cell type.
+
+    from cellseg.data.folds import make_folds
+    folds = make_folds(records, n_folds=5, seed=0)      # {image_id: fold}
+    val = [r for r in records if folds[r.image_id] == 0]
+
+Time-lapse frames of one sample are near-duplicates, so a sample never straddles two folds
+(a leak that inflates validation scores). Within that constraint each fold gets about the same
+share of every cell type.
+
+Algorithm (a small deterministic greedy in the spirit of scikit-learn's StratifiedGroupKFold,
+without the dependency): groups are shuffled with ``seed``, then taken largest first; each goes
+to the fold that keeps the per-cell-type fold shares most even (lowest summed variance of
+``fold_count[type] / total[type]`` across folds), ties broken by the smaller fold, then the lower
+fold index. Same records + same seed -> same folds, on any machine.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+from cellseg.data.record import ImageRecord
+
+
+def make_folds(records: Sequence[ImageRecord], n_folds: int = 5, seed: int = 0) -> dict[str, int]:
+    """Assign every image to one of ``n_folds`` folds.
+
+    Args:
+        records: images; the group key is ``sample_id`` (or the image id when it is None), the
+            stratum is ``cell_type`` (None counts as its own type).
+        n_folds: number of folds (>= 2).
+        seed: shuffles the order groups of equal size are placed in.
+    Returns:
+        ``{image_id: fold}`` with folds in ``range(n_folds)``.
+    Raises:
+        ValueError: fewer groups than folds (some fold would be empty), duplicate image ids.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    ids = [r.image_id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"duplicate image ids in records: {dup}")
+    groups: dict[str, list[ImageRecord]] = defaultdict(list)
+    for r in records:
+        groups[r.sample_id if r.sample_id is not None else f"image:{r.image_id}"].append(r)
+    if len(groups) < n_folds:
+        raise ValueError(f"{len(groups)} sample group(s) cannot fill {n_folds} folds; "
+                         f"use n_folds <= {len(groups)}")
+    types = sorted({str(r.cell_type) for r in records})
+    t_index = {t: i for i, t in enumerate(types)}
+    keys = sorted(groups)
+    counts = np.zeros((len(keys), len(types)), dtype=np.float64)
+    for g, key in enumerate(keys):
+        for r in groups[key]:
+            counts[g, t_index[str(r.cell_type)]] += 1
+    totals = counts.sum(axis=0)
+
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(keys))
+    # largest groups first (hardest to place), shuffled order among equal sizes
+    order = sorted(shuffled.tolist(), key=lambda g: -counts[g].sum())
+    fold_counts = np.zeros((n_folds, len(types)), dtype=np.float64)
+    assignment: dict[str, int] = {}
+    for g in order:
+        best, best_key = 0, None
+        for f in range(n_folds):
+            trial = fold_counts.copy()
+            trial[f] += counts[g]
+            spread = float((trial / totals).var(axis=0).sum())
+            key = (round(spread, 12), fold_counts[f].sum(), f)
+            if best_key is None or key < best_key:
+                best, best_key = f, key
+        fold_counts[best] += counts[g]
+        for r in groups[keys[g]]:
+            assignment[r.image_id] = best
+    return {i: assignment[i] for i in ids}
+
+
+def fold_summary(records: Sequence[ImageRecord], folds: dict[str, int]) -> dict[int, dict[str, int]]:
+    """Images per cell type in each fold: ``{fold: {cell_type: n_images}}`` (for logs/tests)."""
+    out: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in records:
+        out[folds[r.image_id]][str(r.cell_type)] += 1
+    return {f: dict(v) for f, v in sorted(out.items())}
