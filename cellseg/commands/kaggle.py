@@ -1,0 +1,206 @@
+"""`cellseg kaggle`: build, rehearse, push and submit offline Kaggle kernels.
+
+    cellseg kaggle build-wheels --out kernels/build/wheels --dataset-id me/cellseg-wheels
+    cellseg kaggle upload-dataset kernels/build/wheels        # create, or a new version
+    cellseg kaggle build-kernel --weights unet_r34_fold0 --kernel-id me/cellseg-infer \\
+        --config infer_default --wheels-dir kernels/build/wheels --out kernels/build/cellseg-infer
+    cellseg kaggle rehearse kernels/build/cellseg-infer --data ../shared/data/sartorius --layout both
+    cellseg kaggle push kernels/build/cellseg-infer          # push, wait, download output + log
+    cellseg kaggle status me/cellseg-infer
+    cellseg kaggle output me/cellseg-infer --out kernels/build/cellseg-infer/output
+    cellseg kaggle submit me/cellseg-infer --version 3
+
+Weights are uploaded with scripts/upload_weights.py (sha256-checked against the manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = sub.add_parser("build-kernel", help="write kernel-metadata.json + one self-contained code file")
+    p.add_argument("--weights", nargs="+", required=True, metavar="NAME", help="manifest names")
+    p.add_argument("--out", required=True, help="kernel folder to write")
+    p.add_argument("--manifest", default="weights/manifest.yaml")
+    p.add_argument("--kernel-id", help="owner/slug (default: $KAGGLE_USERNAME/cellseg-infer)")
+    p.add_argument("--wheels-dataset", help="owner/slug (default: <owner>/cellseg-wheels)")
+    p.add_argument("--weights-dataset", help="owner/slug (default: <owner>/cellseg-weights)")
+    p.add_argument("--config", default="infer_default",
+                   help="inference config embedded in the kernel: YAML path or shipped name "
+                        "(default: infer_default)")
+    p.add_argument("--wheels-dir", help="local wheels folder, remembered for `rehearse`")
+    p.add_argument("--predict-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `cellseg predict` in the kernel (repeatable)")
+    p.add_argument("--cpu", action="store_true", help="enable_gpu false")
+    p.add_argument("--no-verify", action="store_true", help="skip the local sha256 check")
+
+    p = sub.add_parser("build-wheels", help="wheels dataset: cellseg + what Kaggle's image lacks")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset-id", help="owner/slug (default: $KAGGLE_USERNAME/cellseg-wheels)")
+    p.add_argument("--packages", nargs="*", default=None,
+                   help="dependencies to bundle (default: cellseg.kaggle.wheels.KAGGLE_MISSING)")
+    p.add_argument("--source", default=".", help="cellseg source tree")
+    p.add_argument("--python-version", default=None, help="target CPython (default 3.11, Kaggle's)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin to the versions installed here")
+
+    p = sub.add_parser("upload-dataset", help="create or version a dataset from a folder "
+                       "with dataset-metadata.json (e.g. the wheels folder)")
+    p.add_argument("folder")
+    p.add_argument("--notes", default="cellseg update", help="version notes")
+    p.add_argument("--mode", choices=("auto", "new", "version"), default="auto")
+    p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
+
+    p = sub.add_parser("rehearse", help="run the kernel locally as Kaggle would, internet off")
+    p.add_argument("kernel_dir")
+    p.add_argument("--data", help="competition folder with test/*.png (default: a synthetic set)")
+    p.add_argument("--layout", choices=("old", "new", "both"), default="both")
+    p.add_argument("--wheels-dir", help="default: the one given to build-kernel")
+    p.add_argument("--weights-dir", help="default: the manifest's folder")
+    p.add_argument("--workdir", help="keep the rehearsal tree here (default: temporary)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per layout")
+    p.add_argument("--no-unshare", action="store_true", help="socket block only, no netns")
+
+    p = sub.add_parser("push", help="push a kernel folder, wait for the run, download its output")
+    p.add_argument("kernel_dir")
+    p.add_argument("--no-wait", action="store_true")
+    p.add_argument("--output", help="where to download output + log (default: KERNEL_DIR/output)")
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between status checks")
+    p.add_argument("--timeout", type=int, default=None, help="kernel session timeout (s)")
+
+    p = sub.add_parser("status", help="print a kernel's run status")
+    p.add_argument("kernel", help="owner/slug")
+
+    p = sub.add_parser("output", help="download a kernel's output files and log")
+    p.add_argument("kernel", help="owner/slug")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("submit", help="submit a kernel version to the competition")
+    p.add_argument("kernel", help="owner/slug")
+    p.add_argument("--version", type=int, required=True, help="kernel version (printed by push)")
+    p.add_argument("--message", default=None)
+    p.add_argument("--file-name", default="submission.csv")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cellseg.kaggle import api as kapi
+
+    try:
+        return _ACTIONS[args.action](args)
+    except kapi.CredentialsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, FileNotFoundError, kapi.KaggleError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _build_kernel(args: argparse.Namespace) -> int:
+    from cellseg.kaggle.kernel import build_kernel
+
+    b = build_kernel(args.weights, args.out, manifest=args.manifest, kernel_id=args.kernel_id,
+                     wheels_dataset=args.wheels_dataset, weights_dataset=args.weights_dataset,
+                     config=args.config, wheels_dir=args.wheels_dir, predict_args=args.predict_arg,
+                     gpu=not args.cpu, verify=not args.no_verify)
+    print(f"wrote {b.code_file} and {b.folder / 'kernel-metadata.json'}")
+    print(json.dumps(b.metadata, indent=2))
+    return 0
+
+
+def _build_wheels(args: argparse.Namespace) -> int:
+    from cellseg.kaggle.wheels import KAGGLE_PYTHON, build_wheels
+
+    wheels = build_wheels(args.out, packages=args.packages, dataset_id=args.dataset_id,
+                          source=args.source, python_version=args.python_version or KAGGLE_PYTHON,
+                          pin=not args.no_pin)
+    for w in wheels:
+        print(f"{w.name}\t{w.stat().st_size / 2**20:.2f} MiB")
+    print(f"upload with: cellseg kaggle upload-dataset {args.out}")
+    return 0
+
+
+def _upload_dataset(args: argparse.Namespace) -> int:
+    from cellseg.kaggle import api as kapi
+
+    meta_path = Path(args.folder) / "dataset-metadata.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: build the folder with "
+                                "`cellseg kaggle build-wheels` or add the metadata file")
+    dataset = json.loads(meta_path.read_text())["id"]
+    api = kapi.get_api()
+    new = {"auto": None, "new": True, "version": False}[args.mode]
+    print(f"uploaded: {kapi.upload_dataset(api, args.folder, dataset, notes=args.notes, new=new)}")
+    kapi.wait_dataset(api, dataset, poll_s=args.poll)
+    print(f"{dataset} is ready")
+    return 0
+
+
+def _rehearse(args: argparse.Namespace) -> int:
+    from cellseg.kaggle.rehearse import LAYOUTS, rehearse
+
+    layouts = LAYOUTS if args.layout == "both" else (args.layout,)
+    results = rehearse(args.kernel_dir, data=args.data, layouts=layouts, wheels_dir=args.wheels_dir,
+                       weights_dir=args.weights_dir, workdir=args.workdir, timeout=args.timeout,
+                       isolate=not args.no_unshare)
+    for r in results:
+        print(r.summary())
+        if not r.ok and r.log.exists():
+            print("---- last lines of the kernel log ----")
+            print("\n".join(r.log.read_text().splitlines()[-30:]))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _push(args: argparse.Namespace) -> int:
+    from cellseg.kaggle import api as kapi
+
+    api = kapi.get_api()
+    result = kapi.push_kernel(api, args.kernel_dir, timeout=args.timeout)
+    print(result.summary())
+    if result.error:
+        return 1
+    if args.no_wait:
+        return 0
+    status, message = kapi.wait_kernel(api, result.ref, poll_s=args.poll)
+    out = Path(args.output or Path(args.kernel_dir) / "output")
+    files = kapi.download_output(api, result.ref, out)
+    print(f"{len(files)} output file(s) in {out}: {', '.join(f.name for f in files)}")
+    if status != "complete":
+        print(f"kernel ended {status}" + (f": {message}" if message else ""), file=sys.stderr)
+        return 1
+    print(f"submit with: cellseg kaggle submit {result.ref} --version {result.version}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cellseg.kaggle import api as kapi
+
+    status, message = kapi.kernel_status(kapi.get_api(), args.kernel)
+    print(f"{args.kernel}: {status}" + (f" ({message})" if message else ""))
+    return 1 if status == "error" else 0
+
+
+def _output(args: argparse.Namespace) -> int:
+    from cellseg.kaggle import api as kapi
+
+    files = kapi.download_output(kapi.get_api(), args.kernel, args.out)
+    for f in files:
+        print(f)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from cellseg.kaggle import api as kapi
+
+    print(kapi.submit_kernel(kapi.get_api(), args.kernel, args.version, message=args.message,
+                             file_name=args.file_name))
+    return 0
+
+
+_ACTIONS = {"build-kernel": _build_kernel, "build-wheels": _build_wheels,
+            "upload-dataset": _upload_dataset, "rehearse": _rehearse,
+            "push": _push, "status": _status, "output": _output, "submit": _submit}

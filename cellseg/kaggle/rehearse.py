@@ -1,0 +1,355 @@
+"""Run a generated kernel the way Kaggle would, internet off, before spending a submission on it.
+
+    cellseg kaggle build-wheels --out kernels/build/wheels --dataset-id me/cellseg-wheels
+    cellseg kaggle build-kernel --weights unet_tiny --kernel-id me/cellseg-infer \\
+        --wheels-dir kernels/build/wheels --out kernels/build/cellseg-infer
+    cellseg kaggle rehearse kernels/build/cellseg-infer --data ../shared/data/sartorius --layout both
+
+What Kaggle provides, and the stand-in used here:
+- ``/kaggle/input``: a temporary folder (``CELLSEG_KAGGLE_INPUT``) holding the competition data, the
+  wheels dataset and the weights dataset, as symlinks, in the old layout (``input/<slug>/``) or the
+  new one (``input/competitions/<slug>/``, ``input/datasets/<owner>/<slug>/``).
+- ``/kaggle/working``: an empty folder (``CELLSEG_KAGGLE_WORKING``), also the working directory.
+- Kaggle's Python image (torch etc., no cellseg): a fresh ``venv --without-pip`` whose
+  site-packages gets a ``.pth`` adding an *overlay* folder of symlinks to this interpreter's
+  site-packages MINUS cellseg (including an editable install's finder) and minus every package the
+  wheels dataset supplies (e.g. :data:`cellseg.kaggle.wheels.KAGGLE_MISSING`). ``import cellseg`` is
+  checked to fail in it before the kernel runs, so cellseg can only come from the wheels.
+- Internet off: a ``sitecustomize.py`` in the env refuses every non-loopback connect and DNS
+  lookup, and when ``unshare -n`` works (root, or ``unshare -rn`` with user namespaces) the kernel
+  also runs in an empty network namespace. pip configuration (``/etc/pip.conf``, ``PIP_*``) is
+  dropped from the environment, as on Kaggle.
+
+Passes when the kernel exits 0 and ``submission.csv`` covers every test image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+LAYOUTS = ("old", "new")
+
+SITECUSTOMIZE = '''\
+"""cellseg rehearsal: Kaggle kernels run with the internet off; refuse non-loopback connections."""
+import errno as _errno
+import socket as _socket
+
+_LOCAL = ("127.", "::1", "0.0.0.0", "localhost", "::ffff:127.")
+
+
+def _is_local(host):
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    return host == "" or host.startswith(_LOCAL)
+
+
+def _refuse(what):
+    return OSError(_errno.ENETUNREACH, "cellseg rehearsal: internet is off (as on Kaggle): " + what)
+
+
+_connect, _connect_ex, _getaddrinfo = (_socket.socket.connect, _socket.socket.connect_ex,
+                                       _socket.getaddrinfo)
+
+
+def _check(sock, address):
+    if sock.family in (_socket.AF_INET, _socket.AF_INET6) and not _is_local(address[0]):
+        raise _refuse("connect to %r refused" % (address,))
+
+
+def connect(self, address):
+    _check(self, address)
+    return _connect(self, address)
+
+
+def connect_ex(self, address):
+    try:
+        _check(self, address)
+    except OSError as exc:
+        return exc.errno
+    return _connect_ex(self, address)
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if host is not None and not _is_local(host):
+        raise _socket.gaierror(_socket.EAI_NONAME, "cellseg rehearsal: internet is off: " + str(host))
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+_socket.socket.connect = connect
+_socket.socket.connect_ex = connect_ex
+_socket.getaddrinfo = getaddrinfo
+'''
+
+
+@dataclass
+class RehearsalResult:
+    """One kernel run in one mount layout."""
+
+    layout: str
+    returncode: int
+    seconds: float
+    root: Path
+    submission: Path
+    log: Path
+    test_ids: list[str] = field(default_factory=list)
+    missing_ids: list[str] = field(default_factory=list)
+    n_rows: int = 0
+    isolation: str = ""
+    ok: bool = False  # exit 0, submission.csv written, every test image in it (set when run)
+
+    def summary(self) -> str:
+        state = "PASS" if self.ok else "FAIL"
+        return (f"{state} layout={self.layout} exit={self.returncode} {self.seconds:.1f} s, "
+                f"{self.n_rows} rows for {len(self.test_ids)} test images"
+                + (f", missing {self.missing_ids}" if self.missing_ids else "")
+                + f", network: {self.isolation}"
+                + (f"; log {self.log}" if self.log.exists() else ""))
+
+
+# ---------------------------------------------------------------- environment
+
+
+def _top_level_entries(dist_name: str) -> set[str]:
+    """Top-level site-packages entries (package dirs, modules, dist-info) of an installed dist."""
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        return set()
+    names = {Path(str(f)).parts[0] for f in (dist.files or []) if not str(f).startswith("..")}
+    return {n for n in names if n not in ("__pycache__", "bin")}
+
+
+def excluded_entries(dists: Sequence[str]) -> set[str]:
+    """Site-packages names hidden from the rehearsal env: the given dists plus any cellseg trace."""
+    out: set[str] = set()
+    for d in dists:
+        out |= _top_level_entries(d)
+    return out
+
+
+def _is_cellseg(name: str) -> bool:
+    low = name.lower()
+    return (low == "cellseg" or low.startswith(("cellseg-", "cellseg.", "__editable__.cellseg",
+                                               "__editable___cellseg")))
+
+
+def make_env(env_dir: str | os.PathLike, *, hide: Sequence[str] = (),
+             site_dirs: Sequence[str] | None = None) -> Path:
+    """Create the rehearsal virtual environment; returns its python.
+
+    ``hide``: distributions to leave out (cellseg is always left out). Raises RuntimeError when
+    cellseg is still importable in the new env.
+    """
+    env_dir = Path(env_dir)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env_dir)],
+                   check=True, capture_output=True)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run([str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    overlay = env_dir / "base-site-packages"
+    overlay.mkdir()
+    hidden = excluded_entries(hide)
+    for sp in site_dirs if site_dirs is not None else site.getsitepackages():
+        for entry in sorted(Path(sp).iterdir()) if Path(sp).is_dir() else []:
+            if _is_cellseg(entry.name) or entry.name in hidden or (overlay / entry.name).exists():
+                continue
+            (overlay / entry.name).symlink_to(entry)
+    # ``import`` lines of a .pth run at startup: addsitedir also processes the overlay's own .pth files
+    Path(purelib, "_cellseg_rehearsal_base.pth").write_text(
+        f"import site; site.addsitedir({str(overlay)!r})\n")
+    Path(purelib, "sitecustomize.py").write_text(SITECUSTOMIZE)
+    probe = subprocess.run([str(python), "-c", "import cellseg"], capture_output=True, text=True,
+                           env=clean_env(env_dir / "home"), cwd=env_dir)
+    if probe.returncode == 0:
+        raise RuntimeError(f"cellseg is importable in the fresh rehearsal env {env_dir}; the "
+                           "rehearsal would not prove the wheels install it")
+    return python
+
+
+def clean_env(home: str | os.PathLike, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A minimal environment: no PYTHONPATH, no PIP_* (no local index or find-links), no Kaggle
+    credentials, a private HOME."""
+    Path(home).mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PIP_CONFIG_FILE": os.devnull,  # pip loads no config file at all
+        "PYTHONNOUSERSITE": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "MPLBACKEND": "Agg",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
+    for key in ("TMPDIR", "CUDA_VISIBLE_DEVICES"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra or {})
+    return env
+
+
+def network_wrapper() -> tuple[list[str], str]:
+    """The command prefix that gives the kernel an empty network namespace, if this machine allows."""
+    exe = shutil.which("unshare")
+    if exe:
+        for flags in (["-n"], ["-rn"]):
+            try:
+                ok = subprocess.run([exe, *flags, "true"], capture_output=True, timeout=10).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+            if ok:
+                return [exe, *flags, "--"], f"unshare {' '.join(flags)} + sitecustomize"
+    return [], "sitecustomize socket block"
+
+
+# ---------------------------------------------------------------- /kaggle/input stand-in
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(Path(target).resolve())
+
+
+def make_input(root: str | os.PathLike, layout: str, *, competition: str, competition_dir: Path,
+               wheels_dataset: str, wheels_dir: Path, weights_dataset: str,
+               weight_files: Sequence[Path]) -> Path:
+    """Build ``root/input`` in Kaggle's ``old`` or ``new`` mount layout; returns it."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
+    inp = Path(root) / "input"
+    inp.mkdir(parents=True, exist_ok=True)
+
+    def dataset_dir(ref: str) -> Path:
+        owner, slug = ref.split("/")
+        return inp / slug if layout == "old" else inp / "datasets" / owner / slug
+
+    _link(competition_dir, inp / competition if layout == "old" else inp / "competitions" / competition)
+    wd = dataset_dir(wheels_dataset)
+    wd.mkdir(parents=True)
+    for whl in sorted(Path(wheels_dir).glob("*.whl")):
+        _link(whl, wd / whl.name)
+    if weights_dataset == wheels_dataset:
+        wt = wd
+    else:
+        wt = dataset_dir(weights_dataset)
+        wt.mkdir(parents=True)
+    for f in weight_files:
+        _link(f, wt / Path(f).name)
+    return inp
+
+
+# ---------------------------------------------------------------- run
+
+
+def list_test_ids(competition_dir: Path) -> list[str]:
+    """Ids (file stems) of competition_dir/test/*.png, as the kernel will see them."""
+    return sorted(p.stem for p in (Path(competition_dir) / "test").glob("*.png"))
+
+
+def submission_ids(path: Path) -> tuple[set[str], int]:
+    """(image ids present, number of rows) of a submission.csv."""
+    ids, rows = set(), 0
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            ids.add(row.get("id", ""))
+            rows += 1
+    return ids, rows
+
+
+def run_kernel(python: Path, code_file: Path, input_dir: Path, working: Path, *,
+               env_home: Path, prefix: Sequence[str] = (), timeout: float = 1800.0,
+               args: Sequence[str] = ()) -> tuple[int, float, Path]:
+    """Run the code file like Kaggle (cwd = working); returns (exit code, seconds, log path)."""
+    working.mkdir(parents=True, exist_ok=True)
+    log = working.parent / "kernel.log"
+    env = clean_env(env_home, {"CELLSEG_KAGGLE_INPUT": str(input_dir),
+                               "CELLSEG_KAGGLE_WORKING": str(working)})
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        try:
+            rc = subprocess.run([*prefix, str(python), str(code_file), *args], cwd=working, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            fh.write(f"\nREHEARSAL: killed after {timeout:.0f} s\n")
+            rc = 124
+    return rc, time.perf_counter() - start, log
+
+
+def rehearse(kernel_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,
+             layouts: Sequence[str] = LAYOUTS, wheels_dir: str | os.PathLike | None = None,
+             weights_dir: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
+             timeout: float = 1800.0, isolate: bool = True) -> list[RehearsalResult]:
+    """Rehearse ``kernel_dir`` (from ``build-kernel``) once per layout.
+
+    ``data``: competition folder with ``test/*.png`` (default: a 3-test-image synthetic set).
+    ``wheels_dir`` / ``weights_dir`` default to what ``build-info.json`` recorded.
+    ``workdir``: keep everything there (default: a temporary folder, removed afterwards unless a
+    run failed, so its log can be read).
+    """
+    from cellseg.kaggle.kernel import BUILD_INFO
+    from cellseg.kaggle.kernel_template import embedded_of
+
+    kernel_dir = Path(kernel_dir)
+    meta = json.loads((kernel_dir / "kernel-metadata.json").read_text())
+    code_file = kernel_dir / meta["code_file"]
+    embedded = embedded_of(code_file.read_text())
+    info_path = kernel_dir / BUILD_INFO
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    wheels_dir = Path(wheels_dir or info.get("wheels_dir") or "")
+    if not wheels_dir or not any(wheels_dir.glob("cellseg-*.whl")):
+        raise FileNotFoundError(f"no cellseg wheel in {wheels_dir or '(no --wheels-dir)'}: run "
+                                "`cellseg kaggle build-wheels --out DIR` and pass --wheels-dir DIR")
+    weights_dir = Path(weights_dir or info.get("weights_dir") or "weights")
+    weight_files = [weights_dir / w["file"] for w in embedded["weights"]]
+    missing = [str(f) for f in weight_files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"weight files {missing} not found; pass --weights-dir")
+
+    own_tmp = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="cellseg-rehearsal-") if own_tmp else workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        from cellseg.data.synthetic import generate
+
+        generate(work / "synthetic", n_images=2, seed=0, n_test=3, n_semi=0, n_livecell=0)
+        data = work / "synthetic" / "competition"
+    data = Path(data)
+    ids = list_test_ids(data)
+    if not ids:
+        raise FileNotFoundError(f"{data}/test has no .png images")
+
+    # the env hides cellseg and every package the wheels dataset brings, so installing is exercised
+    hide = sorted({w.name.split("-")[0] for w in wheels_dir.glob("*.whl")} - {"cellseg"})
+    prefix, isolation = network_wrapper() if isolate else ([], "sitecustomize socket block")
+    results = []
+    for layout in layouts:
+        root = work / layout
+        if root.exists():
+            shutil.rmtree(root)
+        python = make_env(root / "env", hide=hide)  # fresh per run, as every Kaggle session is
+        inp = make_input(root, layout, competition=embedded["competition"], competition_dir=data,
+                         wheels_dataset=embedded["wheels_dataset"], wheels_dir=wheels_dir,
+                         weights_dataset=embedded["weights_dataset"], weight_files=weight_files)
+        working = root / "working"
+        rc, seconds, log = run_kernel(python, code_file, inp, working, env_home=root / "home",
+                                      prefix=prefix, timeout=timeout)
+        sub = working / "submission.csv"
+        present, rows = submission_ids(sub) if sub.is_file() else (set(), 0)
+        missing_ids = sorted(set(ids) - present)
+        results.append(RehearsalResult(layout=layout, returncode=rc, seconds=seconds, root=root,
+                                       submission=sub, log=log, test_ids=ids,
+                                       missing_ids=missing_ids, n_rows=rows, isolation=isolation,
+                                       ok=rc == 0 and sub.is_file() and not missing_ids))
+    if own_tmp and all(r.ok for r in results):
+        shutil.rmtree(work, ignore_errors=True)
+    return results

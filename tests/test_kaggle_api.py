@@ -1,0 +1,230 @@
+"""push / status / output / submit against a fake Kaggle API (no network, kaggle never imported),
+plus the credential messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cellseg.cli import main
+from cellseg.kaggle import api as kapi
+
+
+class FakeApi:
+    """Records every call; answers like kaggle 2.2.4 (objects with snake_case fields)."""
+
+    def __init__(self, statuses=("queued", "running", "complete"), push_error=None,
+                 submit_error=None, invalid=()):
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.statuses = list(statuses)
+        self.push_error, self.submit_error, self.invalid = push_error, submit_error, list(invalid)
+
+    def kernels_push(self, folder, timeout=None, acc=None):
+        self.calls.append(("kernels_push", (folder,), {"timeout": timeout}))
+        meta = json.loads((Path(folder) / "kernel-metadata.json").read_text())
+        assert (Path(folder) / meta["code_file"]).is_file()
+        return SimpleNamespace(ref=f"/code/{meta['id']}", url=f"https://www.kaggle.com/code/{meta['id']}",
+                               version_number=7, error=self.push_error, invalid_tags=[],
+                               invalid_dataset_sources=self.invalid, invalid_competition_sources=[],
+                               invalid_kernel_sources=[], invalid_model_sources=[])
+
+    def kernels_status(self, kernel):
+        self.calls.append(("kernels_status", (kernel,), {}))
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return SimpleNamespace(status=status, failure_message="boom" if status == "error" else None)
+
+    def kernels_output(self, kernel, path, file_pattern=None, force=False, quiet=True, **kw):
+        self.calls.append(("kernels_output", (kernel, path), {"force": force}))
+        out = [Path(path) / "submission.csv", Path(path) / (kernel.split("/")[1] + ".log")]
+        out[0].write_text("id,predicted\nabc,1 2\n")
+        out[1].write_text("log\n")
+        return [str(p) for p in out], None
+
+    def competition_submit_code(self, file_name, message, competition=None, kernel=None,
+                                kernel_version=None, quiet=False):
+        self.calls.append(("competition_submit_code", (file_name, message, competition, kernel,
+                                                       kernel_version), {}))
+        if self.submit_error:
+            raise RuntimeError(self.submit_error)
+        return SimpleNamespace(message="Successfully submitted", ref=123)
+
+
+@pytest.fixture()
+def kernel_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "kernel"
+    d.mkdir()
+    (d / "kernel-metadata.json").write_text(json.dumps({"id": "me/cellseg-infer",
+                                                        "code_file": "cellseg_infer.py"}))
+    (d / "cellseg_infer.py").write_text("print('hi')\n")
+    return d
+
+
+@pytest.fixture()
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    api = FakeApi()
+    monkeypatch.setattr(kapi, "get_api", lambda api_=None: api)
+    return api
+
+
+def test_push_waits_downloads_and_reports(fake: FakeApi, kernel_dir: Path, capsys) -> None:
+    fake.invalid = ["me/typo-dataset"]
+    rc = main(["kaggle", "push", str(kernel_dir), "--poll", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    names = [c[0] for c in fake.calls]
+    assert names == ["kernels_push", "kernels_status", "kernels_status", "kernels_status",
+                     "kernels_output"]
+    assert fake.calls[0][1] == (str(kernel_dir),)
+    assert fake.calls[1][1] == ("me/cellseg-infer",)  # "/code/" prefix of ref stripped
+    assert "version 7" in out
+    assert "refused" in out and "me/typo-dataset" in out
+    assert (kernel_dir / "output" / "submission.csv").is_file()
+    assert (kernel_dir / "output" / "cellseg-infer.log").is_file()
+    assert "cellseg kaggle submit me/cellseg-infer --version 7" in out
+
+
+def test_push_reports_kernel_error(fake: FakeApi, kernel_dir: Path, capsys) -> None:
+    fake.statuses = ["running", "error"]
+    assert main(["kaggle", "push", str(kernel_dir), "--poll", "0"]) == 1
+    captured = capsys.readouterr()
+    assert "error" in captured.err and "boom" in captured.err
+    assert [c[0] for c in fake.calls][-1] == "kernels_output"  # the log is fetched even on error
+
+
+def test_push_error_stops_before_polling(fake: FakeApi, kernel_dir: Path, capsys) -> None:
+    fake.push_error = "Notebook not found"
+    assert main(["kaggle", "push", str(kernel_dir)]) == 1
+    assert "push failed: Notebook not found" in capsys.readouterr().out
+    assert [c[0] for c in fake.calls] == ["kernels_push"]
+
+
+def test_status_output_submit(fake: FakeApi, tmp_path: Path, capsys) -> None:
+    fake.statuses = ["complete"]
+    assert main(["kaggle", "status", "me/cellseg-infer"]) == 0
+    assert "me/cellseg-infer: complete" in capsys.readouterr().out
+    assert main(["kaggle", "output", "me/cellseg-infer", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "submission.csv").is_file()
+    assert main(["kaggle", "submit", "https://www.kaggle.com/code/me/cellseg-infer",
+                 "--version", "7", "--message", "try 1"]) == 0
+    assert fake.calls[-1] == ("competition_submit_code",
+                              ("submission.csv", "try 1", "sartorius-cell-instance-segmentation",
+                               "me/cellseg-infer", 7), {})
+    assert "Successfully submitted" in capsys.readouterr().out
+
+
+def test_submit_failure_prints_the_manual_url(fake: FakeApi, capsys) -> None:
+    fake.submit_error = "403 Forbidden"
+    assert main(["kaggle", "submit", "me/cellseg-infer", "--version", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "403 Forbidden" in err and "https://www.kaggle.com/code/me/cellseg-infer" in err
+
+
+def test_real_kagglesdk_objects_are_read() -> None:
+    """The field names used above are the ones kagglesdk 0.1.x (kaggle 2.2.4) really has."""
+    enums = pytest.importorskip("kagglesdk.kernels.types.kernels_enums")
+    types = pytest.importorskip("kagglesdk.kernels.types.kernels_api_service")
+    resp = types.ApiSaveKernelResponse()
+    resp.ref, resp.url, resp.version_number = "/code/me/k-k-k", "https://x", 3
+    resp.invalid_dataset_sources = ["me/missing"]
+    api = SimpleNamespace(kernels_push=lambda folder, timeout=None: resp)
+    r = kapi.push_kernel(api, "unused")
+    assert (r.ref, r.version, r.error) == ("me/k-k-k", 3, None)
+    assert r.invalid == {"dataset sources": ["me/missing"]}
+    status = types.ApiGetKernelSessionStatusResponse()
+    status.status = enums.KernelWorkerStatus.CANCEL_ACKNOWLEDGED
+    api = SimpleNamespace(kernels_status=lambda k: status)
+    assert kapi.kernel_status(api, "me/k-k-k") == ("cancel_acknowledged", None)
+
+
+def test_wait_kernel_times_out() -> None:
+    api = FakeApi(statuses=["running"])
+    with pytest.raises(TimeoutError, match="still running"):
+        kapi.wait_kernel(api, "me/k-k-k", poll_s=0, timeout_s=0, log=lambda s: None)
+
+
+def _no_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    for key in list(__import__("os").environ):
+        if key.startswith("KAGGLE_") or key == "XDG_CONFIG_HOME":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(home))
+
+
+def test_missing_credentials_lists_sources_without_secrets(monkeypatch, tmp_path: Path) -> None:
+    _no_credentials(monkeypatch, tmp_path)
+    for mod in [m for m in sys.modules if m == "kaggle" or m.startswith("kaggle.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    # half-configured sources are not credentials, and their values must never be echoed
+    monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-key-value")
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "alice"}')
+    with pytest.raises(kapi.CredentialsError) as info:
+        kapi.get_api()
+    msg = str(info.value)
+    assert "\n" not in msg
+    for source in ("KAGGLE_USERNAME/KAGGLE_KEY env", "KAGGLE_API_TOKEN env", "~/.kaggle/kaggle.json",
+                   "~/.config/kaggle/kaggle.json", "KAGGLE_CONFIG_DIR"):
+        assert source in msg
+    assert "s3cr3t" not in msg and "alice" not in msg
+    # the kaggle package was not imported to find this out
+    assert "kaggle.api.kaggle_api_extended" not in sys.modules
+
+
+def test_cli_without_credentials_exits_2(monkeypatch, tmp_path: Path, kernel_dir: Path, capsys) -> None:
+    _no_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    assert main(["kaggle", "push", str(kernel_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no Kaggle credentials found" in err
+    assert str(tmp_path / "cfg" / "kaggle.json") in err
+
+
+def test_credential_sources_detects_each(tmp_path: Path) -> None:
+    usable = lambda env: [n for n, ok in kapi.credential_sources(env, tmp_path) if ok]  # noqa: E731
+    assert usable({}) == []
+    assert usable({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}) == ["KAGGLE_USERNAME/KAGGLE_KEY env"]
+    assert usable({"KAGGLE_API_TOKEN": "t"}) == ["KAGGLE_API_TOKEN env"]
+    cfg = tmp_path / ".config" / "kaggle"
+    cfg.mkdir(parents=True)
+    (cfg / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert usable({}) == ["~/.config/kaggle/kaggle.json"]
+
+
+def test_get_api_imports_kaggle_quietly_with_legacy_key(monkeypatch, tmp_path: Path, capsys) -> None:
+    """With KAGGLE_USERNAME/KAGGLE_KEY the real package authenticates offline (no request is made
+    until a method is called); nothing it prints at import reaches our output."""
+    pytest.importorskip("kagglesdk")
+    _no_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef")
+    client = kapi.get_api()
+    assert type(client).__name__ == "KaggleApi"
+    assert hasattr(client, "kernels_push") and hasattr(client, "competition_submit_code")
+    assert capsys.readouterr().out == ""
+
+
+def test_upload_dataset_versions_an_existing_folder(monkeypatch, tmp_path: Path, capsys) -> None:
+    calls = []
+
+    class Api:
+        def dataset_status(self, dataset):
+            calls.append(("status", dataset))
+            return "ready"
+
+        def dataset_create_version(self, folder, notes, quiet=False, dir_mode="skip"):
+            calls.append(("version", folder, notes, dir_mode))
+            return SimpleNamespace(url="https://kaggle.com/me/cellseg-wheels", error=None)
+
+    monkeypatch.setattr(kapi, "get_api", lambda api_=None: Api())
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    assert main(["kaggle", "upload-dataset", str(folder)]) == 1  # no metadata yet
+    assert "dataset-metadata.json not found" in capsys.readouterr().err
+    (folder / "dataset-metadata.json").write_text(json.dumps({"id": "me/cellseg-wheels"}))
+    assert main(["kaggle", "upload-dataset", str(folder), "--notes", "v2", "--poll", "0"]) == 0
+    assert calls == [("status", "me/cellseg-wheels"), ("version", str(folder), "v2", "zip"),
+                     ("status", "me/cellseg-wheels")]

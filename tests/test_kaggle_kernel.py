@@ -1,0 +1,247 @@
+"""build-kernel: metadata values, a stdlib-only self-contained code file, input discovery in both
+Kaggle mount layouts, and the sha256 check that stops a kernel with stale weights."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cellseg.cli import main
+from cellseg.kaggle.kernel import build_kernel, kernel_metadata
+from cellseg.kaggle.kernel_template import embedded_of, render, template_text
+
+COMPETITION = "sartorius-cell-instance-segmentation"
+
+
+@pytest.fixture()
+def manifest(tmp_path: Path) -> Path:
+    """A manifest with one registered tiny checkpoint."""
+    import torch
+
+    from cellseg.checkpoint import save_checkpoint
+    from cellseg.weights import add_weights
+
+    ckpt = tmp_path / "run" / "best.pt"
+    save_checkpoint(ckpt, model={"w": torch.ones(4)}, family="unet", model_args={"classes": 3},
+                    config={}, metrics={"score": 0.25})
+    m = tmp_path / "weights" / "manifest.yaml"
+    add_weights(ckpt, "unet_tiny_f0", manifest=m)
+    return m
+
+
+def _load_code(path: Path):
+    """Import the generated code file as a module (it only needs the standard library)."""
+    spec = importlib.util.spec_from_file_location("cellseg_kernel_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_metadata_fields_and_values(manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kernel"
+    rc = main(["kaggle", "build-kernel", "--weights", "unet_tiny_f0", "--out", str(out),
+               "--manifest", str(manifest), "--kernel-id", "alice/cellseg-infer",
+               "--wheels-dataset", "alice/cs-wheels", "--weights-dataset", "bob/cs-weights",
+               "--config", "infer_default"])
+    assert rc == 0
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    assert meta == {
+        "id": "alice/cellseg-infer",
+        "title": "cellseg infer",
+        "code_file": "cellseg_infer.py",
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "dataset_sources": ["alice/cs-wheels", "bob/cs-weights"],
+        "competition_sources": [COMPETITION],
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+    # enable_internet must be present literally: kaggle's push default is True
+    assert '"enable_internet": false' in (out / "kernel-metadata.json").read_text()
+    assert (out / "cellseg_infer.py").is_file()
+
+
+def test_kernel_title_slugifies_to_id() -> None:
+    meta = kernel_metadata("me/my-cell-kernel", datasets=["me/abc"])
+    assert meta["title"].lower().replace(" ", "-") == "my-cell-kernel"
+    with pytest.raises(ValueError, match="owner/slug"):
+        kernel_metadata("no-owner", datasets=[])
+    with pytest.raises(ValueError, match="dataset"):
+        kernel_metadata("me/ok-kernel", datasets=["me/Bad Slug"])
+
+
+def test_code_file_is_self_contained(manifest: Path, tmp_path: Path) -> None:
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     config="infer_default")
+    source = b.code_file.read_text()
+    tree = ast.parse(source)
+    imported = set()
+    for node in ast.walk(tree):  # every import anywhere in the file, not only top level
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported, "the parser found no imports at all"
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    assert "cellseg" not in imported
+    # the inputs are embedded, and they round-trip exactly
+    emb = embedded_of(source)
+    assert emb == b.embedded
+    entry = emb["weights"][0]
+    from cellseg.weights import load_manifest
+
+    assert entry["sha256"] == load_manifest(manifest)[0].sha256 and entry["file"] == "unet_tiny_f0.pt"
+    from importlib import resources
+
+    shipped = (resources.files("cellseg") / "configs" / "infer_default.yaml").read_text()
+    assert emb["config_yaml"] == shipped
+    assert emb["weights_dataset"] == "me/cellseg-weights" and emb["wheels_dataset"] == "me/cellseg-wheels"
+
+
+def test_render_rejects_unknown_inputs_and_template_runs_as_is() -> None:
+    with pytest.raises(KeyError, match="unknown kernel inputs"):
+        render({"weigths": []})
+    assert embedded_of(template_text())["weights"] == []
+    text = render({"config_yaml": "a: '''\"x\"'''\nb: 1\n"})  # quotes survive the literal
+    assert embedded_of(text)["config_yaml"] == "a: '''\"x\"'''\nb: 1\n"
+    compile(text, "kernel", "exec")
+
+
+def test_build_refuses_bad_config_and_unknown_weights(manifest: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tile_sise: 256\n")
+    with pytest.raises(Exception, match="tile_sise"):
+        build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/k-k-k",
+                     config=bad)
+    with pytest.raises(KeyError, match="unet_tiny_f0"):
+        build_kernel(["nope"], tmp_path / "k", manifest=manifest, kernel_id="me/k-k-k")
+    (manifest.parent / "unet_tiny_f0.pt").write_bytes(b"changed")
+    with pytest.raises(ValueError, match="do not match"):
+        build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/k-k-k")
+
+
+def _layout(root: Path, layout: str, weights_file: Path, weight_name: str) -> Path:
+    """A /kaggle/input stand-in holding competition, wheels and weights (copies)."""
+    inp = root / "input"
+    comp = inp / COMPETITION if layout == "old" else inp / "competitions" / COMPETITION
+    wheels = inp / "cellseg-wheels" if layout == "old" else inp / "datasets" / "me" / "cellseg-wheels"
+    weights = inp / "cellseg-weights" if layout == "old" else inp / "datasets" / "me" / "cellseg-weights"
+    (comp / "test").mkdir(parents=True)
+    (comp / "test" / "abc.png").write_bytes(b"png")
+    (comp / "train.csv").write_text("id\n")
+    wheels.mkdir(parents=True)
+    (wheels / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"")
+    (wheels / "faster_coco_eval-1.8.0-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    weights.mkdir(parents=True)
+    (weights / weight_name).write_bytes(weights_file.read_bytes())
+    # a decoy with the same name outside the weights dataset must not win
+    (inp / "other").mkdir(exist_ok=True)
+    (inp / "other" / weight_name).write_bytes(b"decoy")
+    return inp
+
+
+@pytest.mark.parametrize("layout", ["old", "new"])
+def test_kernel_finds_inputs_in_both_layouts(manifest: Path, tmp_path: Path, layout: str) -> None:
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    inp = _layout(tmp_path / layout, layout, manifest.parent / "unet_tiny_f0.pt", "unet_tiny_f0.pt")
+    k = _load_code(b.code_file)
+    comp = k.find_competition_dir(inp, COMPETITION)
+    assert comp.name == COMPETITION and (comp / "test" / "abc.png").exists()
+    wheels = k.find_wheels_dir(inp, "me/cellseg-wheels")
+    assert wheels.name == "cellseg-wheels"
+    assert k.wheel_names(wheels) == ["cellseg", "faster_coco_eval"]
+    paths = k.find_weights(inp, b.embedded["weights"], "me/cellseg-weights")
+    assert paths["unet_tiny_f0.pt"].parent.name == "cellseg-weights"
+    k.verify_weights(paths, b.embedded["weights"])  # no exception: hashes match
+    with pytest.raises(k.KernelError, match="no cellseg-\\*.whl"):
+        k.find_wheels_dir(tmp_path / "empty")
+
+
+def _run_verify(code: Path, inp: Path, work: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], "CELLSEG_KAGGLE_INPUT": str(inp),
+           "CELLSEG_KAGGLE_WORKING": str(work)}
+    return subprocess.run([sys.executable, "-I", str(code), "--verify-only"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_sha256_mismatch_stops_the_kernel(manifest: Path, tmp_path: Path) -> None:
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    good = manifest.parent / "unet_tiny_f0.pt"
+    inp = _layout(tmp_path / "new", "new", good, "unet_tiny_f0.pt")
+    ok = _run_verify(b.code_file, inp, tmp_path / "work")
+    assert ok.returncode == 0, ok.stderr
+    assert "weights verified: 1 file(s)" in ok.stdout
+
+    tampered = inp / "datasets" / "me" / "cellseg-weights" / "unet_tiny_f0.pt"
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    bad = _run_verify(b.code_file, inp, tmp_path / "work")
+    assert bad.returncode == 3
+    expected = b.embedded["weights"][0]["sha256"]
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+    assert str(tampered) in bad.stderr
+    assert f"expected sha256 {expected}" in bad.stderr and f"actual {actual}" in bad.stderr
+
+    tampered.unlink()
+    (inp / "other" / "unet_tiny_f0.pt").unlink()
+    missing = _run_verify(b.code_file, inp, tmp_path / "work")
+    assert missing.returncode == 2 and "unet_tiny_f0.pt" in missing.stderr
+
+
+def test_install_requires_cellseg_but_tolerates_other_wheels(manifest: Path, tmp_path: Path) -> None:
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    k = _load_code(b.code_file)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("cellseg-0.1.0-py3-none-any.whl", "faster_coco_eval-1.8.0-cp399-x.whl",
+                 "segmentation_models_pytorch-0.6.0-py3-none-any.whl"):
+        (wheels / name).write_bytes(b"")
+    calls = []
+
+    def fake_run(cmd, step, code, broken=("faster_coco_eval",)):
+        calls.append(cmd[-1] if "pip" in cmd else "import")
+        if cmd[-1] in broken:
+            raise k.KernelError(f"{step} failed with exit code 1", code)
+
+    k.run = fake_run
+    assert k.install(wheels) == ["faster_coco_eval"]
+    assert calls == ["cellseg", "faster_coco_eval", "segmentation_models_pytorch", "import"]
+    k.run = lambda cmd, step, code: fake_run(cmd, step, code, broken=("cellseg",))
+    with pytest.raises(k.KernelError, match="pip install cellseg") as info:
+        k.install(wheels)
+    assert info.value.code == k.EXIT_INSTALL
+
+
+def test_build_wheels_makes_a_pure_wheel_with_package_data(tmp_path: Path) -> None:
+    """No download (packages=[]): the cellseg wheel alone, plus dataset-metadata.json."""
+    import zipfile
+
+    from cellseg.kaggle.wheels import build_wheels, pinned
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "wheels"
+    out.mkdir()
+    (out / "cellseg-0.0.1-py3-none-any.whl").write_bytes(b"stale")
+    wheels = build_wheels(out, packages=[], dataset_id="me/cellseg-wheels", source=root)
+    assert [w.name for w in wheels] == ["cellseg-0.1.0-py3-none-any.whl"]  # stale one removed
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert "cellseg/kaggle/templates/kernel_main.py" in names
+    assert "cellseg/configs/infer_default.yaml" in names
+    assert not any(n.startswith("tests/") for n in names)
+    meta = json.loads((out / "dataset-metadata.json").read_text())
+    assert meta["id"] == "me/cellseg-wheels" and meta["licenses"]
+    assert pinned(["numpy", "not-a-real-pkg-xyz", "timm>=1"])[1:] == ["not-a-real-pkg-xyz", "timm>=1"]
+    assert pinned(["numpy"])[0].startswith("numpy==")
