@@ -1,0 +1,353 @@
+"""Mask R-CNN family (``kind = "instances"``): torchvision Mask R-CNN with a ResNet-FPN backbone,
+tuned for many small cells.
+
+    from cellseg.models import get_family
+    family = get_family("maskrcnn")
+    model = family.build(backbone="resnet50", input_scale=2.0)   # random init, never downloads
+    x = family.preprocess(model, images)                          # (B, H, W) uint8 -> (B, 3, H, W)
+    insts = family.predict_instances(model, x)                    # list[Instances]
+
+Choices (see FACTS sections 4-5):
+- ``heads="v1"`` (maskrcnn_resnet50_fpn layout) or ``"v2"`` (the _v2 layout with BatchNorm heads).
+- A FIXED upscale ``input_scale`` replaces torchvision's min_size/max_size resizing, so a 256 px
+  training crop and a 520x704 test image see cells at the same scale (top solutions used ~2x).
+  ``input_scale=None`` restores torchvision's resizing with ``min_size`` / ``max_size``.
+- ``anchor_sizes`` are given in ORIGINAL image pixels (multiplied by ``input_scale``), one tuple per
+  FPN level (5 levels); the default covers LIVECell's 4, 9, 17, 31, 64, 127 px anchors with two
+  sizes per level; ``aspect_ratios`` 0.25-4 as LIVECell.
+- Up to ``detections_per_img=2000`` cells, raised RPN proposal counts, low ``box_score_thresh``.
+- Normalisation happens ONCE, in ``preprocess`` / the data set with ``model.cellseg_norm``;
+  torchvision's internal transform is told mean 0 / std 1 so it does not normalise again.
+- ``predict_instances`` never builds full-image masks: each 28x28 mask probability map is pasted
+  into its own box with ``cellseg.models.paste.paste_masks`` (threshold ``mask_threshold``);
+  ``extra["mask_prob"]`` is the mean probability inside the mask.
+- Class ``k`` of ``Instances.labels`` is torchvision class ``k + 1`` (0 is background there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+
+from cellseg.data.targets import crops_from_masks
+from cellseg.instances import Instances
+
+DEFAULT_ANCHORS: tuple[tuple[int, ...], ...] = ((4, 6), (9, 13), (17, 24), (31, 45), (64, 127))
+_RESNET_WIDTH = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256, "resnet152": 256}
+
+
+def _cell_transform_class():
+    """GeneralizedRCNNTransform with a fixed scale, no normalisation and optional mask pasting
+    (built lazily so that importing this module does not import torchvision)."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+    class CellTransform(GeneralizedRCNNTransform):
+        def __init__(self, input_scale: float | None, min_size: int, max_size: int,
+                     in_channels: int, size_divisible: int = 32) -> None:
+            super().__init__(min_size, max_size, [0.0] * in_channels, [1.0] * in_channels,
+                             size_divisible=size_divisible)
+            self.input_scale = input_scale
+            self.paste_masks = True  # predict_instances turns this off to keep 28x28 crops
+
+        def normalize(self, image: torch.Tensor) -> torch.Tensor:
+            return image  # already normalised with model.cellseg_norm
+
+        def resize(self, image, target=None):
+            if self.input_scale is None:
+                return super().resize(image, target)
+            h, w = image.shape[-2:]
+            nh, nw = max(1, round(h * self.input_scale)), max(1, round(w * self.input_scale))
+            if (nh, nw) == (h, w):
+                return image, target
+            image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            if target is None:
+                return image, target
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), (nh, nw))
+            if "masks" in target and target["masks"].numel():
+                target["masks"] = F.interpolate(target["masks"][:, None].to(torch.uint8),
+                                                size=(nh, nw), mode="nearest-exact")[:, 0]
+            elif "masks" in target:
+                target["masks"] = target["masks"].new_zeros((0, nh, nw))
+            return image, target
+
+        def postprocess(self, result, image_shapes, original_image_sizes):
+            if self.training:
+                return result
+            for i, (pred, im_s, o_im_s) in enumerate(zip(result, image_shapes, original_image_sizes)):
+                pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+                if "masks" in pred and self.paste_masks:
+                    pred["masks"] = paste_masks_in_image(pred["masks"], pred["boxes"], o_im_s)
+                result[i] = pred
+            return result
+
+    return CellTransform
+
+
+def _resnet_fpn(backbone: str, *, in_channels: int, fpn_channels: int, trainable_layers: int,
+                frozen_bn: bool, weights: str | None, fpn_norm: bool = False
+                ) -> "torch.nn.Module":  # noqa: F821
+    import torch
+    import torchvision
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops import misc as misc_nn_ops
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    if backbone not in _RESNET_WIDTH:
+        raise KeyError(f"unknown Mask R-CNN backbone {backbone!r}; valid: {', '.join(_RESNET_WIDTH)}")
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_backbone_layers must be in 0..5, got {trainable_layers}")
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen_bn else torch.nn.BatchNorm2d
+    body = getattr(torchvision.models, backbone)(weights=None, norm_layer=norm_layer)
+    if in_channels != 3:
+        body.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if weights is not None:
+        from cellseg.models.unet import load_into, load_state_file
+
+        load_into(body, load_state_file(weights), prefixes=("backbone.body.", "body.", "encoder."),
+                  what=f"backbone weights {weights}")
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        train.append("bn1")
+    for name, p in body.named_parameters():
+        if all(not name.startswith(layer) for layer in train):
+            p.requires_grad_(False)
+    width = _RESNET_WIDTH[backbone]
+    return BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                           [width, width * 2, width * 4, width * 8], fpn_channels,
+                           extra_blocks=LastLevelMaxPool(),
+                           norm_layer=torch.nn.BatchNorm2d if fpn_norm else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRCNNFamily:
+    """The Mask R-CNN family; ``mask_threshold`` binarises the pasted mask probabilities and
+    ``min_mask_area`` drops tiny masks in training targets."""
+
+    mask_threshold: float = 0.5
+    min_mask_area: int = 1
+    name: str = "maskrcnn"
+    kind: Literal["dense", "instances"] = "instances"
+
+    # ----------------------------------------------------------------------------- network
+    def build(self, *, backbone: str = "resnet50", heads: str = "v1",
+              backbone_weights: str | None = None,
+              trainable_backbone_layers: int | None = None, frozen_bn: bool | None = None,
+              in_channels: int = 3, num_classes: int = 1, class_per_cell_type: bool = False,
+              cell_types: Sequence[str] = ("shsy5y", "astro", "cort"), fpn_channels: int = 256,
+              box_head_dim: int = 1024, mask_head_channels: int = 256,
+              anchor_sizes: Sequence[Sequence[float]] = DEFAULT_ANCHORS,
+              aspect_ratios: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+              input_scale: float | None = 1.0, min_size: int = 800, max_size: int = 1333,
+              detections_per_img: int = 2000, box_score_thresh: float = 0.05,
+              box_nms_thresh: float = 0.5, box_batch_size_per_image: int = 512,
+              rpn_pre_nms_top_n_train: int = 4000, rpn_post_nms_top_n_train: int = 2000,
+              rpn_pre_nms_top_n_test: int = 6000, rpn_post_nms_top_n_test: int = 3000,
+              rpn_batch_size_per_image: int = 256, rpn_nms_thresh: float = 0.7,
+              norm: str | Mapping[str, Any] = "imagenet") -> "torch.nn.Module":  # noqa: F821
+        """torchvision ``MaskRCNN`` on a ResNet-FPN; every argument is explicit.
+
+        backbone: "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152".
+        heads: "v1" (torchvision maskrcnn_resnet50_fpn: 2-fc box head, plain mask head) or "v2"
+            (maskrcnn_resnet50_fpn_v2 design: BatchNorm in FPN and heads, 2-conv RPN head, 4-conv
+            + 1-fc box head; stronger, slower).
+        backbone_weights: LOCAL file for the ResNet body (None = random init).
+        trainable_backbone_layers: 0-5; default 5 without weights, 3 with.
+        frozen_bn: FrozenBatchNorm in the body; default: only when backbone_weights is given.
+        num_classes: cell classes; background is added internally. Ignored (set to
+            ``len(cell_types)``) when ``class_per_cell_type``: then class i is ``cell_types[i]``
+            and ``model.cellseg_class_map`` maps cell type -> class for the data set.
+        anchor_sizes: per FPN level (5), in original-image pixels; each level the same count.
+        input_scale: fixed upscale factor (None = torchvision min_size/max_size resizing).
+        """
+        import torch
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+        from torchvision.models.detection.faster_rcnn import (FastRCNNConvFCHead,
+                                                              FastRCNNPredictor, TwoMLPHead)
+        from torchvision.models.detection.mask_rcnn import (MaskRCNN, MaskRCNNHeads,
+                                                            MaskRCNNPredictor)
+        from torchvision.models.detection.rpn import RPNHead
+
+        from cellseg.data.transforms import resolve_norm
+
+        if heads not in ("v1", "v2"):
+            raise ValueError(f"heads must be 'v1' or 'v2', got {heads!r}")
+        if class_per_cell_type:
+            cell_types = [str(t) for t in cell_types]
+            if not cell_types or len(set(t.lower() for t in cell_types)) != len(cell_types):
+                raise ValueError(f"cell_types must be distinct names, got {cell_types}")
+            num_classes = len(cell_types)
+        if num_classes < 1:
+            raise ValueError(f"num_classes counts cell classes and must be >= 1, got {num_classes}")
+        anchor_sizes = [tuple(float(s) for s in level) for level in anchor_sizes]
+        if len(anchor_sizes) != 5 or len({len(level) for level in anchor_sizes}) != 1:
+            raise ValueError("anchor_sizes needs 5 levels (FPN P2-P6) with the same number of sizes "
+                             f"each, got {anchor_sizes}")
+        if input_scale is not None and input_scale <= 0:
+            raise ValueError(f"input_scale must be positive, got {input_scale}")
+        if trainable_backbone_layers is None:
+            trainable_backbone_layers = 5 if backbone_weights is None else 3
+        if frozen_bn is None:
+            frozen_bn = backbone_weights is not None
+        fpn = _resnet_fpn(backbone, in_channels=in_channels, fpn_channels=fpn_channels,
+                          trainable_layers=trainable_backbone_layers, frozen_bn=frozen_bn,
+                          weights=backbone_weights, fpn_norm=heads == "v2")
+        scale = 1.0 if input_scale is None else float(input_scale)
+        anchors = AnchorGenerator(tuple(tuple(s * scale for s in level) for level in anchor_sizes),
+                                  (tuple(float(r) for r in aspect_ratios),) * 5)
+        bn = torch.nn.BatchNorm2d
+        if heads == "v1":
+            rpn_head = RPNHead(fpn_channels, anchors.num_anchors_per_location()[0])
+            box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
+            mask_head = MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1)
+        else:
+            rpn_head = RPNHead(fpn_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
+            box_head = FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * 4, [box_head_dim],
+                                          norm_layer=bn)
+            mask_head = MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1, norm_layer=bn)
+        model = MaskRCNN(
+            fpn, num_classes=None, rpn_anchor_generator=anchors, rpn_head=rpn_head,
+            box_head=box_head,
+            box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1),
+            mask_head=mask_head,
+            mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes + 1),
+            box_detections_per_img=detections_per_img, box_score_thresh=box_score_thresh,
+            box_nms_thresh=box_nms_thresh, box_batch_size_per_image=box_batch_size_per_image,
+            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+            rpn_batch_size_per_image=rpn_batch_size_per_image, rpn_nms_thresh=rpn_nms_thresh)
+        model.transform = _cell_transform_class()(input_scale, min_size, max_size, in_channels)
+        model.cellseg_norm = resolve_norm(norm, in_channels)
+        model.cellseg_class_map = ({t: i for i, t in enumerate(cell_types)}
+                                   if class_per_cell_type else None)
+        model.cellseg_args = {
+            "backbone": backbone, "heads": heads, "backbone_weights": None,
+            "trainable_backbone_layers": trainable_backbone_layers, "frozen_bn": frozen_bn,
+            "in_channels": in_channels, "num_classes": num_classes,
+            "class_per_cell_type": class_per_cell_type, "cell_types": list(cell_types),
+            "fpn_channels": fpn_channels,
+            "box_head_dim": box_head_dim, "mask_head_channels": mask_head_channels,
+            "anchor_sizes": [list(level) for level in anchor_sizes],
+            "aspect_ratios": [float(r) for r in aspect_ratios], "input_scale": input_scale,
+            "min_size": min_size, "max_size": max_size, "detections_per_img": detections_per_img,
+            "box_score_thresh": box_score_thresh, "box_nms_thresh": box_nms_thresh,
+            "box_batch_size_per_image": box_batch_size_per_image,
+            "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
+            "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
+            "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
+            "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
+            "rpn_batch_size_per_image": rpn_batch_size_per_image, "rpn_nms_thresh": rpn_nms_thresh,
+            "norm": model.cellseg_norm}
+        return model
+
+    def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
+        """(B, H, W) uint8 -> (B, C, H, W) float32 on the model's device, normalised."""
+        from cellseg.data.transforms import normalise_batch
+
+        return normalise_batch(images, model.cellseg_norm, _device(model))
+
+    # ----------------------------------------------------------------------------- training
+    def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """(N, H, W) bool masks, (N,) class labels -> torchvision target {"boxes": (M, 4) float32
+        x0, y0, x1, y1 (exclusive upper bounds), "labels": (M,) int64 = class + 1, "masks":
+        (M, H, W) uint8}; masks with fewer than ``min_mask_area`` pixels are dropped."""
+        import torch
+
+        masks = np.asarray(masks, dtype=bool)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if masks.ndim != 3 or len(labels) != len(masks):
+            raise ValueError(f"make_target expects (N, H, W) masks and (N,) labels, got "
+                             f"{masks.shape} and {labels.shape}")
+        crops = crops_from_masks(masks)
+        boxes = np.array([b for b, _ in crops], np.float32).reshape(-1, 4)
+        areas = np.array([int(c.sum()) for _, c in crops], np.int64)
+        keep = areas >= max(self.min_mask_area, 1)
+        return {"boxes": torch.from_numpy(boxes[keep]),
+                "labels": torch.from_numpy(labels[keep] + 1),
+                "masks": torch.from_numpy(masks[keep].view(np.uint8))}
+
+    def collate(self, samples: Sequence[tuple["torch.Tensor", dict]]) -> tuple[Any, Any]:  # noqa: F821
+        """-> (list of (C, H, W) images, list of target dicts); sizes may differ."""
+        if not samples:
+            raise ValueError("collate got an empty batch")
+        return [img for img, _ in samples], [t for _, t in samples]
+
+    def loss(self, model: "torch.nn.Module", images: Any, targets: Any) -> dict[str, "torch.Tensor"]:  # noqa: F821
+        """torchvision's five losses and their sum "loss" (the model must be in train mode)."""
+        import torch
+
+        if not model.training:
+            raise RuntimeError("Mask R-CNN returns losses only in train mode: call model.train()")
+        device = _device(model)
+        if isinstance(images, torch.Tensor):
+            images = list(images)
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()
+                    if k in ("boxes", "labels", "masks")} for t in targets]
+        losses = model(images, targets)
+        out = {"loss": sum(losses.values())}
+        out.update({k: v.detach() for k, v in losses.items()})
+        return out
+
+    # ----------------------------------------------------------------------------- inference
+    def predict_instances(self, model: "torch.nn.Module", images: "torch.Tensor") -> list[Instances]:  # noqa: F821
+        """(B, C, H, W) preprocessed -> one Instances per image (empty masks dropped)."""
+        import torch
+
+        device = _device(model)
+        was_training = model.training
+        model.eval()
+        model.transform.paste_masks = False
+        try:
+            with torch.no_grad():
+                outputs = model([img.to(device) for img in images])
+        finally:
+            model.transform.paste_masks = True
+            model.train(was_training)
+        scale = model.transform.input_scale
+        results = []
+        for img, out in zip(images, outputs):
+            shape = (int(img.shape[-2]), int(img.shape[-1]))
+            boxes = out["boxes"].float().cpu().numpy().reshape(-1, 4)
+            probs = out["masks"][:, 0].float().cpu().numpy() if len(boxes) else np.zeros((0, 28, 28))
+            pboxes, masks, mean_prob = paste_head_masks(probs, boxes, shape, scale,
+                                                        self.mask_threshold)
+            idx = np.flatnonzero([m.size > 0 and bool(m.any()) for m in masks])
+            results.append(Instances(
+                shape, pboxes[idx].reshape(-1, 4), [masks[i] for i in idx],
+                out["scores"].float().cpu().numpy()[idx],
+                out["labels"].cpu().numpy().astype(np.int64)[idx] - 1,
+                {"mask_prob": mean_prob[idx].astype(np.float32)}))
+        return results
+
+
+def paste_head_masks(probs: np.ndarray, boxes: np.ndarray, image_shape: tuple[int, int],
+                     input_scale: float | None, threshold: float = 0.5
+                     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Mask-head probabilities (N, M, M) of boxes (N, 4) in original-image pixels -> tight
+    ``Instances`` boxes, crop masks and mean probabilities (``cellseg.models.paste.paste_masks``).
+
+    torchvision's RoIAlign (``aligned=False``) puts pixel centres at integer coordinates of the
+    network input, while ``paste_masks`` puts them at ``c + 0.5``: the region is the box shifted by
+    half a network-input pixel, ``0.5 / input_scale`` image pixels (tested against torchvision's
+    own training-time mask projection). With ``input_scale=None`` (torchvision resizing) the shift
+    is approximated by half an image pixel.
+    """
+    from cellseg.models.paste import paste_masks
+
+    s = 1.0 if input_scale is None else float(input_scale)
+    regions = np.asarray(boxes, np.float64).reshape(-1, 4) + 0.5 / s
+    return paste_masks(probs, regions, image_shape, threshold)
+
+
+def _device(model: "torch.nn.Module") -> "torch.device":  # noqa: F821
+    return next(model.parameters()).device
+
+
+FAMILY = MaskRCNNFamily()

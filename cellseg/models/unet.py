@@ -1,0 +1,238 @@
+"""UNet family (``kind = "dense"``): an smp UNet predicting cell / border / centre maps.
+
+    from cellseg.models import get_family
+    family = get_family("unet")
+    model = family.build(encoder_name="resnet34")              # random init, never downloads
+    x = family.preprocess(model, images)                       # (B, H, W) uint8 -> (B, 3, H, W)
+    maps = family.predict_dense(model, x)                      # (B, 3, H, W) in [0, 1]
+    inst = family.decode(maps[0].cpu().numpy())                # Instances (cellseg.models.unet_decode)
+
+Targets and their definitions: ``cellseg.data.targets``. Loss: BCE (all maps; the centre map is a
+soft target) + soft Dice per channel, summed with ``bce_weight`` / ``dice_weight``.
+
+Encoder weights come only from a LOCAL file (``encoder_weights="path.pth"`` or ``.safetensors``,
+a state dict of the encoder, optionally prefixed ``encoder.`` or wrapped in "state_dict"/"model";
+a plain timm state dict fits a ``tu-`` encoder);
+smp's ``"imagenet"`` download is refused. A 3-channel first conv is summed to fit 1-channel input.
+The arguments that rebuild the network without the weight file are kept on
+``model.cellseg_args`` (for checkpoints), the normalisation on ``model.cellseg_norm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+
+from cellseg.data.targets import UNET_CHANNELS, unet_maps
+from cellseg.instances import Instances
+
+STRIDE = 32  # smp UNet with depth 5 needs H and W divisible by 2**5
+
+
+def load_state_file(path: str | Path) -> dict[str, Any]:
+    """A state dict from a local ``.safetensors`` or torch file (``weights_only=True``), unwrapped
+    from a "state_dict" / "model" entry if present."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found (weights are never downloaded: "
+                                "pass a local .pth/.safetensors file, or None for random init)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def load_into(module: "torch.nn.Module", state: Mapping[str, Any], *, prefixes: Sequence[str] = (),  # noqa: F821
+              what: str = "weights") -> None:
+    """Load ``state`` into ``module`` after stripping the first matching prefix of each key.
+
+    First-conv weights with 3 input channels are summed over channels when the module has 1 input
+    channel (grayscale). Raises when fewer than half of the module's tensors would be filled, which
+    catches a file meant for another architecture; otherwise unused/missing keys are tolerated
+    (e.g. a classifier head in an ImageNet file).
+    """
+    own = module.state_dict()
+    fixed: dict[str, Any] = {}
+    for key, value in state.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        if key not in own and f"model.{key}" in own:
+            key = f"model.{key}"  # a plain timm state dict loaded into smp's "tu-" encoder wrapper
+        if key not in own:
+            continue
+        if value.shape != own[key].shape:
+            if value.ndim == 4 and own[key].ndim == 4 and own[key].shape[1] == 1 and value.shape[1] == 3 \
+                    and value.shape[0] == own[key].shape[0]:
+                value = value.sum(dim=1, keepdim=True)
+            else:
+                raise ValueError(f"{what}: tensor {key!r} has shape {tuple(value.shape)}, the model "
+                                 f"expects {tuple(own[key].shape)}")
+        fixed[key] = value
+    if len(fixed) < len(own) / 2:
+        raise ValueError(f"{what}: only {len(fixed)} of {len(own)} tensors match the model; wrong "
+                         f"architecture? (first keys in file: {list(state)[:3]})")
+    module.load_state_dict(fixed, strict=False)
+
+
+def pad_to_multiple(x: "torch.Tensor", multiple: int = STRIDE) -> tuple["torch.Tensor", int, int]:  # noqa: F821
+    """Pad (B, C, H, W) at the bottom/right to multiples of ``multiple`` (reflect where the image
+    is big enough, else replicate); returns (padded, H, W)."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, h, w
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), h, w
+
+
+def _soft_dice(prob: "torch.Tensor", target: "torch.Tensor", eps: float = 1.0) -> "torch.Tensor":  # noqa: F821
+    """(B, K, H, W) -> (K,) soft Dice loss per channel, pooled over the batch."""
+    dims = (0, 2, 3)
+    inter = (prob * target).sum(dims)
+    return 1.0 - (2.0 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetFamily:
+    """The UNet family. Target options are fields (``dataclasses.replace(FAMILY, border_width=2)``);
+    network options are ``build`` keyword arguments."""
+
+    channels: tuple[str, ...] = UNET_CHANNELS
+    border_width: int = 1
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    name: str = "unet"
+    kind: Literal["dense", "instances"] = "dense"
+
+    # ----------------------------------------------------------------------------- network
+    def build(self, *, encoder_name: str = "resnet34", encoder_weights: str | None = None,
+              in_channels: int = 3, encoder_depth: int = 5,
+              decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+              decoder_attention_type: str | None = None,
+              norm: str | Mapping[str, Any] = "imagenet") -> "torch.nn.Module":  # noqa: F821
+        """smp.Unet with ``len(self.channels)`` output maps (logits).
+
+        encoder_name: any smp encoder ("resnet34", "efficientnet-b0", "tu-<timm name>", ...).
+        encoder_weights: a LOCAL weights file for the encoder, or None (random init).
+        norm: "imagenet" / "dataset" (LIVECell mean 128, std 11.58) or {"mean", "std"} (0-255).
+        """
+        import segmentation_models_pytorch as smp
+
+        from cellseg.data.transforms import resolve_norm
+
+        if encoder_weights == "imagenet":
+            raise ValueError("encoder_weights='imagenet' would download weights; pass a local file")
+        if len(decoder_channels) != encoder_depth:
+            raise ValueError(f"decoder_channels needs {encoder_depth} entries (one per encoder stage), "
+                             f"got {list(decoder_channels)}")
+        model = smp.Unet(encoder_name=encoder_name, encoder_depth=encoder_depth, encoder_weights=None,
+                         decoder_channels=list(decoder_channels),
+                         decoder_attention_type=decoder_attention_type,
+                         in_channels=in_channels, classes=len(self.channels))
+        if encoder_weights is not None:
+            load_into(model.encoder, load_state_file(encoder_weights), prefixes=("encoder.",),
+                      what=f"encoder weights {encoder_weights}")
+        model.cellseg_norm = resolve_norm(norm, in_channels)
+        model.cellseg_channels = list(self.channels)
+        model.cellseg_args = {"encoder_name": encoder_name, "encoder_weights": None,
+                              "in_channels": in_channels, "encoder_depth": encoder_depth,
+                              "decoder_channels": list(decoder_channels),
+                              "decoder_attention_type": decoder_attention_type,
+                              "norm": model.cellseg_norm}
+        return model
+
+    def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
+        """(B, H, W) uint8 -> (B, C, H, W) float32 on the model's device, normalised."""
+        from cellseg.data.transforms import normalise_batch
+
+        return normalise_batch(images, model.cellseg_norm, _device(model))
+
+    # ----------------------------------------------------------------------------- training
+    def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """(N, H, W) bool masks -> {"maps": (K, H, W) float32 tensor}; labels are not used."""
+        import torch
+
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3:
+            raise ValueError(f"make_target expects (N, H, W) masks, got shape {masks.shape}")
+        return {"maps": torch.from_numpy(unet_maps(masks, self.channels, self.border_width))}
+
+    def collate(self, samples: Sequence[tuple["torch.Tensor", dict]]) -> tuple[Any, Any]:  # noqa: F821
+        """Stack samples of one size -> ((B, C, H, W) images, {"maps": (B, K, H, W)})."""
+        import torch
+
+        if not samples:
+            raise ValueError("collate got an empty batch")
+        shapes = {tuple(img.shape) for img, _ in samples}
+        if len(shapes) > 1:
+            raise ValueError(f"UNet batches need images of one size, got {sorted(shapes)}; "
+                             "set crop_size in the dataset")
+        images = torch.stack([torch.as_tensor(img) for img, _ in samples])
+        maps = torch.stack([torch.as_tensor(t["maps"]) for _, t in samples])
+        return images, {"maps": maps}
+
+    def loss(self, model: "torch.nn.Module", images: Any, targets: Any) -> dict[str, "torch.Tensor"]:  # noqa: F821
+        """BCE + Dice on the maps; keys "loss", "bce", "dice" and "dice_<channel>"."""
+        import torch.nn.functional as F
+
+        device = _device(model)
+        images = images.to(device, non_blocking=True)
+        maps = targets["maps"].to(device, non_blocking=True)
+        logits = _forward_padded(model, images)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), maps)
+        dice_per = _soft_dice(logits.float().sigmoid(), maps)
+        dice = dice_per.mean()
+        out = {"loss": self.bce_weight * bce + self.dice_weight * dice, "bce": bce.detach(),
+               "dice": dice.detach()}
+        for name, value in zip(self.channels, dice_per):
+            out[f"dice_{name}"] = value.detach()
+        return out
+
+    # ----------------------------------------------------------------------------- inference
+    def predict_dense(self, model: "torch.nn.Module", images: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        """(B, C, H, W) preprocessed -> (B, K, H, W) float32 sigmoid maps (any H, W: padded to 32)."""
+        import torch
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = _forward_padded(model, images.to(_device(model))).float().sigmoid()
+        finally:
+            model.train(was_training)
+        return out
+
+    def decode(self, dense: np.ndarray, **params: Any) -> Instances:
+        """(K, H, W) stitched maps -> Instances (``cellseg.models.unet_decode.decode_unet``)."""
+        from cellseg.models.unet_decode import decode_unet
+
+        return decode_unet(dense, channels=self.channels, **params)
+
+
+def _device(model: "torch.nn.Module") -> "torch.device":  # noqa: F821
+    return next(model.parameters()).device
+
+
+def _forward_padded(model: "torch.nn.Module", images: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    x, h, w = pad_to_multiple(images, STRIDE)
+    return model(x)[..., :h, :w]
+
+
+FAMILY = UNetFamily()
