@@ -1,0 +1,144 @@
+"""Inference configuration: every default of tiling, TTA, ensembling and postprocessing, once.
+
+    from cellseg.infer.config import load_inference_config
+    cfg = load_inference_config("infer_default", ["tile_size=256", "tta=[h,v]"])
+
+Loaded with ``cellseg.config.from_dict`` (unknown keys are rejected with the list of valid keys).
+Per-cell-type postprocessing lives in ``types``: a mapping ``cell type name -> TypeThresholds``;
+``default`` applies to any type not listed and to images whose type is unknown.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping
+
+EMPTY_POLICIES = ("best", "placeholder", "allow_empty")
+FLIPS = ("h", "v", "hv")
+
+
+@dataclass(frozen=True)
+class TypeThresholds:
+    """Postprocessing thresholds of one cell type.
+
+    score_thresh: drop instances scoring below it.
+    min_area: drop instances with fewer pixels (checked before AND after overlap removal).
+    nms_iou: mask NMS, drop an instance whose mask IoU with a better one exceeds it (1.0: off).
+    """
+
+    score_thresh: float = 0.5
+    min_area: int = 0
+    nms_iou: float = 0.5
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How to turn an image into non-overlapping instances.
+
+    Tiling (in pixels of the upscaled image): ``tile_size`` int (square) or [h, w], or null (the
+    default: least compute, no seams) for one tile holding the whole image padded up to a multiple
+    of ``pad_multiple``; set it when the (upscaled) image does not fit memory. ``overlap`` pixels
+    shared by neighbouring tiles (should exceed the largest cell for instance families);
+    ``scale`` upscales the input (e.g. 2.0), outputs are mapped back to native size.
+    ``batch_size`` tiles per forward pass (tiles of several images are batched together).
+    ``amp``: torch.autocast float16 on CUDA (ignored on CPU, same code path).
+    ``tta``: flips among "h", "v", "hv" added to the identity pass.
+    ``model_weights``: one weight per model for ensembling (empty: all 1).
+    ``vote_iou``: mask IoU that clusters instances across TTA passes / models for mask voting.
+    ``seam_iou`` / ``seam_containment``: two instances from different tiles are the same cell when
+    their mask IoU or intersection / smaller area reaches these.
+    ``decode``: keyword arguments passed to a dense family's ``decode``.
+    ``cell_type_names``: label index -> cell type name (per-type heads; used by the image-level vote).
+    ``overlap_drop``: in greedy overlap removal, drop a cell that loses more than this share of its area.
+    ``empty_policy`` (an image with no cell left after postprocessing):
+      "best": keep the single best-scoring candidate from before thresholds; with no candidate
+      at all fall back to "placeholder".
+      "placeholder": a 3x3 square at the image centre, score 0 (keeps every image in the CSV).
+      "allow_empty": leave the image without cells (the submission writer decides what to write).
+    """
+
+    tile_size: int | tuple[int, ...] | None = None
+    overlap: int = 96
+    scale: float = 1.0
+    pad_multiple: int = 32
+    batch_size: int = 4
+    amp: bool = True
+    tta: tuple[str, ...] = ()
+    model_weights: tuple[float, ...] = ()
+    vote_iou: float = 0.5
+    seam_iou: float = 0.3
+    seam_containment: float = 0.6
+    decode: dict[str, Any] = field(default_factory=dict)
+    cell_type_names: tuple[str, ...] = ()
+    default: TypeThresholds = field(default_factory=TypeThresholds)
+    types: dict[str, Any] = field(default_factory=dict)
+    overlap_drop: float = 0.5
+    fill_holes: bool = True
+    rescore: bool = False
+    empty_policy: Literal["best", "placeholder", "allow_empty"] = "best"
+
+    def __post_init__(self) -> None:
+        from cellseg.config import ConfigError, from_dict
+
+        # nested per-type mappings arrive as plain dicts from YAML: type them here, once
+        types = {}
+        for name, value in dict(self.types).items():
+            if isinstance(value, TypeThresholds):
+                types[str(name)] = value
+            else:
+                types[str(name)] = from_dict(TypeThresholds, value, where=f"types.{name}")
+        object.__setattr__(self, "types", types)
+        ts = self.tile_size
+        if isinstance(ts, (list, tuple)):
+            if len(ts) != 2:
+                raise ConfigError(f"tile_size={ts!r} must be one int or [height, width]")
+            object.__setattr__(self, "tile_size", (int(ts[0]), int(ts[1])))
+        bad = [f for f in self.tta if f not in FLIPS]
+        if bad:
+            raise ConfigError(f"tta={list(self.tta)!r}: unknown flip(s) {bad}; valid: {list(FLIPS)}")
+        if self.scale <= 0:
+            raise ConfigError(f"scale={self.scale} must be > 0")
+        if self.overlap < 0:
+            raise ConfigError(f"overlap={self.overlap} must be >= 0")
+        tile = self.tile_hw
+        if tile is not None and min(tile) <= self.overlap:
+            raise ConfigError(f"overlap={self.overlap} must be smaller than tile_size={tile}")
+
+    @property
+    def tile_hw(self) -> tuple[int, int] | None:
+        """(tile height, tile width) or None (whole image as one tile)."""
+        ts = self.tile_size
+        if ts is None:
+            return None
+        if isinstance(ts, tuple):
+            return ts  # type: ignore[return-value]
+        return (int(ts), int(ts))
+
+    def thresholds_for(self, cell_type: str | None) -> TypeThresholds:
+        """The thresholds of ``cell_type`` (``default`` when unknown or not listed)."""
+        if cell_type is None:
+            return self.default
+        return self.types.get(cell_type, self.default)
+
+
+def load_inference_config(name_or_path: str | os.PathLike | Mapping[str, Any] | None = None,
+                          overrides: Iterable[str] = ()) -> InferenceConfig:
+    """Load a shipped config by name (``infer_default``), a YAML path or a mapping, then apply
+    ``a.b=c`` overrides (e.g. ``types.astro.score_thresh=0.4``). None: the dataclass defaults."""
+    from cellseg.config import ConfigError, _read_config_source, apply_overrides, from_dict
+
+    if name_or_path is None:
+        data, origin = {}, "defaults"
+    elif isinstance(name_or_path, Mapping):
+        data, origin = dict(name_or_path), "mapping"
+    else:
+        data, origin = _read_config_source(name_or_path)
+    # a training config's val.infer section or a tuned file may nest everything under "infer"
+    if set(data) == {"infer"} and isinstance(data["infer"], Mapping):
+        data = dict(data["infer"])
+    data = apply_overrides(data, overrides)
+    try:
+        return from_dict(InferenceConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None

@@ -1,0 +1,98 @@
+"""Threshold tuning: improves (or keeps) the competition score on cached raw predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellseg import rle
+from cellseg.data.record import ImageRecord
+from cellseg.infer import tune
+from cellseg.infer.config import InferenceConfig, TypeThresholds, load_inference_config
+from cellseg.instances import Instances
+
+SHAPE = (48, 64)
+
+
+def _case(seed: int, cell_type: str) -> tuple[ImageRecord, Instances]:
+    """Truth: 6 squares. Raw prediction: the true cells (score 0.8-0.95), low-score false
+    positives of 4-9 px (score 0.2-0.4) and a near-duplicate of one cell (score 0.7)."""
+    rng = np.random.default_rng(seed)
+    truth, pred, scores = [], [], []
+    for k in range(6):
+        y, x = 4 + 14 * (k // 3), 4 + 20 * (k % 3)
+        m = np.zeros(SHAPE, bool)
+        m[y:y + 10, x:x + 12] = True
+        truth.append(m)
+        pred.append(m)
+        scores.append(rng.uniform(0.8, 0.95))
+    dup = np.roll(truth[0], 2, axis=1)
+    pred.append(dup)
+    scores.append(0.7)
+    for _ in range(4):
+        m = np.zeros(SHAPE, bool)
+        y, x = rng.integers(30, 44), rng.integers(0, 60)
+        m[y:y + rng.integers(2, 4), x:x + 3] = True
+        pred.append(m)
+        scores.append(rng.uniform(0.2, 0.4))
+    rec = ImageRecord(f"img{seed}", Path(f"img{seed}.png"), *SHAPE, cell_type=cell_type,
+                      rles=tuple(rle.encode(m) for m in truth))
+    return rec, Instances.from_dense(np.stack(pred), scores=np.array(scores))
+
+
+def test_tune_improves_and_never_lowers_the_score(tmp_path):
+    cases = [_case(s, t) for s, t in [(0, "astro"), (1, "astro"), (2, "cort"), (3, None)]]
+    records, raw = [c[0] for c in cases], [c[1] for c in cases]
+    cfg = InferenceConfig(default=TypeThresholds(score_thresh=0.1, min_area=0, nms_iou=1.0),
+                          overlap_drop=0.9, fill_holes=False)
+    tuned, report = tune.tune_thresholds(raw, records, cfg, progress=False)
+    assert report["after"] > report["before"]
+    assert report["after"] == pytest.approx(1.0)  # the false positives and duplicate can go
+    for t in ("astro", "cort"):
+        th = tuned.thresholds_for(t)
+        assert th.score_thresh > 0.4 or th.min_area > 9
+        assert report["per_type"][t]["after"] >= report["per_type"][t]["before"]
+    assert report["per_type"]["default"]["n_images"] == 1
+    # already optimal: tuning keeps it
+    again, report2 = tune.tune_thresholds(raw, records, tuned, progress=False)
+    assert report2["after"] == pytest.approx(report2["before"]) and again == tuned
+    # the written YAML loads back to the same config
+    tune.write_config(tmp_path / "tuned.yaml", tuned)
+    assert load_inference_config(tmp_path / "tuned.yaml") == tuned
+
+
+def test_cache_round_trip(tmp_path):
+    rec, inst = _case(5, "cort")
+    tune.save_cache(tmp_path / "c.pkl", [rec], [inst])
+    back = tune.load_cache(tmp_path / "c.pkl", [rec])
+    assert back is not None and np.array_equal(back[0].boxes, inst.boxes)
+    other, _ = _case(6, "cort")
+    assert tune.load_cache(tmp_path / "c.pkl", [rec, other]) is None
+
+
+def test_cli_tune_on_real_train_image(tmp_path, shared_sartorius):
+    torch = pytest.importorskip("torch")
+    from cellseg.checkpoint import save_checkpoint
+    from cellseg.cli import main
+    from cellseg.models import get_family
+
+    torch.manual_seed(0)
+    model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
+                                     decoder_channels=(16, 8, 4))
+    ckpt = tmp_path / "unet.pt"
+    save_checkpoint(ckpt, model=model.state_dict(), family="unet", model_args=model.cellseg_args)
+    argv = ["tune", "--weights", str(ckpt), "--data", str(shared_sartorius), "--out",
+            str(tmp_path / "tuned.yaml"), "--cache", str(tmp_path / "raw.pkl"), "--device", "cpu",
+            "--set", "tile_size=null", "--report", str(tmp_path / "r.json"), "--no-progress"]
+    assert main(argv) == 0
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["after"] >= report["before"]
+    assert (tmp_path / "raw.pkl").exists()
+    ckpt.unlink()  # the second run must come from the cache alone
+    assert main(argv) == 0
+    cfg = load_inference_config(tmp_path / "tuned.yaml")
+    assert "shsy5y" in cfg.types
