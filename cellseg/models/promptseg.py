@@ -1,0 +1,603 @@
+"""promptseg: box-prompted instance masks (CellSAM-style; the 1st-place Sartorius recipe).
+
+    from cellseg.models import get_family
+    fam = get_family("promptseg")
+    model = fam.build(decoder="crop", crop_size=64, detector={...maskrcnn build args...})
+    x = fam.preprocess(model, images_uint8)                 # (B, 1, H, W)
+    preds = fam.predict_instances(model, x)                 # detector boxes -> masks
+    preds = fam.predict_with_boxes(model, x, gt_boxes)      # evaluate the mask part on given boxes
+    losses = fam.loss(model, *fam.collate(samples))         # stage 2: mask decoder on GT boxes
+
+Two stages. Stage 1, the box source, is a Mask R-CNN trained by the ``maskrcnn`` family and attached
+here as ``model.detector`` (built from ``detector=`` kwargs or loaded from ``detector_checkpoint=``;
+frozen). Stage 2, trained by ``loss``, is the mask decoder: given a box, predict that cell's mask on an
+(S, S) crop of a *region* (the box grown by ``margin`` on every side, so the decoder sees context and
+can fix box errors). Ground-truth boxes are jittered in training so the decoder learns to tolerate
+detector boxes. Two interchangeable decoders share one interface (see ``promptseg_sam``):
+
+- ``decoder="crop"`` (``CropDecoder``): ``roi_align`` crops of the image (plus a channel marking the
+  prompt box), a small UNet predicts the cell mask (and optionally the union of its neighbours, an
+  auxiliary target the 2nd place used), an MLP on pooled features, mask statistics and the box size
+  predicts the mask IoU.
+- ``decoder="sam"`` (``promptseg_sam.SamPromptDecoder``): SAM's ViT encoder, prompt encoder and mask
+  decoder; all boxes of an image in one call; optional local SAM/CellSAM weights.
+
+The loss is BCE + Dice on the crop, BCE on the neighbour channel and the MSE of the predicted IoU
+against the IoU *in image pixels* of the mask pasted back exactly as inference does (``pixel_iou``).
+
+Every mask carries ``extra["pred_iou"]`` (the IoU head, clipped to [0, 1]), ``extra["stability"]``
+(SAM's stability score: |logits > +1| / |logits > -1| on the crop logits), ``extra["mask_prob"]``
+(mean probability inside the pasted mask) and ``extra["box_score"]`` (the detector's score). With
+``rescore=True`` the instance score is box score x mask_prob (1st place; inference can do the same
+with ``InferenceConfig.rescore``: use one of the two, not both); ``min_pred_iou`` and
+``min_stability`` drop masks below them. Masks go back to image pixels through
+``cellseg.models.paste.paste_masks``, the one paste-back helper.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cellseg.instances import Instances
+from cellseg.models.paste import paste_masks
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+    """SAM's stability score of mask logits (..., H, W) -> (...): the IoU of the masks thresholded
+    at ``threshold + offset`` and ``threshold - offset``, i.e. |logits > t+o| / |logits > t-o|
+    (the first mask is inside the second). 0 where even the loose mask is empty."""
+    strict = (logits > threshold + offset).flatten(-2).sum(-1).float()
+    loose = (logits > threshold - offset).flatten(-2).sum(-1).float()
+    return torch.where(loose > 0, strict / loose.clamp(min=1), torch.zeros_like(loose))
+
+
+def expand_boxes(boxes: torch.Tensor, margin: float, min_size: float) -> torch.Tensor:
+    """(N, 4) float boxes -> regions: each side grown by ``margin`` x the box size, and at least
+    ``min_size`` pixels wide/high, about the same centre."""
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0) * (1 + 2 * margin)
+    size = size.clamp(min=min_size)
+    return torch.cat([c - size / 2, c + size / 2], 1)
+
+
+def jitter_boxes(boxes: torch.Tensor, sigma: float, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Training-time box noise: each coordinate moves by N(0, sigma x box side); the result stays
+    at least 2 px wide and inside the image."""
+    if sigma <= 0 or len(boxes) == 0:
+        return boxes
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0).repeat(1, 2)
+    out = boxes + torch.randn_like(boxes) * sigma * wh
+    h, w = image_hw
+    x0 = out[:, 0].clamp(0, w - 2)
+    y0 = out[:, 1].clamp(0, h - 2)
+    x1 = torch.maximum(out[:, 2].clamp(max=w), x0 + 2)
+    y1 = torch.maximum(out[:, 3].clamp(max=h), y0 + 2)
+    return torch.stack([x0, y0, x1, y1], 1)
+
+
+def pixel_iou(probs: torch.Tensor, regions: torch.Tensor, masks: torch.Tensor,
+              threshold: float = 0.5) -> torch.Tensor:
+    """IoU, in image pixels, of each crop mask pasted back exactly as ``paste_masks`` does
+    (bilinear at pixel centres, edge replicated, > threshold) with its true mask.
+
+    probs: (N, S, S) float probabilities on the regions; regions: (N, 4) float;
+    masks: (N, H, W) bool/uint8 true masks (pixels outside the region count in the union).
+    Returns (N,) float32; 1 where both masks are empty. This, not the IoU on the crop grid, is what
+    the metric sees: small cells lose IoU to pixel quantisation that the crop grid hides.
+    """
+    n, s = probs.shape[0], probs.shape[-1]
+    if n == 0:
+        return probs.new_zeros((0,))
+    h, w = masks.shape[-2:]
+    rx0, ry0, rx1, ry1 = regions.float().unbind(1)
+    x0 = torch.ceil(rx0 - 0.5).clamp(0, w).long()
+    y0 = torch.ceil(ry0 - 0.5).clamp(0, h).long()
+    x1 = torch.maximum(torch.floor(rx1 - 0.5).long() + 1, x0).clamp(max=w)
+    y1 = torch.maximum(torch.floor(ry1 - 0.5).long() + 1, y0).clamp(max=h)
+    pw, ph = max(int((x1 - x0).max()), 1), max(int((y1 - y0).max()), 1)
+    ax = torch.arange(pw, device=probs.device)
+    ay = torch.arange(ph, device=probs.device)
+    px, py = x0[:, None] + ax, y0[:, None] + ay  # (N, pw), (N, ph) pixel indices
+    gx = ((px.float() + 0.5 - rx0[:, None]) / (rx1 - rx0)[:, None]) * 2 - 1
+    gy = ((py.float() + 0.5 - ry0[:, None]) / (ry1 - ry0)[:, None]) * 2 - 1
+    grid = torch.stack([gx[:, None, :].expand(n, ph, pw), gy[:, :, None].expand(n, ph, pw)], -1)
+    # align_corners=False + border padding == paste_crop's sampling (see cellseg.models.paste)
+    pasted = F.grid_sample(probs[:, None].float(), grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)[:, 0]
+    valid = ((ay[None, :, None] < (y1 - y0)[:, None, None])
+             & (ax[None, None, :] < (x1 - x0)[:, None, None]))
+    pred = (pasted > threshold) & valid
+    idx = torch.arange(n, device=probs.device)[:, None, None]
+    rows, cols = py.clamp(max=h - 1)[:, :, None], px.clamp(max=w - 1)[:, None, :]
+    truth_in = masks[idx, rows, cols].bool() & valid
+    inter = (pred & truth_in).flatten(1).sum(1).float()
+    union = pred.flatten(1).sum(1).float() + masks.flatten(1).sum(1).float() - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def filter_instances(inst: Instances, *, min_pred_iou: float = 0.0,
+                     min_stability: float = 0.0) -> Instances:
+    """Drop instances whose ``extra["pred_iou"]`` / ``extra["stability"]`` fall below the limits."""
+    keep = np.ones(len(inst), bool)
+    if min_pred_iou > 0 and "pred_iou" in inst.extra:
+        keep &= np.asarray(inst.extra["pred_iou"]) >= min_pred_iou
+    if min_stability > 0 and "stability" in inst.extra:
+        keep &= np.asarray(inst.extra["stability"]) >= min_stability
+    return inst if keep.all() else inst.select(keep)
+
+
+# ----------------------------------------------------------------------------- crop decoder
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    g = min(8, cout)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(g, cout),
+                         nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                         nn.GroupNorm(g, cout), nn.ReLU(inplace=True))
+
+
+class CropDecoder(nn.Module):
+    """UNet on (S, S) ``roi_align`` crops of the image around each prompt box.
+
+    Input per crop: the C image channels plus a binary channel marking the prompt box inside the
+    region (so any region policy works). Outputs ``out_channels`` logits maps (1: the cell,
+    2: the cell and the union of its neighbours) and a predicted IoU (an MLP on pooled features,
+    statistics of the mask logits and the region size). ``crop_size`` must be divisible by
+    2 ** levels. Interface: see ``promptseg_sam``.
+    """
+
+    def __init__(self, *, in_channels: int = 1, crop_size: int = 128, base_channels: int = 32,
+                 levels: int = 3, out_channels: int = 2) -> None:
+        super().__init__()
+        if crop_size % (2 ** levels):
+            raise ValueError(f"crop_size={crop_size} must be divisible by 2**levels={2 ** levels}")
+        self.crop_size = int(crop_size)
+        chans = [base_channels * 2 ** i for i in range(levels + 1)]
+        self.down = nn.ModuleList([_block(in_channels + 1, chans[0])] +
+                                  [_block(chans[i], chans[i + 1]) for i in range(levels)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2)
+                                 for i in reversed(range(levels))])
+        self.fuse = nn.ModuleList([_block(2 * chans[i], chans[i]) for i in reversed(range(levels))])
+        self.head = nn.Conv2d(chans[0], out_channels, 1)
+        # IoU head input: pooled bottleneck and output features, output features pooled inside
+        # the predicted mask, 4 statistics of the mask logits (how sure the mask is) and the
+        # region's log size in pixels (pixel quantisation costs small cells IoU)
+        self.iou_head = nn.Sequential(nn.Linear(chans[-1] + 2 * chans[0] + 6, 128),
+                                      nn.ReLU(inplace=True), nn.Linear(128, 64),
+                                      nn.ReLU(inplace=True), nn.Linear(64, 1))
+
+    def box_channel(self, boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) float: 1 where the crop cell centre lies inside the prompt box."""
+        s = self.crop_size
+        t = (torch.arange(s, device=boxes.device, dtype=torch.float32) + 0.5) / s
+        size = (regions[:, 2:] - regions[:, :2]).clamp(min=1e-6)
+        xs = regions[:, 0:1] + t[None] * size[:, 0:1]  # (N, S) pixel x of crop columns
+        ys = regions[:, 1:2] + t[None] * size[:, 1:2]
+        inx = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])
+        iny = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])
+        return (iny[:, :, None] & inx[:, None, :]).float()[:, None]
+
+    def forward(self, images: torch.Tensor, boxes: Sequence[torch.Tensor],
+                regions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision.ops import roi_align
+
+        s = self.crop_size
+        bx, rg = torch.cat(list(boxes)).float(), torch.cat(list(regions)).float()
+        if len(rg) == 0:
+            return images.new_zeros((0, self.head.out_channels, s, s)), images.new_zeros((0,))
+        idx = torch.cat([torch.full((len(r),), i, dtype=torch.float32, device=rg.device)
+                         for i, r in enumerate(regions)])
+        crops = roi_align(images.float(), torch.cat([idx[:, None], rg], 1), s, spatial_scale=1.0,
+                          sampling_ratio=2, aligned=True)
+        x = torch.cat([crops, self.box_channel(bx, rg)], 1)
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        bottleneck = x
+        for up, fuse, skip in zip(self.up, self.fuse, reversed(skips[:-1])):
+            x = fuse(torch.cat([up(x), skip], 1))
+        logits = self.head(x)
+        with torch.no_grad():  # the IoU head judges the mask; it must not reshape it
+            cell = logits[:, 0].float()
+            prob = cell.sigmoid()
+            area = prob.flatten(1).mean(1, keepdim=True)
+            stats = torch.cat([area, (4 * prob * (1 - prob)).flatten(1).mean(1, keepdim=True),
+                               stability_score(cell)[:, None],
+                               cell.abs().clamp(max=10).flatten(1).mean(1, keepdim=True) / 10,
+                               torch.log((rg[:, 2:] - rg[:, :2]).clamp(min=1)) / 5], 1)
+            weight = prob[:, None] / (prob.flatten(1).sum(1)[:, None, None, None] + 1e-3)
+        inside = (x * weight.to(x.dtype)).sum((2, 3))
+        pooled = torch.cat([bottleneck.mean((2, 3)), x.mean((2, 3)), inside,
+                            stats.to(x.dtype)], 1)
+        return logits, self.iou_head(pooled)[:, 0]
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class PromptSegModel(nn.Module):
+    """Mask decoder (+ optional frozen detector) and the settings that turn its output into
+    instances. Build it with ``FAMILY.build``; attributes are documented there."""
+
+    def __init__(self, decoder: nn.Module, *, norm: dict[str, Any], margin: float, min_region: float,
+                 jitter: float, max_train_instances: int, mask_threshold: float,
+                 stability_offset: float, rescore: bool, min_pred_iou: float, min_stability: float,
+                 iou_weight: float, neighbour_weight: float, decode_chunk: int | None,
+                 detector: nn.Module | None = None, detector_family: str = "maskrcnn") -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.detector = detector
+        if detector is not None:
+            detector.requires_grad_(False)  # stage 1 is trained by its own family
+        self.detector_family = detector_family
+        self.cellseg_norm = dict(norm)
+        self.margin, self.min_region, self.jitter = float(margin), float(min_region), float(jitter)
+        self.max_train_instances = int(max_train_instances)
+        self.mask_threshold, self.stability_offset = float(mask_threshold), float(stability_offset)
+        self.rescore = bool(rescore)
+        self.min_pred_iou, self.min_stability = float(min_pred_iou), float(min_stability)
+        self.iou_weight, self.neighbour_weight = float(iou_weight), float(neighbour_weight)
+        self.decode_chunk = decode_chunk
+
+    def train(self, mode: bool = True) -> "PromptSegModel":
+        super().train(mode)
+        if self.detector is not None:
+            self.detector.eval()  # frozen: keep its norm layers and proposal settings in eval mode
+        return self
+
+    @property
+    def decoder_channels(self) -> int:
+        """1 (the cell) or 2 (the cell and its neighbours)."""
+        head = getattr(self.decoder, "head", None)
+        return int(head.out_channels) if head is not None else 1
+
+    def regions(self, boxes: torch.Tensor) -> torch.Tensor:
+        return expand_boxes(boxes.float(), self.margin, self.min_region)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError("promptseg expects preprocessed images (B, C, H, W) float32 "
+                         f"(use FAMILY.preprocess), got {getattr(images, 'shape', type(images))}")
+
+
+class PromptSegFamily:
+    """The ``promptseg`` model family (contract: ``cellseg/models/base.py``)."""
+
+    name = "promptseg"
+    kind: Literal["instances"] = "instances"
+
+    def build(self, *, decoder: Literal["crop", "sam"] = "crop", in_channels: int = 1,
+              mean: float = 128.0, std: float = 13.0, crop_size: int = 128, margin: float = 0.25,
+              min_region: float = 8.0, neighbours: bool = True, base_channels: int = 32,
+              levels: int = 3, sam: dict[str, Any] | None = None, sam_checkpoint: str | None = None,
+              detector: dict[str, Any] | None = None, detector_checkpoint: str | None = None,
+              detector_family: str = "maskrcnn", jitter: float = 0.1,
+              max_train_instances: int = 64, mask_threshold: float = 0.5,
+              stability_offset: float = 1.0, rescore: bool = False, min_pred_iou: float = 0.0,
+              min_stability: float = 0.0, iou_weight: float = 1.0, neighbour_weight: float = 0.5,
+              decode_chunk: int | None = 256) -> PromptSegModel:
+        """Build a promptseg model (never downloads weights).
+
+        decoder: "crop" (UNet on roi crops; ``base_channels``, ``levels``, ``neighbours`` adds the
+            neighbour channel) or "sam" (``sam``: ``SamPromptDecoder`` size kwargs, e.g.
+            ``promptseg_sam.SAM_VIT_B``; ``sam_checkpoint``: a local SAM/CellSAM .pth).
+        mean, std: input normalisation on the 0-255 scale; in_channels: gray repeated C times.
+        crop_size: S of the (S, S) mask crops; margin: context added around each box (fraction of
+            its size per side); min_region: smallest region side in pixels.
+        detector / detector_checkpoint: the box source, a ``detector_family`` model built from
+            kwargs, or loaded (architecture + weights) from a cellseg checkpoint; frozen.
+        jitter: box noise (fraction of the box side) in training; max_train_instances: cells per
+            image per step; iou_weight / neighbour_weight: loss weights.
+        mask_threshold: pasted probability above which a pixel is in the mask;
+            stability_offset: SAM's offset (score at logit 0 +- offset).
+        rescore: instance score = box score x mask_prob (else the box score);
+            min_pred_iou / min_stability: drop masks below; decode_chunk: boxes per decoder call
+            (bounds memory; None: all boxes of the batch at once).
+        """
+        from cellseg.data.transforms import resolve_norm
+
+        norm = resolve_norm({"mean": float(mean), "std": float(std)}, in_channels)
+        if decoder == "crop":
+            dec: nn.Module = CropDecoder(in_channels=in_channels, crop_size=crop_size,
+                                         base_channels=base_channels, levels=levels,
+                                         out_channels=2 if neighbours else 1)
+        elif decoder == "sam":
+            from cellseg.models.promptseg_sam import SamPromptDecoder
+
+            dec = SamPromptDecoder(mean=mean, std=std, crop_size=crop_size,
+                                   checkpoint=sam_checkpoint, **dict(sam or {}))
+        else:
+            raise ValueError(f"promptseg decoder={decoder!r}; valid: 'crop', 'sam'")
+        det = None
+        if detector_checkpoint:
+            det = _load_detector(detector_checkpoint, detector_family)
+        elif detector is not None:
+            from cellseg.models import get_family
+
+            det = get_family(detector_family).build(**dict(detector))
+        model = PromptSegModel(dec, norm=norm, margin=margin, min_region=min_region, jitter=jitter,
+                               max_train_instances=max_train_instances,
+                               mask_threshold=mask_threshold, stability_offset=stability_offset,
+                               rescore=rescore, min_pred_iou=min_pred_iou,
+                               min_stability=min_stability, iou_weight=iou_weight,
+                               neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
+                               detector=det, detector_family=detector_family)
+        # Arguments that rebuild this model WITHOUT the external files: the weights of SAM and of
+        # the detector live in this model's state_dict, so a saved checkpoint needs no other file.
+        args = dict(decoder=decoder, in_channels=in_channels, mean=mean, std=std,
+                    crop_size=crop_size, margin=margin, min_region=min_region,
+                    neighbours=neighbours, base_channels=base_channels, levels=levels, sam=sam,
+                    detector=getattr(det, "cellseg_args", detector) if det else None,
+                    detector_family=detector_family, jitter=jitter,
+                    max_train_instances=max_train_instances, mask_threshold=mask_threshold,
+                    stability_offset=stability_offset, rescore=rescore, min_pred_iou=min_pred_iou,
+                    min_stability=min_stability, iou_weight=iou_weight,
+                    neighbour_weight=neighbour_weight, decode_chunk=decode_chunk)
+        model.cellseg_args = args
+        return model
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def preprocess(self, model: nn.Module, images: np.ndarray) -> torch.Tensor:
+        """(B, H, W) uint8 -> (B, C, H, W) float32 on the model's device, (x - mean) / std."""
+        from cellseg.data.transforms import normalise_batch
+
+        return normalise_batch(images, model.cellseg_norm, next(model.parameters()).device)
+
+    def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """(N, H, W) bool masks -> {"boxes": (M, 4) float32 tight boxes (x1, y1 exclusive),
+        "masks": (M, H, W) uint8, "labels": (M,) int64}; empty masks (cut away by a crop) dropped."""
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 3:
+            raise ValueError(f"make_target expects (N, H, W) masks, got shape {masks.shape}")
+        rows, cols = masks.any(2), masks.any(1)
+        keep = rows.any(1)
+        rows, cols, masks = rows[keep], cols[keep], masks[keep]
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)[keep]
+        boxes = np.zeros((len(masks), 4), np.float32)
+        if len(masks):
+            boxes[:, 0] = cols.argmax(1)
+            boxes[:, 1] = rows.argmax(1)
+            boxes[:, 2] = cols.shape[1] - cols[:, ::-1].argmax(1)
+            boxes[:, 3] = rows.shape[1] - rows[:, ::-1].argmax(1)
+        return {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                "masks": torch.from_numpy(masks.astype(np.uint8))}
+
+    def collate(self, samples: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
+        """Stack images (zero-padded at the bottom/right to the largest) and list the targets."""
+        imgs = [s[0] for s in samples]
+        h = max(i.shape[-2] for i in imgs)
+        w = max(i.shape[-1] for i in imgs)
+        batch = imgs[0].new_zeros((len(imgs), imgs[0].shape[0], h, w))
+        targets = []
+        for k, (img, t) in enumerate(samples):
+            batch[k, :, :img.shape[-2], :img.shape[-1]] = img
+            m = t["masks"]
+            if m.shape[-2:] != (h, w):
+                m = F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]))
+            targets.append({**t, "masks": m})
+        return batch, targets
+
+    # -- training (stage 2) ----------------------------------------------------------------------
+
+    def loss(self, model: PromptSegModel, images: torch.Tensor,
+             targets: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """BCE + Dice on the cell mask crops, BCE on the neighbour channel, MSE of the predicted
+        IoU vs the IoU of the thresholded prediction; prompts are jittered GT boxes."""
+        from torchvision.ops import roi_align
+
+        _check_images(images)
+        device, (h, w) = images.device, images.shape[-2:]
+        s = model.decoder.crop_size
+        boxes, regions, cell_t, neigh_t, truth = [], [], [], [], []
+        for t in targets:
+            m = t["masks"].to(device)
+            n = len(m)
+            sel = torch.randperm(n, device=device)[:model.max_train_instances]
+            b = jitter_boxes(t["boxes"].to(device).float()[sel], model.jitter, (h, w))
+            r = model.regions(b)
+            boxes.append(b)
+            regions.append(r)
+            if len(sel) == 0:
+                continue
+            truth.append(m[sel])
+            chosen = m[sel].float()[:, None]
+            rois = torch.cat([torch.arange(len(sel), device=device, dtype=torch.float32)[:, None],
+                              r], 1)
+            cell_t.append(roi_align(chosen, rois, s, 1.0, 2, aligned=True))
+            if model.decoder_channels > 1:
+                count = m.sum(0, dtype=torch.float32)  # cells covering each pixel (they overlap)
+                others = ((count[None, None] - chosen) > 0.5).float()
+                neigh_t.append(roi_align(others, rois, s, 1.0, 2, aligned=True))
+        if not cell_t:  # no cell in the batch: a zero loss that still touches every parameter
+            zero = sum(p.sum() * 0.0 for p in model.decoder.parameters() if p.requires_grad)
+            keys = ["loss_bce", "loss_dice", "loss_iou"]
+            keys += ["loss_neighbour"] if model.decoder_channels > 1 else []
+            return {"loss": zero, **{k: zero.detach() for k in keys + ["mask_iou"]}}
+        logits, iou_pred = model.decoder(images, boxes, regions)
+        target = torch.cat(cell_t)[:, 0]
+        cell = logits[:, 0].float()
+        bce = F.binary_cross_entropy_with_logits(cell, target)
+        prob = cell.sigmoid()
+        inter = (prob * target).flatten(1).sum(1)
+        dice = 1 - ((2 * inter + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)).mean()
+        with torch.no_grad():  # the IoU head learns the pixel IoU that the metric will see
+            actual = torch.cat([pixel_iou(p, r, t, model.mask_threshold) for p, r, t in
+                                zip(prob.split([len(t) for t in truth]),
+                                    [r for r in regions if len(r)], truth)])
+        loss_iou = F.mse_loss(iou_pred.float(), actual)
+        out = {"loss_bce": bce, "loss_dice": dice, "loss_iou": loss_iou}
+        total = bce + dice + model.iou_weight * loss_iou
+        if logits.shape[1] > 1:
+            neigh = F.binary_cross_entropy_with_logits(logits[:, 1].float(), torch.cat(neigh_t)[:, 0])
+            out["loss_neighbour"] = neigh
+            total = total + model.neighbour_weight * neigh
+        out["loss"] = total
+        out["mask_iou"] = actual.mean()
+        return out
+
+    # -- inference -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_with_boxes(self, model: PromptSegModel, images: torch.Tensor,
+                           boxes: Sequence[Any], scores: Sequence[Any] | None = None,
+                           labels: Sequence[Any] | None = None) -> list[Instances]:
+        """Masks for given prompt boxes (evaluation on GT boxes, or detector boxes).
+
+        images: (B, C, H, W) preprocessed; boxes: B arrays (N_b, 4) float x0, y0, x1, y1 pixels;
+        scores / labels: optional B arrays (N_b,) (default 1.0 / 0). Returns one ``Instances`` per
+        image (empty masks dropped), extra: pred_iou, stability, mask_prob, box_score.
+        """
+        _check_images(images)
+        device, (h, w) = images.device, images.shape[-2:]
+        bx = [torch.as_tensor(np.asarray(b, np.float32).reshape(-1, 4), device=device) for b in boxes]
+        if len(bx) != len(images):
+            raise ValueError(f"predict_with_boxes got {len(bx)} box arrays for {len(images)} images")
+        rg = [model.regions(b) for b in bx]
+        logits, ious = self.decode(model, images, bx, rg)
+        return self.to_instances(model, logits, ious, rg, (h, w), scores, labels)
+
+    @torch.no_grad()
+    def decode(self, model: PromptSegModel, images: torch.Tensor, boxes: Sequence[torch.Tensor],
+               regions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder outputs for all boxes of the batch, ``decode_chunk`` boxes per call (batched,
+        bounded memory): cell logits (N, S, S) float32 and raw predicted IoU (N,), images in order."""
+        flat = [(i, k) for i, b in enumerate(boxes) for k in range(len(b))]
+        chunk = model.decode_chunk or max(len(flat), 1)
+        logits_parts, iou_parts = [], []
+        dec = model.decoder
+        if hasattr(dec, "embed") and flat:  # SAM: encode each image once for all chunks
+            emb, scale = dec.embed(images)
+
+            def call(b: list, r: list) -> tuple[torch.Tensor, torch.Tensor]:
+                return dec.decode_embedded(emb, scale, b, r)
+        else:
+            def call(b: list, r: list) -> tuple[torch.Tensor, torch.Tensor]:
+                return dec(images, b, r)
+        for c0 in range(0, len(flat), chunk):
+            sel: list[list[int]] = [[] for _ in boxes]
+            for i, k in flat[c0:c0 + chunk]:
+                sel[i].append(k)
+            idx = [torch.as_tensor(ks, dtype=torch.long, device=images.device) for ks in sel]
+            lg, io = call([b[j] for b, j in zip(boxes, idx)], [r[j] for r, j in zip(regions, idx)])
+            logits_parts.append(lg[:, 0].float())
+            iou_parts.append(io.float())
+        if not logits_parts:
+            s = model.decoder.crop_size
+            return images.new_zeros((0, s, s)), images.new_zeros((0,))
+        return torch.cat(logits_parts), torch.cat(iou_parts)
+
+    def to_instances(self, model: PromptSegModel, logits: torch.Tensor, ious: torch.Tensor,
+                     regions: Sequence[torch.Tensor], image_hw: tuple[int, int],
+                     scores: Sequence[Any] | None = None,
+                     labels: Sequence[Any] | None = None) -> list[Instances]:
+        """Decoder outputs -> one ``Instances`` per image: stability, paste-back, extras, filters.
+        logits (N, S, S) / ious (N,) are the images' boxes concatenated in order."""
+        stab = stability_score(logits, 0.0, model.stability_offset).cpu().numpy()
+        probs = logits.sigmoid().cpu().numpy()
+        ious_np = ious.clamp(0, 1).cpu().numpy()
+        out, n_done = [], 0
+        for i, rg in enumerate(regions):
+            n = len(rg)
+            sl = slice(n_done, n_done + n)
+            n_done += n
+            pboxes, pmasks, mean_prob = paste_masks(probs[sl], rg.cpu().numpy(), image_hw,
+                                                    model.mask_threshold)
+            box_score = (np.ones(n, np.float32) if scores is None
+                         else np.asarray(scores[i], np.float32).reshape(-1))
+            lab = (np.zeros(n, np.int64) if labels is None
+                   else np.asarray(labels[i], np.int64).reshape(-1))
+            extra = {"pred_iou": ious_np[sl], "stability": stab[sl], "mask_prob": mean_prob,
+                     "box_score": box_score}
+            score = box_score * mean_prob if model.rescore else box_score
+            inst = Instances(image_hw, pboxes, pmasks, score, lab, extra)
+            inst = inst.select(inst.areas > 0)
+            out.append(filter_instances(inst, min_pred_iou=model.min_pred_iou,
+                                        min_stability=model.min_stability))
+        return out
+
+    @torch.no_grad()
+    def detect(self, model: PromptSegModel, images: torch.Tensor) -> list[Instances]:
+        """Stage 1: the attached detector's instances for preprocessed images; ``predict_instances``
+        prompts with their ``extra["det_box"]`` (float box-regression output) when present."""
+        if model.detector is None:
+            raise ValueError("this promptseg model has no detector to make box prompts: build it "
+                             "with detector={...maskrcnn args...} or detector_checkpoint=<path of a "
+                             "trained maskrcnn checkpoint>, or call predict_with_boxes with boxes")
+        from cellseg.models import get_family
+
+        fam = get_family(model.detector_family)
+        norm = model.cellseg_norm
+        raw = (images[:, 0] * norm["std"][0] + norm["mean"][0]).round().clamp(0, 255)
+        det_in = fam.preprocess(model.detector, raw.to(torch.uint8).cpu().numpy())
+        if hasattr(model.detector, "roi_heads") and hasattr(model.detector, "transform"):
+            return _torchvision_boxes(model.detector, det_in)
+        return fam.predict_instances(model.detector, det_in)
+
+    def predict_instances(self, model: PromptSegModel, images: torch.Tensor) -> list[Instances]:
+        """(B, C, H, W) preprocessed -> detector boxes -> one ``Instances`` per image."""
+        _check_images(images)
+        dets = self.detect(model, images)
+        boxes = [np.asarray(d.extra["det_box"], np.float32) if "det_box" in d.extra
+                 else d.boxes.astype(np.float32) for d in dets]
+        return self.predict_with_boxes(model, images, boxes, [d.scores for d in dets],
+                                       [d.labels for d in dets])
+
+
+def _torchvision_boxes(detector: nn.Module, images: torch.Tensor) -> list[Instances]:
+    """Boxes, scores and labels of a torchvision (Mask) R-CNN, with its mask branch skipped (the
+    prompts need only boxes): Instances with 1x1 placeholder masks at each box's top-left pixel
+    and the float boxes in ``extra["det_box"]`` (pixel-edge convention, as the training boxes;
+    torchvision class k + 1 -> label k)."""
+    roi_heads = detector.roi_heads
+    saved = roi_heads.mask_roi_pool
+    roi_heads.mask_roi_pool = None  # RoIHeads.has_mask() is False: no mask head, no pasting
+    try:
+        outputs = detector([img for img in images])
+    finally:
+        roi_heads.mask_roi_pool = saved
+    results = []
+    for img, out in zip(images, outputs):
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        boxes = out["boxes"].float().cpu().numpy().reshape(-1, 4)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        boxes = boxes[keep]
+        x0 = np.minimum(np.floor(boxes[:, 0]), w - 1).astype(np.int32)
+        y0 = np.minimum(np.floor(boxes[:, 1]), h - 1).astype(np.int32)
+        ibox = np.stack([x0, y0, x0 + 1, y0 + 1], 1).reshape(-1, 4)
+        results.append(Instances((h, w), ibox, [np.ones((1, 1), bool) for _ in range(len(boxes))],
+                                 out["scores"].float().cpu().numpy()[keep],
+                                 out["labels"].cpu().numpy().astype(np.int64)[keep] - 1,
+                                 {"det_box": boxes}))
+    return results
+
+
+def _load_detector(path: str, family: str) -> nn.Module:
+    """The detector network (architecture and weights) from a cellseg checkpoint."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"detector checkpoint {path} does not exist: train one with "
+                                f"`cellseg train` (model.family={family}) or pass detector=<args>")
+    from cellseg.checkpoint import load_model
+
+    det, fam, ckpt = load_model(path)
+    if fam.name != family or fam.kind != "instances":
+        raise ValueError(f"detector checkpoint {path} holds family {fam.name!r}; promptseg needs "
+                         f"an instance family ({family!r})")
+    if not getattr(det, "cellseg_args", None):
+        det.cellseg_args = dict(ckpt.get("model_args") or {})
+    return det
+
+
+FAMILY = PromptSegFamily()
