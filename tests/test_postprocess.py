@@ -148,3 +148,22 @@ def test_default_yaml_loads_and_rejects_unknown_keys():
         load_inference_config(None, ["types.astro.score=0.3"])
     with pytest.raises(ConfigError, match="unknown flip"):
         load_inference_config(None, ["tta=[x]"])
+
+
+def test_filter_extra_drops_low_pred_iou_and_stability_only_when_present() -> None:
+    from cellseg.infer.config import load_inference_config
+    from cellseg.infer.postprocess import filter_extra, postprocess
+
+    masks = np.zeros((3, 20, 20), bool)
+    masks[0, 1:5, 1:5] = masks[1, 8:12, 8:12] = masks[2, 14:19, 14:19] = True
+    inst = Instances.from_dense(masks, scores=np.array([0.9, 0.8, 0.7], np.float32),
+                                pred_iou=np.array([0.95, 0.4, 0.9]),
+                                stability=np.array([0.99, 0.99, 0.5]))
+    assert len(filter_extra(inst)) == 3  # 0 = off
+    assert filter_extra(inst, min_pred_iou=0.5).scores.tolist() == pytest.approx([0.9, 0.7])
+    assert filter_extra(inst, min_stability=0.8).scores.tolist() == pytest.approx([0.9, 0.8])
+    plain = Instances.from_dense(masks)  # no extras: never dropped by these filters
+    assert len(filter_extra(plain, min_pred_iou=0.9, min_stability=0.9)) == 3
+    cfg = load_inference_config(None, ["default.score_thresh=0.1", "default.min_pred_iou=0.5",
+                                       "default.min_stability=0.8", "default.min_area=1"])
+    assert postprocess(inst, cfg).scores.tolist() == pytest.approx([0.9])

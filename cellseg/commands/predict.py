@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write outline overlays (PNG) here")
     parser.add_argument("--cell-type", default=None,
                         help="force the cell type whose thresholds apply (default: voted per image)")
+    parser.add_argument("--results", default=None, metavar="JSON",
+                        help="also write a COCO results JSON (scores, pred_iou, stability) for "
+                             "`cellseg score`")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     failed = predict_to_submission(models, records, cfg, args.out, cell_type=args.cell_type,
                                    save_masks=args.save_masks, overlay=args.overlay,
-                                   device=device, progress=not args.no_progress)
+                                   device=device, progress=not args.no_progress,
+                                   results=args.results)
     print(f"wrote {args.out}: {len(records)} images, {failed} failed", file=sys.stderr)
     return 1 if failed else 0

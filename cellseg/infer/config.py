@@ -25,11 +25,16 @@ class TypeThresholds:
     score_thresh: drop instances scoring below it.
     min_area: drop instances with fewer pixels (checked before AND after overlap removal).
     nms_iou: mask NMS, drop an instance whose mask IoU with a better one exceeds it (1.0: off).
+    min_pred_iou, min_stability: drop instances whose ``extra["pred_iou"]`` (a learned IoU head,
+        promptseg) or ``extra["stability"]`` (SAM's stability score) fall below; 0 = off, and
+        instances without that extra are never dropped by it.
     """
 
     score_thresh: float = 0.5
     min_area: int = 0
     nms_iou: float = 0.5
+    min_pred_iou: float = 0.0
+    min_stability: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,18 @@ def filter_score(inst: Instances, thresh: float) -> Instances:
     return inst.select(inst.scores >= thresh)
 
 
+def filter_extra(inst: Instances, *, min_pred_iou: float = 0.0,
+                 min_stability: float = 0.0) -> Instances:
+    """Drop instances whose ``extra["pred_iou"]`` / ``extra["stability"]`` fall below the limits
+    (0 = off; instances of a model that does not provide the extra are kept)."""
+    keep = np.ones(len(inst), bool)
+    if min_pred_iou > 0 and "pred_iou" in inst.extra:
+        keep &= np.asarray(inst.extra["pred_iou"]) >= min_pred_iou
+    if min_stability > 0 and "stability" in inst.extra:
+        keep &= np.asarray(inst.extra["stability"]) >= min_stability
+    return inst if keep.all() else inst.select(keep)
+
+
 def filter_area(inst: Instances, min_area: int) -> Instances:
     """Keep instances with at least ``min_area`` pixels (and never an empty mask)."""
     return inst.select(inst.areas >= max(int(min_area), 1))
@@ -183,6 +195,7 @@ def postprocess(inst: Instances, cfg: "InferenceConfig", *, cell_type: str | Non
     ctype = cell_type if cell_type is not None else vote_cell_type(inst, cfg.cell_type_names)
     th = cfg.thresholds_for(ctype)
     out = filter_score(inst, th.score_thresh)
+    out = filter_extra(out, min_pred_iou=th.min_pred_iou, min_stability=th.min_stability)
     if cfg.fill_holes:
         out = fill_holes(out)
     out = filter_area(out, th.min_area)

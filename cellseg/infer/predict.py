@@ -328,13 +328,18 @@ def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageR
                           cfg: InferenceConfig, out_path: str | os.PathLike, *,
                           cell_type: str | None = None, save_masks: str | os.PathLike | None = None,
                           overlay: str | os.PathLike | None = None, device: Any = None,
-                          progress: bool = True, timer: Timer | None = None) -> int:
+                          progress: bool = True, timer: Timer | None = None,
+                          results: str | os.PathLike | None = None) -> int:
     """Predict every record and write ``out_path`` (competition CSV) atomically, streaming.
 
     Images are read and predicted ``cfg.batch_size`` at a time, so memory does not grow with
     their number. An image that fails to read or predict is reported on stderr by name and gets
     the empty-image policy (no candidate: a placeholder, or nothing with "allow_empty"); the run
     goes on. The written file is then checked with ``validate_submission``.
+
+    ``results``: also write the final instances as a COCO results JSON (COCO RLE, score, and
+    every per-instance extra such as ``pred_iou`` / ``stability``), which ``cellseg score``
+    ranks by score for AP and summarises. Held in memory until the end (RLEs only, small).
 
     Returns:
         The number of images that failed (0 = all predicted). Raises ``ValueError`` when the
@@ -347,6 +352,7 @@ def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageR
     timer = timer or _NO_TIMER
     failed: list[str] = []
     shapes: dict[str, tuple[int, int]] = {}
+    coco_results: list[dict] = []
     step = max(1, int(cfg.batch_size))
     bar = tqdm(total=len(records), desc="predict", unit="img", file=sys.stderr, disable=not progress)
     # postprocessing guarantees disjoint cells, so the writer's per-image overlap check is
@@ -354,19 +360,26 @@ def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageR
     with SubmissionWriter(out_path, check_overlap=False) as writer:
         for s in range(0, len(records), step):
             chunk = list(records[s:s + step])
-            results = _predict_chunk(models, chunk, cfg, cell_type, device, failed, timer)
-            for rec, (image, inst) in zip(chunk, results):
+            predicted = _predict_chunk(models, chunk, cfg, cell_type, device, failed, timer)
+            for rec, (image, inst) in zip(chunk, predicted):
                 shapes[rec.image_id] = inst.image_shape
                 with timer("write"):
                     # one label image serves the RLEs (one pass), the mask PNG and the overlay
                     labels = inst.to_label_image()
-                    writer.add(rec.image_id, rle.encode_labels(labels), shape=inst.image_shape)
+                    rles = rle.encode_labels(labels)
+                    writer.add(rec.image_id, rles, shape=inst.image_shape)
+                    if results is not None:
+                        coco_results.extend(_coco_results(rec.image_id, inst, labels, rles))
                     if save_masks is not None:
                         save_label_png(Path(save_masks) / f"{rec.image_id}.png", labels)
                     if overlay is not None and image is not None:
                         save_overlay(Path(overlay) / f"{rec.image_id}.png", image, labels)
             bar.update(len(chunk))
     bar.close()
+    if results is not None:
+        from cellseg.io import write_json
+
+        write_json(results, coco_results)
     with timer("validate"):
         shape = next(iter(shapes.values()), (520, 704))
         if all(s == shape for s in shapes.values()):
@@ -381,6 +394,20 @@ def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageR
         print(f"cellseg predict: {len(failed)} image(s) failed: {', '.join(failed)}",
               file=sys.stderr)
     return len(failed)
+
+
+def _coco_results(image_id: str, inst: Instances, labels: np.ndarray, rles: list[str]
+                  ) -> list[dict]:
+    """COCO results entries of one image's final instances (label k <-> instance k - 1)."""
+    ids = np.unique(labels[labels > 0]) - 1  # encode_labels order; instances emptied are absent
+    out = []
+    for k, coco in zip(ids, rle.rles_to_coco(rles, inst.image_shape)):
+        entry = {"image_id": image_id, "category_id": 1, "segmentation": coco,
+                 "score": float(inst.scores[k])}
+        entry.update({name: float(np.asarray(v)[k]) for name, v in inst.extra.items()
+                      if np.ndim(v) == 1})
+        out.append(entry)
+    return out
 
 
 def _predict_chunk(models: Sequence[ModelSpec], chunk: Sequence["ImageRecord"],

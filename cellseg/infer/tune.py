@@ -33,6 +33,7 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "min_area": (0, 10, 20, 40, 60, 80, 100, 150, 200, 300),
     "nms_iou": (0.3, 0.4, 0.5, 0.6, 0.7, 1.0),
 }
+EXTRA_GRID: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 
 
 def collect_raw(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: InferenceConfig, *,
@@ -108,7 +109,13 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
     """
     from cellseg.metrics import runs_from_rles
 
-    grids = dict(GRIDS if grids is None else grids)
+    if grids is None:
+        grids = dict(GRIDS)
+        # box-prompted models carry a learned IoU and SAM's stability score: tune them as filters
+        for key, extra in (("min_pred_iou", "pred_iou"), ("min_stability", "stability")):
+            if any(extra in inst.extra for inst in raw):
+                grids[key] = EXTRA_GRID
+    grids = dict(grids)
     if len(raw) != len(records):
         raise ValueError(f"{len(raw)} predictions for {len(records)} records")
     truths = [runs_from_rles(r.rles, r.shape) for r in records]

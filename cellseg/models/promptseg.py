@@ -125,13 +125,10 @@ def pixel_iou(probs: torch.Tensor, regions: torch.Tensor, masks: torch.Tensor,
 
 def filter_instances(inst: Instances, *, min_pred_iou: float = 0.0,
                      min_stability: float = 0.0) -> Instances:
-    """Drop instances whose ``extra["pred_iou"]`` / ``extra["stability"]`` fall below the limits."""
-    keep = np.ones(len(inst), bool)
-    if min_pred_iou > 0 and "pred_iou" in inst.extra:
-        keep &= np.asarray(inst.extra["pred_iou"]) >= min_pred_iou
-    if min_stability > 0 and "stability" in inst.extra:
-        keep &= np.asarray(inst.extra["stability"]) >= min_stability
-    return inst if keep.all() else inst.select(keep)
+    """The model's own filter: the one implementation in ``cellseg.infer.postprocess``."""
+    from cellseg.infer.postprocess import filter_extra
+
+    return filter_extra(inst, min_pred_iou=min_pred_iou, min_stability=min_stability)
 
 
 # ----------------------------------------------------------------------------- crop decoder
