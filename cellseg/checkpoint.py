@@ -1,0 +1,172 @@
+"""Self-describing checkpoints: the weights plus everything needed to rebuild and trust them.
+
+    from cellseg.checkpoint import load_model
+    model, family, ckpt = load_model("runs/unet/best.pt", device="cuda")
+
+A checkpoint is a plain dict saved with ``torch.save``:
+
+    model        state_dict of the network (EMA weights live apart, under "ema")
+    family       "unet" | "maskrcnn" | "promptseg"
+    model_args   keyword arguments of ``family.build`` (so loading needs nothing but this file)
+    config       the full training config as a plain dict (``cellseg.config.to_dict``)
+    epoch, step  progress counters (epoch = number of finished epochs)
+    metrics      validation metrics, e.g. {"score": 0.31, ...}
+    data         description of the training data (sources, fold, counts)
+    version      {"cellseg": ..., "git": ..., "torch": ...}
+    optimizer, scheduler, scaler, ema, rng   resume state (optional)
+
+Only plain types are allowed (dict, list, tuple, str, int, float, bool, None, tensors), checked before
+writing, so ``torch.load(..., weights_only=True)`` always works and loading a checkpoint never
+executes code. Files are written atomically; the sha256 of the file goes to ``<file>.sha256``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cellseg.io import atomic_open, atomic_path
+
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The git commit of the cellseg source tree, or None outside a checkout / without git."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def code_version() -> dict[str, str | None]:
+    """Versions recorded in every checkpoint."""
+    import torch
+
+    from cellseg import __version__
+
+    return {"cellseg": __version__, "git": git_commit(), "torch": str(torch.__version__)}
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise TypeError naming the key path of the first value weights_only loading would reject."""
+    import torch
+
+    import collections
+
+    # exact types: subclasses (torch's TorchVersion is a str, namedtuples are tuples) are refused
+    # by the weights_only unpickler
+    if obj is None or type(obj) in (bool, int, float, str, bytes) or isinstance(
+            obj, (torch.Tensor, torch.Size, torch.dtype, torch.device)):
+        return
+    if type(obj) in (dict, collections.OrderedDict):
+        for k, v in obj.items():
+            if k is not None and type(k) not in (str, int, float, bool):
+                raise TypeError(f"checkpoint key {where}[{k!r}] has type {type(k).__name__}; "
+                                "use str or int keys")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"checkpoint value {where} has type {type(obj).__module__}."
+                    f"{type(obj).__name__}, which torch.load(weights_only=True) refuses; "
+                    "convert it to plain types (numpy arrays: torch.from_numpy or .tolist())")
+
+
+def save_checkpoint(path: str | os.PathLike, **state: Any) -> str:
+    """Atomically write ``state`` (see module docstring) to ``path``; return the file's sha256.
+
+    ``version`` and ``format`` are filled in when absent. Also writes ``<path>.sha256``
+    (``"<hex>  <name>\\n"``, the ``sha256sum`` format).
+    """
+    import torch
+
+    if "model" not in state or "family" not in state:
+        raise ValueError("save_checkpoint needs at least model=<state_dict> and family=<name>")
+    state.setdefault("model_args", {})
+    state.setdefault("version", code_version())
+    state.setdefault("format", FORMAT_VERSION)
+    _check_plain(state, "checkpoint")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        digest = sha256_file(tmp)
+    with atomic_open(path.with_name(path.name + ".sha256"), "w") as fh:
+        fh.write(f"{digest}  {path.name}\n")
+    return digest
+
+
+def verify_checkpoint(path: str | os.PathLike) -> bool | None:
+    """True when ``path`` matches its ``.sha256`` sidecar, False when not, None without sidecar."""
+    path = Path(path)
+    side = path.with_name(path.name + ".sha256")
+    if not side.exists():
+        return None
+    expected = side.read_text().split()[0].strip().lower()
+    return sha256_file(path) == expected
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
+                    verify: bool = False) -> dict[str, Any]:
+    """Load a checkpoint dict with ``torch.load(weights_only=True)`` (never runs pickled code).
+
+    With ``verify`` the file is checked against its ``.sha256`` sidecar first (ValueError on mismatch).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if verify and verify_checkpoint(path) is False:
+        raise ValueError(f"checkpoint {path} does not match {path.name}.sha256: the file is "
+                         "corrupt or was replaced; re-download or re-train it")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError / RuntimeError subclasses
+        raise ValueError(f"cannot load checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "family" not in ckpt:
+        raise ValueError(f"{path} is not a cellseg checkpoint (expected a dict with 'model' and "
+                         "'family'); bare state_dicts are not self-describing")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: Any = "cpu", *, ema: bool = True,
+               verify: bool = False) -> tuple["torch.nn.Module", Any, dict[str, Any]]:  # noqa: F821
+    """Rebuild the network from the checkpoint alone and load its weights.
+
+    Returns ``(model in eval mode on device, family, checkpoint dict)``. With ``ema`` the EMA
+    weights are used when the checkpoint has them.
+    """
+    from cellseg.models import get_family
+
+    ckpt = load_checkpoint(path, map_location="cpu", verify=verify)
+    family = get_family(ckpt["family"])
+    model = family.build(**dict(ckpt.get("model_args") or {}))
+    weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path}: weights do not fit family {ckpt['family']!r} built "
+                         f"with {ckpt.get('model_args')}: {exc}") from exc
+    model.to(device).eval()
+    return model, family, ckpt

@@ -1,0 +1,113 @@
+"""cellseg.checkpoint: self-describing, atomic, weights_only-loadable checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cellseg.checkpoint import (load_checkpoint, load_model, save_checkpoint,  # noqa: E402
+                                sha256_file, verify_checkpoint)
+
+
+def _small_state():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randn(2, 1, 8, 8)).sum().backward()
+    opt.step()
+    return net, dict(model=net.state_dict(), family="unet", model_args={"x": 1},
+                     config={"optim": {"lr": 1e-3}, "data": {"sources": ["a"]}},
+                     epoch=3, step=17, optimizer=opt.state_dict(), metrics={"score": 0.25},
+                     rng={"torch": torch.get_rng_state(), "python": list(range(3))})
+
+
+def test_save_load_roundtrip_and_sidecar(tmp_path):
+    net, state = _small_state()
+    path = tmp_path / "ck" / "last.pt"
+    digest = save_checkpoint(path, **state)
+    assert digest == sha256_file(path)
+    side = path.with_name("last.pt.sha256").read_text().split()
+    assert side == [digest, "last.pt"]
+    assert verify_checkpoint(path) is True
+    ck = load_checkpoint(path, verify=True)
+    assert ck["epoch"] == 3 and ck["step"] == 17 and ck["metrics"]["score"] == 0.25
+    assert ck["version"]["cellseg"] and ck["version"]["torch"] == torch.__version__
+    for k, v in net.state_dict().items():
+        assert torch.equal(ck["model"][k], v)
+    # the optimiser resumes from it
+    opt2 = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt2.load_state_dict(ck["optimizer"])
+    assert opt2.state_dict()["state"][0]["step"] == state["optimizer"]["state"][0]["step"]
+    # a flipped byte is detected
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert verify_checkpoint(path) is False
+    with pytest.raises(ValueError, match="does not match"):
+        load_checkpoint(path, verify=True)
+
+
+def test_non_plain_values_are_refused_with_their_key(tmp_path):
+    _, state = _small_state()
+    state["rng"]["numpy"] = np.random.get_state()  # tuple holding an ndarray: not weights_only-safe
+    with pytest.raises(TypeError, match=r"checkpoint\['rng'\]\['numpy'\]\[1\].*numpy"):
+        save_checkpoint(tmp_path / "x.pt", **state)
+    assert not any(tmp_path.iterdir())
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    _, state = _small_state()
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, **state)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    state["epoch"] = 99
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, **state)
+    assert path.read_bytes() == before  # old checkpoint intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "best.pt.sha256"]
+    assert verify_checkpoint(path) is True
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match="not a cellseg checkpoint"):
+        load_checkpoint(tmp_path / "bare.pt")
+
+
+def test_load_model_rebuilds_unet_with_identical_outputs(tmp_path):
+    from cellseg.config import load_train_config
+    from cellseg.models import get_family
+
+    cfg = load_train_config("unet_tiny")
+    family = get_family("unet")
+    torch.manual_seed(0)
+    model = family.build(**cfg.model.args).eval()
+    images = np.random.default_rng(0).integers(0, 255, (1, 64, 64), dtype=np.uint8)
+    with torch.no_grad():
+        expected = model(family.preprocess(model, images))
+    path = tmp_path / "unet.pt"
+    save_checkpoint(path, model=model.state_dict(), family="unet", model_args=cfg.model.args)
+    model2, fam2, ck = load_model(path)
+    assert fam2.name == "unet" and not model2.training
+    with torch.no_grad():
+        got = model2(fam2.preprocess(model2, images))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # EMA weights are preferred when present
+    ema = {k: (v + 1 if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    save_checkpoint(path, model=model.state_dict(), ema=ema, family="unet",
+                    model_args=cfg.model.args)
+    m_ema, _, _ = load_model(path)
+    m_raw, _, _ = load_model(path, ema=False)
+    k = next(k for k, v in ema.items() if v.is_floating_point())
+    assert torch.equal(m_ema.state_dict()[k], ema[k])
+    assert torch.equal(m_raw.state_dict()[k], model.state_dict()[k])

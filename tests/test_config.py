@@ -1,0 +1,138 @@
+"""cellseg.config: from_dict / overrides / shipped configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from cellseg.config import (ConfigError, TrainConfig, apply_overrides, config_names, from_dict,
+                            load_train_config, load_yaml, parse_value, replace, save_yaml, to_dict)
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int = 3
+    ratio: float = 0.5
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    items: tuple[int, ...] = ()
+    flag: bool = False
+
+
+def test_from_dict_nested_and_defaults():
+    cfg = from_dict(Outer, {"inner": {"size": 7}, "items": [1, 2]})
+    assert cfg == Outer(Inner(size=7), (1, 2))
+    assert from_dict(Outer, {}) == Outer()
+    with pytest.raises(Exception):  # frozen
+        cfg.flag = True  # type: ignore[misc]
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, {"inner": {"sise": 4}})
+    msg = str(err.value)
+    assert "inner.sise" in msg and "size, ratio, name" in msg
+    with pytest.raises(ConfigError, match="valid keys: inner, items, flag"):
+        from_dict(Outer, {"bogus": 1})
+
+
+def test_type_errors_name_the_key():
+    with pytest.raises(ConfigError, match="inner.size"):
+        from_dict(Outer, {"inner": {"size": "big"}})
+    with pytest.raises(ConfigError, match="flag"):
+        from_dict(Outer, {"flag": "yes please"})
+    with pytest.raises(ConfigError, match="inner.ratio"):
+        from_dict(Outer, {"inner": {"ratio": None}})
+    # coercions that are unambiguous
+    cfg = from_dict(Outer, {"inner": {"ratio": "5e-4", "size": 4.0}})
+    assert cfg.inner.ratio == 5e-4 and isinstance(cfg.inner.size, int)
+
+
+def test_parse_value_is_yaml_typed():
+    assert parse_value("3") == 3 and isinstance(parse_value("3"), int)
+    assert parse_value("1e-3") == 1e-3  # PyYAML alone would give the string "1e-3"
+    assert parse_value("0.5") == 0.5
+    assert parse_value("null") is None
+    assert parse_value("true") is True
+    assert parse_value("[1, 2]") == [1, 2]
+    assert parse_value("adamw") == "adamw"
+    assert parse_value("runs/x") == "runs/x"
+
+
+def test_apply_overrides_does_not_mutate_and_types():
+    base = {"optim": {"lr": 0.1}}
+    out = apply_overrides(base, ["optim.lr=1e-3", "train.epochs=2", "train.ema_decay=null"])
+    assert base == {"optim": {"lr": 0.1}}
+    assert out == {"optim": {"lr": 1e-3}, "train": {"epochs": 2, "ema_decay": None}}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides(base, ["optim.lr"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides(base, ["optim.lr.x=1"])
+
+
+def test_train_config_roundtrip_yaml(tmp_path):
+    cfg = from_dict(TrainConfig, {"data": {"sources": ["a", "b"]}, "optim": {"name": "sgd"}})
+    assert cfg.data.sources == ("a", "b")
+    path = tmp_path / "c.yaml"
+    save_yaml(path, cfg)
+    again = from_dict(TrainConfig, load_yaml(path))
+    assert again == cfg
+    assert replace(cfg, ["optim.lr=0.2"]).optim.lr == 0.2
+    with pytest.raises(ConfigError, match="valid values"):
+        replace(cfg, ["optim.name=rmsprop"])
+
+
+def test_single_source_is_wrapped():
+    cfg = from_dict(TrainConfig, {"data": {"sources": "data/comp"}})
+    assert cfg.data.sources == ("data/comp",)
+
+
+def test_shipped_configs_all_load():
+    names = config_names()
+    for expected in ("unet_tiny", "maskrcnn_tiny", "unet_livecell_pretrain",
+                     "unet_competition_finetune", "maskrcnn_livecell_pretrain",
+                     "maskrcnn_competition_finetune"):
+        assert expected in names
+    for name in names:
+        if name.startswith("infer"):
+            continue  # inference configs (cellseg.infer) share the folder
+        cfg = load_train_config(name, check_model=False)
+        assert cfg.model.family in ("unet", "maskrcnn", "promptseg")
+    seed = load_train_config("maskrcnn_livecell_pretrain", check_model=False)
+    assert (seed.optim.name, seed.optim.lr, seed.train.batch_size, seed.train.epochs) == \
+        ("sgd", 1e-3, 2, 8)
+    unet = load_train_config("unet_livecell_pretrain", check_model=False)
+    assert (unet.optim.name, unet.optim.lr, unet.train.epochs) == ("adam", 5e-4, 12)
+
+
+def test_load_train_config_overrides_and_errors(tmp_path):
+    cfg = load_train_config("unet_tiny", ["train.epochs=3", "optim.lr=2e-3"], check_model=False)
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 2e-3
+    with pytest.raises(ConfigError, match="unet_tiny.*train.epoch.*valid keys"):
+        load_train_config("unet_tiny", ["train.epoch=3"], check_model=False)
+    with pytest.raises(ConfigError, match="shipped configs: .*unet_tiny"):
+        load_train_config("no_such_config")
+    p = tmp_path / "mine.yaml"
+    p.write_text("model: {family: unet}\ntrain: {epochs: 1}\n")
+    assert load_train_config(p, check_model=False).train.epochs == 1
+
+
+def test_model_args_checked_against_builder_signature():
+    pytest.importorskip("torch")
+    for name in config_names():  # the shipped args of this kit's unet / maskrcnn configs fit
+        if name.startswith(("unet", "maskrcnn")):
+            assert load_train_config(name).model.args
+    cfg = load_train_config("unet_tiny")
+    assert cfg.model.args
+    with pytest.raises(ConfigError, match="unknown model.args.*not_an_arg.*valid:"):
+        load_train_config("unet_tiny", ["model.args.not_an_arg=1"])
+
+
+def test_to_dict_is_plain():
+    d = to_dict(from_dict(TrainConfig, {"data": {"sources": ["x"]}}))
+    assert d["data"]["sources"] == ["x"] and isinstance(d["model"], dict)

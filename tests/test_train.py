@@ -1,0 +1,363 @@
+"""Training: engine pieces, the `cellseg train` orchestration, resume and real-data smoke runs."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cellseg import engine  # noqa: E402
+from cellseg.config import ScheduleConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# small and fast: 64 px crops, one validation image, no workers
+FAST = ["data.workers=0", "data.crop_size=64", "data.max_val_images=1", "train.batch_size=2",
+        "train.log_every=1", "train.val_every=1"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from cellseg.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, n_images=6, seed=3, n_test=0, n_semi=0, n_livecell=0)
+    return out / "competition"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """A competition folder of 6 synthetic 128x160 images (3 cell types, 2 frames per sample):
+    the loader and validation cost ~20x less than at 520x704."""
+    from cellseg import rle
+    from cellseg.data.record import ImageRecord
+    from cellseg.data.sartorius import write_train_csv
+    from cellseg.data.synthetic import render
+    from cellseg.io import write_png
+
+    root = tmp_path_factory.mktemp("small") / "competition"
+    records = []
+    for i, cell_type in enumerate(["shsy5y", "shsy5y", "astro", "astro", "cort", "cort"]):
+        image, masks = render(cell_type, seed=i, shape=(128, 160))
+        image_id = f"{i:012x}"
+        write_png(root / "train" / f"{image_id}.png", image)
+        records.append(ImageRecord(image_id, root / "train" / f"{image_id}.png", 128, 160,
+                                   cell_type=cell_type, sample_id=f"{cell_type}_sample",
+                                   rles=tuple(rle.encode(m) for m in masks)))
+    write_train_csv(records, root / "train.csv")
+    return root
+
+
+def _train(config: str, data, out: Path, *extra: str, resume: bool = False) -> int:
+    from cellseg.train import get_args_parser, main
+
+    argv = ["--config", config, "--out", str(out), "--no-progress"]
+    for d in ([data] if isinstance(data, (str, Path)) else data):
+        argv += ["--data", str(d)]
+    for kv in list(FAST) + list(extra):
+        argv += ["--set", kv]
+    if resume:
+        argv.append("--resume")
+    return main(get_args_parser().parse_args(argv))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ----------------------------------------------------------------------------- engine units
+
+
+def test_lr_factor_warmup_then_cosine():
+    cfg = ScheduleConfig(warmup_steps=10, warmup_factor=0.1, cosine=True, min_lr_ratio=0.0)
+    assert engine.lr_factor(0, 110, cfg) == pytest.approx(0.1)
+    assert engine.lr_factor(5, 110, cfg) == pytest.approx(0.55)
+    assert engine.lr_factor(10, 110, cfg) == pytest.approx(1.0)
+    assert engine.lr_factor(60, 110, cfg) == pytest.approx(0.5)
+    assert engine.lr_factor(110, 110, cfg) == pytest.approx(0.0, abs=1e-12)
+    flat = ScheduleConfig(warmup_steps=0, cosine=False)
+    assert engine.lr_factor(50, 100, flat) == 1.0
+
+
+def _unet_batches(n: int, seed: int = 0):
+    from cellseg.models import get_family
+
+    family = get_family("unet")
+    torch.manual_seed(seed)
+    model = family.build(encoder_name="tu-mobilenetv3_small_050", in_channels=1,
+                         decoder_channels=(16, 16, 8, 8, 8), norm="dataset")
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(n):
+        masks = np.zeros((2, 64, 64), bool)  # 64 px: the encoder's deepest map is 2x2
+        masks[0, 4:20, 4:20] = masks[1, 30:50, 24:60] = True
+        image = (128 + 20 * masks.any(0) + rng.normal(0, 3, (64, 64))).astype(np.uint8)
+        x = family.preprocess(model, image[None])[0]
+        batches.append(family.collate([(x, family.make_target(masks, np.zeros(2, np.int64)))]))
+    return model, family, batches
+
+
+def test_grad_accum_counts_optimiser_steps():
+    model, family, batches = _unet_batches(5)
+    opt = engine.build_optimizer(model, engine.OptimConfig(name="adamw", lr=1e-3))
+    sched = engine.build_scheduler(opt, 100, ScheduleConfig(warmup_steps=0, cosine=False))
+    state = engine.LoopState()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = engine.train_one_epoch(model, family, batches, opt, sched, device=torch.device("cpu"),
+                                   epoch=0, state=state, grad_accum=2, clip_norm=1.0,
+                                   progress=False)
+    assert state.step == 3  # 2 + 2 + a trailing partial group of 1
+    assert sched.last_epoch == 3
+    assert stats["batches"] == 5 and stats["images"] == 5 and math.isfinite(stats["loss"])
+    assert {"loss", "bce", "dice"} <= set(stats)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # max_steps stops inside the epoch
+    state = engine.LoopState(step=0, max_steps=1)
+    engine.train_one_epoch(model, family, batches, opt, sched, device=torch.device("cpu"), epoch=1,
+                           state=state, progress=False)
+    assert state.step == 1 and state.done
+
+
+def test_grad_scaler_path_steps_like_plain_fp32():
+    """The AMP code path (scale -> unscale -> clip -> step) runs; with no overflow its update
+    matches the plain fp32 path (CPU has no float16 autocast here, the scaler alone is tested)."""
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)):
+        model, family, batches = _unet_batches(2)
+        opt = engine.build_optimizer(model, engine.OptimConfig(name="sgd", lr=0.1))
+        sched = engine.build_scheduler(opt, 10, ScheduleConfig(warmup_steps=0, cosine=False))
+        engine.train_one_epoch(model, family, batches, opt, sched, device=torch.device("cpu"),
+                               epoch=0, state=engine.LoopState(), scaler=scaler, clip_norm=1.0,
+                               progress=False)
+        results.append(model.state_dict())
+    for k, v in results[0].items():
+        torch.testing.assert_close(results[1][k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_non_finite_loss_aborts_with_the_loss_dict(capsys):
+    model, family, batches = _unet_batches(2)
+    images, targets = batches[1]
+    images = images.clone()
+    images[0, 0, 3, 3] = float("nan")  # one poisoned pixel
+    opt = engine.build_optimizer(model, engine.OptimConfig())
+    sched = engine.build_scheduler(opt, 10, ScheduleConfig())
+    state = engine.LoopState()
+    with pytest.raises(engine.NonFiniteLossError) as err:
+        engine.train_one_epoch(model, family, [batches[0], (images, targets)], opt, sched,
+                               device=torch.device("cpu"), epoch=4, state=state, progress=False)
+    msg = str(err.value)
+    assert "epoch 4" in msg and "optimiser step 1" in msg
+    assert "'loss': nan" in msg and "'bce'" in msg and "'dice'" in msg
+    assert "'loss': nan" in capsys.readouterr().err
+
+
+def test_ema_tracks_weights():
+    model, family, batches = _unet_batches(1)
+    ema = engine.ModelEMA(model, decay=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    name, p = next(iter(model.named_parameters()))
+    e = dict(ema.module.named_parameters())[name]
+    d = min(0.5, 2 / 11)
+    torch.testing.assert_close(e, (p - 1.0) * d + p * (1 - d))
+    assert not e.requires_grad
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def test_tiny_train_end_to_end(synth, tmp_path):
+    from cellseg.checkpoint import load_checkpoint, load_model, verify_checkpoint
+
+    out = tmp_path / "run"
+    assert _train("unet_tiny", synth, out, "train.epochs=2", "data.max_train_images=4") == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"best.pt", "last.pt", "best.pt.sha256", "last.pt.sha256", "log.csv", "steps.csv",
+            "curves.png", "config.yaml"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    rows = _rows(out / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(r["val_score"] != "" and 0.0 <= float(r["val_score"]) <= 1.0 for r in rows)
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    ck = load_checkpoint(out / "last.pt")
+    n_train = ck["data"]["n_train"]
+    assert 2 <= n_train <= 4  # the held-out fold is not trained on
+    steps = 2 * math.ceil(n_train / 2)
+    assert len(_rows(out / "steps.csv")) == steps
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert verify_checkpoint(out / "last.pt") and verify_checkpoint(out / "best.pt")
+    assert ck["step"] == steps and ck["epoch"] == 2 and ck["family"] == "unet"
+    assert ck["config"]["model"]["args"]["encoder_name"] == "tu-mobilenetv3_small_050"
+    assert ck["data"]["n_val"] == 1 and len(ck["data"]["val_ids"]) == 1
+    assert not set(ck["data"]["val_ids"]) & set(load_checkpoint(out / "best.pt")["data"]
+                                                 .get("train_ids", []))
+    assert ck["version"]["cellseg"]
+    assert "score" in ck["metrics"]
+    model, family, _ = load_model(out / "best.pt")
+    image = np.full((1, 64, 96), 128, np.uint8)
+    with torch.no_grad():
+        maps = family.predict_dense(model, family.preprocess(model, image))
+    assert maps.shape == (1, 3, 64, 96)
+
+
+def test_resume_matches_uninterrupted_run(small, tmp_path):
+    """2 epochs in one go == 1 epoch, stop, resume 1 epoch (same weights, step, LR, EMA), and ==
+    1.5 epochs, stop, resume: bit-identical with the default augmentation and 0 workers."""
+    from cellseg.checkpoint import load_checkpoint
+
+    common = ["train.epochs=2", "train.ema_decay=0.9",
+              "data.max_train_images=4", "schedule.warmup_steps=1"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _train("unet_tiny", small, full, *common, "train.max_steps=null") == 0
+    a = load_checkpoint(full / "last.pt")
+    steps_per_epoch = a["step"] // 2
+    assert a["step"] == 4 and a["epoch"] == 2
+    assert _train("unet_tiny", small, part, *common, f"train.max_steps={steps_per_epoch}") == 0
+    mid = load_checkpoint(part / "last.pt")
+    assert (mid["epoch"], mid["step"]) == (1, steps_per_epoch)
+    assert _train("unet_tiny", small, part, *common, "train.max_steps=null", resume=True) == 0
+    b = load_checkpoint(part / "last.pt")
+    assert (b["epoch"], b["step"]) == (a["epoch"], a["step"])
+    assert b["scheduler"]["last_epoch"] == a["scheduler"]["last_epoch"]
+    assert b["scheduler"]["_last_lr"] == a["scheduler"]["_last_lr"]
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=0, msg=k)
+    for k in a["ema"]:
+        torch.testing.assert_close(b["ema"][k], a["ema"][k], rtol=0, atol=0, msg=k)
+    assert b["best_score"] == a["best_score"] and b["metrics"] == a["metrics"]
+    assert [r["epoch"] for r in _rows(part / "log.csv")] == ["1", "2"]
+    # stopped inside epoch 2: the resumed run skips the batches already trained on
+    cut = tmp_path / "cut"
+    assert _train("unet_tiny", small, cut, *common, f"train.max_steps={steps_per_epoch + 1}") == 0
+    mid = load_checkpoint(cut / "last.pt")
+    assert (mid["epoch"], mid["batch_in_epoch"], mid["step"]) == (1, 1, steps_per_epoch + 1)
+    assert _train("unet_tiny", small, cut, *common, "train.max_steps=null", resume=True) == 0
+    c = load_checkpoint(cut / "last.pt")
+    assert (c["epoch"], c["step"], c["batch_in_epoch"]) == (2, a["step"], 0)
+    assert c["scheduler"]["_last_lr"] == a["scheduler"]["_last_lr"]
+    for k in a["model"]:
+        torch.testing.assert_close(c["model"][k], a["model"][k], rtol=0, atol=0, msg=k)
+    assert [r["epoch"] for r in _rows(cut / "log.csv")] == ["1", "2"]
+
+
+def test_resume_refuses_a_different_model(small, tmp_path):
+    from cellseg.config import ConfigError
+
+    out = tmp_path / "run"
+    assert _train("unet_tiny", small, out, "train.epochs=1", "train.max_steps=1",
+                  "data.fold=null") == 0
+    with pytest.raises(ConfigError, match="--resume"):
+        _train("unet_tiny", small, out, "train.epochs=2", "data.fold=null",
+               "model.args.decoder_channels=[32,16,16,8,8]", resume=True)
+
+
+def test_init_from_loads_pretrained_weights(small, tmp_path):
+    from cellseg.checkpoint import load_checkpoint
+
+    pre = tmp_path / "pre"
+    assert _train("unet_tiny", small, pre, "train.epochs=1", "train.max_steps=1",
+                  "data.fold=null") == 0
+    ft = tmp_path / "ft"
+    from cellseg.train import get_args_parser, main
+
+    argv = ["--config", "unet_tiny", "--data", str(small), "--out", str(ft), "--no-progress",
+            "--init-from", str(pre / "last.pt"), "--set", "optim.lr=0", "--set",
+            "schedule.warmup_steps=0", "--set", "train.max_steps=1", "--set", "data.fold=null",
+            "--set", "optim.weight_decay=0"]
+    for kv in FAST:
+        argv += ["--set", kv]
+    assert main(get_args_parser().parse_args(argv)) == 0
+    a, b = load_checkpoint(pre / "last.pt"), load_checkpoint(ft / "last.pt")
+    assert b["config"]["train"]["init_from"] == str(pre / "last.pt")
+    k = next(k for k, v in a["model"].items() if v.is_floating_point() and "running" not in k)
+    torch.testing.assert_close(b["model"][k], a["model"][k])  # lr 0: weights unchanged
+
+
+def test_early_stopping_stops_at_the_first_validation_without_improvement(small, tmp_path):
+    out = tmp_path / "run"
+    assert _train("unet_tiny", small, out, "train.epochs=4", "train.early_stop_patience=1",
+                  "optim.lr=1e-4", "schedule.warmup_steps=0", "data.max_train_images=2") == 0
+    scores = [float(r["val_score"]) for r in _rows(out / "log.csv")]
+    best, expected = scores[0], 4
+    for k, s in enumerate(scores[1:], start=2):
+        if s <= best:
+            expected = k
+            break
+        best = s
+    assert len(scores) == expected
+    from cellseg.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "best.pt")["metrics"]["score"] == max(scores)
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    from cellseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--data"):
+        _train("unet_tiny", [], tmp_path / "x", "train.max_steps=1")
+
+
+def test_train_on_real_samples(shared_livecell, shared_sartorius, tmp_path):
+    """A couple of steps on the real LIVECell val images and the real Sartorius train image."""
+    from cellseg.checkpoint import load_checkpoint
+
+    out = tmp_path / "lc"
+    assert _train("unet_tiny", shared_livecell, out, "data.split=val", "data.fold=null",
+                  "train.epochs=1", "train.max_steps=1", "data.max_train_images=2",
+                  "data.crop_size=128") == 0
+    ck = load_checkpoint(out / "best.pt")
+    assert ck["step"] == 1 and ck["data"]["n_train"] == 2
+    out = tmp_path / "sart"
+    assert _train("unet_tiny", shared_sartorius, out, "data.fold=null", "train.epochs=1",
+                  "train.max_steps=1", "data.crop_size=128") == 0
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["data"]["n_train"] == 1 and ck["data"]["n_train_cells"] == 395
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(small, tmp_path):
+    """A run killed with SIGKILL mid-training resumes from last.pt and finishes the schedule."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "cellseg", "train", "--config", "unet_tiny", "--data", str(small),
+            "--out", str(out), "--no-progress", "--set", "train.epochs=3",
+            "--set", "train.save_every_steps=1", "--set", "data.fold=null",
+            "--set", "train.max_steps=null", "--set", "data.max_train_images=4"]
+    for kv in FAST:
+        argv += ["--set", kv]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    from cellseg.checkpoint import load_checkpoint
+
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if (out / "last.pt").exists() and load_checkpoint(out / "last.pt")["step"] >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training ended before it could be killed: {proc.stderr.read()}")
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = load_checkpoint(out / "last.pt")["step"]
+    assert killed_at >= 2
+    done = subprocess.run(argv + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stderr
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["epoch"] == 3 and ck["step"] == 3 * 2  # 4 images, batch 2: 2 steps per epoch
+    assert [r["epoch"] for r in _rows(out / "log.csv")] == ["1", "2", "3"]
