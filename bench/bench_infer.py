@@ -6,8 +6,8 @@
 1. Per-image wall time of ``predict_to_submission`` broken down by stage (model forward,
    tiling + blending + seam merging, dense decode, voting, postprocess, read, RLE + writing,
    final ``validate_submission`` of the whole file) for
-   the UNet (``unet_tiny`` model args) and Mask R-CNN (``maskrcnn_tiny`` model args, i.e. the
-   family defaults), randomly initialised, with ``infer_default`` on CPU (whole image as one
+   the UNet (``unet_tiny`` model args) and Mask R-CNN (``maskrcnn_tiny`` model args), plus the
+   competition-recipe architectures (UNet-ResNet34, Mask R-CNN R50), randomly initialised, with ``infer_default`` on CPU (whole image as one
    tile), and again with 512-pixel tiles and 96 pixels of overlap (blending / seam merging
    exercised; the tiled Mask R-CNN case uses a third of the images). Target: everything
    but the forward pass <= 10 % of the total. Random weights make decoding and postprocessing
@@ -83,10 +83,14 @@ def _stage_table(tmp: Path, n_images: int) -> None:
              ("unet tiled 512/96", "unet", "unet_tiny", {"tile_size": 512}, n_images),
              ("maskrcnn", "maskrcnn", "maskrcnn_tiny", {"batch_size": 1}, n_images),
              ("maskrcnn tiled 512/96", "maskrcnn", "maskrcnn_tiny",
-              {"batch_size": 1, "tile_size": 512}, max(1, n_images // 3))]
+              {"batch_size": 1, "tile_size": 512}, max(1, n_images // 3)),
+             # the architectures a user submits with: their forward pass dominates even more
+             ("unet resnet34 (recipe)", "unet", "unet_competition_finetune", {}, n_images),
+             ("maskrcnn R50 (recipe)", "maskrcnn", "maskrcnn_competition_finetune",
+              {"batch_size": 1}, max(1, n_images // 3))]
     for label, family, config, changes, n in cases:
         cfg = dataclasses.replace(base, **changes)
-        ckpt = tmp / f"{family}.pt"
+        ckpt = tmp / f"{config}.pt"
         if not ckpt.exists():
             _checkpoint(family, config, ckpt)
         models = load_models([ckpt], device="cpu")

@@ -4,7 +4,8 @@ the tiny UNet learn on synthetic data?
     .venv/bin/python -m bench train                 # ~1.5 min idle, up to ~10 on 2 busy cores
     BENCH_QUICK=1 .venv/bin/python -m bench train   # ~20 s idle
 
-Table 1, per family (tiny configs, 1 thread): images/s of the data loader alone (read + mask
+Table 1, per config (the tiny CPU configs, and the real competition recipes whose train step is
+what a GPU would run; 1 thread): images/s of the data loader alone (read + mask
 decode + augment + targets; 0 workers, and 2 workers including their start-up) vs images/s of
 the train step alone (forward + backward + optimiser on pre-built batches), seconds per step. The loader should be >= 3x the model so that
 2-4 workers keep a GPU busy. Table 2: validation score (competition metric on held-out synthetic
@@ -80,12 +81,15 @@ def main() -> None:
         data = tmp / "synth" / "competition"
         records = load_records(data)
 
-        print("| family | loader img/s (0 workers) | loader img/s (2 workers) | train step img/s "
+        print("| config | loader img/s (0 workers) | loader img/s (2 workers) | train step img/s "
               "| s/step (batch) | loader (0 workers) / model | target >= 3x |")
         print("|---|---|---|---|---|---|---|")
-        for name in ("unet", "maskrcnn"):
-            cfg = load_train_config(f"{name}_tiny")
-            family = get_family(name)
+        configs = ["unet_tiny", "maskrcnn_tiny"]
+        if not quick:
+            configs += ["unet_competition_finetune", "maskrcnn_competition_finetune"]
+        for name in configs:
+            cfg = load_train_config(name)
+            family = get_family(cfg.model.family)
             torch.manual_seed(0)
             model = family.build(**cfg.model.args)
             n_load = 2 * cfg.train.batch_size if quick else 4 * cfg.train.batch_size

@@ -164,7 +164,7 @@ def test_sam_weights_load_from_local_file(tmp_path):
     wrong = dict(TINY_SAM, embed_dim=16)
     with pytest.raises(ValueError, match="does not fit"):
         FAMILY.build(decoder="sam", crop_size=16, sam=wrong, sam_checkpoint=str(path))
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
         FAMILY.build(decoder="sam", sam=TINY_SAM, sam_checkpoint=str(tmp_path / "missing.pth"))
 
 

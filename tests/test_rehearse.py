@@ -110,10 +110,10 @@ def test_make_input_layouts(tmp_path: Path, layout: str) -> None:
                    weight_files=[])
 
 
-@pytest.mark.slow
 def test_rehearsal_end_to_end(tmp_path: Path, shared_sartorius: Path) -> None:
     """Train a tiny UNet on synthetic data, ship it, and run the kernel on the 3 real test PNGs
-    in both mount layouts, internet off. ~3 minutes on 2 busy cores."""
+    in both mount layouts, internet off. CI's one rehearsal: ~1 minute idle, ~3 on 2 busy cores
+    (build-wheels downloads the missing dependency wheels from PyPI)."""
     from cellseg.cli import main
     from cellseg.data.synthetic import generate
     from cellseg.kaggle.rehearse import rehearse

@@ -180,6 +180,12 @@ def clip_instances(inst: Instances, shape: tuple[int, int]) -> Instances:
         boxes.append(tight[0])
         masks.append(tight[1])
         keep.append(k)
+    return _rebuilt(inst, shape, boxes, masks, keep)
+
+
+def _rebuilt(inst: Instances, shape: tuple[int, int], boxes: list, masks: list[np.ndarray],
+             keep: list[int]) -> Instances:
+    """Instances ``keep`` of ``inst`` with new boxes/masks on an image of ``shape``."""
     idx = np.array(keep, np.int64)
     return Instances(shape, np.array(boxes, np.int32).reshape(-1, 4), masks, inst.scores[idx],
                      inst.labels[idx], {k: np.asarray(v)[idx] for k, v in inst.extra.items()})
@@ -218,6 +224,4 @@ def rescale_instances(inst: Instances, shape: tuple[int, int]) -> Instances:
         boxes.append(tight[0])
         masks.append(tight[1])
         keep.append(k)
-    idx = np.array(keep, np.int64)
-    return Instances(shape, np.array(boxes, np.int32).reshape(-1, 4), masks, inst.scores[idx],
-                     inst.labels[idx], {k: np.asarray(v)[idx] for k, v in inst.extra.items()})
+    return _rebuilt(inst, shape, boxes, masks, keep)

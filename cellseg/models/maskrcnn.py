@@ -106,7 +106,7 @@ def _resnet_fpn(backbone: str, *, in_channels: int, fpn_channels: int, trainable
     if in_channels != 3:
         body.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if weights is not None:
-        from cellseg.models.unet import load_into, load_state_file
+        from cellseg.models.local_weights import load_into, load_state_file
 
         load_into(body, load_state_file(weights), prefixes=("backbone.body.", "body.", "encoder."),
                   what=f"backbone weights {weights}")

@@ -161,17 +161,9 @@ def load_sam_weights(sam: nn.Module, path: str) -> None:
     before "image_encoder."/"mask_decoder." (e.g. "module.", "sam."). Raises ValueError naming the
     missing/unexpected keys when the architecture does not match (wrong sizes in the config).
     """
-    import os
+    from cellseg.models.local_weights import load_state_file
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"SAM checkpoint {path} does not exist; cellseg never downloads "
-                                "weights: put the .pth file there or drop sam_checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    state = load_state_file(path)
     prefix = ""
     for k in state:
         for anchor in ("mask_decoder.", "image_encoder.", "prompt_encoder."):
