@@ -91,8 +91,32 @@ def test_cli_tune_on_real_train_image(tmp_path, shared_sartorius):
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["after"] >= report["before"]
+    # a class-agnostic UNet cannot tell predict the image's type: the default thresholds, which
+    # predict will use, are the ones tuned
+    assert list(report["per_type"]) == ["default"]
     assert (tmp_path / "raw.pkl").exists()
     ckpt.unlink()  # the second run must come from the cache alone
     assert main(argv) == 0
     cfg = load_inference_config(tmp_path / "tuned.yaml")
     assert "shsy5y" in cfg.types
+
+
+def test_by_type_false_tunes_default_on_all_images() -> None:
+    """Class-agnostic predictions: per-type tuning would tune thresholds predict never applies."""
+    from cellseg.data.record import ImageRecord
+    from cellseg.instances import Instances
+    from cellseg import rle
+
+    truth = np.zeros((2, 32, 32), bool)
+    truth[0, 2:10, 2:10] = truth[1, 20:30, 20:30] = True
+    noise = np.zeros((1, 32, 32), bool)
+    noise[0, 12:15, 12:15] = True  # a weak false positive
+    raw = Instances.from_dense(np.concatenate([truth, noise]),
+                               scores=np.array([0.9, 0.9, 0.3], np.float32))
+    recs = [ImageRecord(f"im{k}", Path("x.png"), 32, 32, cell_type=t,
+                        rles=tuple(rle.encode(m) for m in truth)) for k, t in enumerate(["astro", "cort"])]
+    cfg = load_inference_config(None, ["default.score_thresh=0.1", "default.min_area=0"])
+    tuned, report = tune.tune_thresholds([raw, raw], recs, cfg, progress=False, by_type=False)
+    assert list(report["per_type"]) == ["default"] and report["per_type"]["default"]["n_images"] == 2
+    assert tuned.default.score_thresh > 0.3 and report["after"] == 1.0 > report["before"]
+    assert tuned.types == cfg.types  # per-type sections untouched

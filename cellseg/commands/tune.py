@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pickle of raw predictions: reused when it covers every image")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
     parser.add_argument("--report", default=None, help="also write the scores as JSON here")
+    parser.add_argument("--by-type", choices=("auto", "yes", "no"), default="auto",
+                        help="tune per cell type (yes), or only the default thresholds used when "
+                             "predict cannot tell an image's type (no). auto: per type when the "
+                             "models have a per-type class head or the config names the types")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from cellseg.data.loaders import load_records
     from cellseg.infer import tune
     from cellseg.infer.config import load_inference_config
-    from cellseg.infer.predict import load_models
+    from cellseg.infer.predict import class_names, load_models
     from cellseg.io import write_json
 
     try:
@@ -62,13 +66,27 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     raw = tune.load_cache(args.cache, records) if args.cache else None
+    models = None
     if raw is None:
         device = default_device(args.device)
         models = load_models(args.weights, device=device, weights=args.model_weights)
         raw = tune.collect_raw(models, records, cfg, device=device, progress=not args.no_progress)
         if args.cache:
             tune.save_cache(args.cache, records, raw)
-    tuned, report = tune.tune_thresholds(raw, records, cfg, progress=not args.no_progress)
+    by_type = {"yes": True, "no": False}.get(args.by_type)
+    if by_type is None:
+        # predict picks per-type thresholds only when it can vote a type from class labels;
+        # tuning per true type for a class-agnostic model would tune thresholds never used.
+        # From a cache alone (no models loaded), nonzero labels betray a per-type class head.
+        by_type = bool(cfg.cell_type_names) or (
+            bool(class_names(models)) if models is not None
+            else any((inst.labels > 0).any() for inst in raw))
+    if not by_type and not args.no_progress:
+        print("tune: the models predict no cell type, so predict uses the default thresholds "
+              "for every image: tuning those (use --by-type yes with predict --cell-type)",
+              file=sys.stderr)
+    tuned, report = tune.tune_thresholds(raw, records, cfg, progress=not args.no_progress,
+                                         by_type=by_type)
     tune.write_config(args.out, tuned)
     if args.report:
         write_json(args.report, report)

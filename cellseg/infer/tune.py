@@ -95,7 +95,7 @@ def _with_thresholds(cfg: InferenceConfig, cell_type: str | None, th: TypeThresh
 
 def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
                     cfg: InferenceConfig, *, grids: dict[str, Sequence[float]] | None = None,
-                    rounds: int = 2, progress: bool = True
+                    rounds: int = 2, progress: bool = True, by_type: bool = True
                     ) -> tuple[InferenceConfig, dict[str, Any]]:
     """Search per-cell-type thresholds maximising the mean image score.
 
@@ -103,6 +103,9 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
         raw: raw merged instances per record (``collect_raw``), same order as ``records``.
         records: the validation images with their truth (``rles``) and ``cell_type``.
         grids: candidate values per parameter (default ``GRIDS``).
+        by_type: tune each record's cell type separately. Set False when predict cannot know an
+            image's type (class-agnostic models and no ``--cell-type``): predict then uses
+            ``default`` for every image, so ``default`` is tuned on all images together.
     Returns:
         (tuned config, report) with report = {"before", "after", "per_type": {type: {"n_images",
         "before", "after", "thresholds"}}}. Images without a type tune ``default``.
@@ -119,7 +122,7 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
     if len(raw) != len(records):
         raise ValueError(f"{len(raw)} predictions for {len(records)} records")
     truths = [runs_from_rles(r.rles, r.shape) for r in records]
-    types = [_type_key(r) for r in records]
+    types = [_type_key(r) if by_type else None for r in records]
     before_all = score_images(raw, truths, cfg, types)
     groups: dict[str | None, list[int]] = {}
     for k, t in enumerate(types):
