@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("forward", "tiling", "decode", "vote", "postprocess", "read", "write", "validate")

@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         kernel_ok = True
 
     _write_report(out, scores, best, submission, timings, kernel_ok)
-    print(f"\nDemo finished. Hold-out scores: "
+    print("\nDemo finished. Hold-out scores: "
           + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
           + f". Report: {out / 'report.md'}")
     return 0

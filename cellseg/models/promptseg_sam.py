@@ -10,7 +10,7 @@ decoder, wrapped in ``Sam`` so parameter names match SAM's released checkpoints)
 checkpoint is loaded only from a local file the user already has (``torch.load(weights_only=True)``);
 nothing is ever downloaded. The SAM licence (Apache-2.0) covers this code; weights are the user's.
 
-Interface shared with the crop decoder (``cellseg.models.promptseg.CropDecoder``)::
+Interface shared with the crop decoder (``cellseg.models.promptseg_crop.CropDecoder``)::
 
     logits, iou = decoder(images, boxes, regions)
     images:  (B, C, H, W) float32, normalised with the promptseg model's (mean, std)

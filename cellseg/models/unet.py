@@ -21,7 +21,6 @@ The arguments that rebuild the network without the weight file are kept on
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
