@@ -32,7 +32,6 @@ pixels, looking up a prediction label image; when both sides overlap, a scipy sp
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
@@ -115,11 +114,8 @@ def expand_runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.cumsum(step)
 
 
-_CANONICAL_BAD = ("  ", "\t", "\n", "\r", "\x0b", "\x0c")
-
-
 def runs_from_rles(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> Runs:
-    """Parse and validate all RLE strings of one image in one go.
+    """Parse and validate all RLE strings of one image in one go (``rle.parse_many``).
 
     Args:
         rles: competition RLE strings (``"start length ..."``, 1-indexed, C order); "" is an
@@ -129,54 +125,9 @@ def runs_from_rles(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> Runs:
         rle.RLEError: naming the instance index and the broken rule.
     """
     shape = (int(shape[0]), int(shape[1]))
-    n = len(rles)
-    if n == 0:
-        z = np.zeros(0, np.int64)
-        return Runs(z, z, z, 0, shape)
-    joined = " ".join(rles)
-    values = counts = None
-    # fast path: canonical single-space strings -> token counts from str.count, one C parse
-    # of all numbers (np.fromstring text mode); anything else takes the tolerant slow path
-    if joined and joined[0] != " " and joined[-1] != " " and not any(
-            b in joined for b in _CANONICAL_BAD):
-        # no empty string here (it would leave a double, leading or trailing space)
-        counts = np.fromiter((r.count(" ") for r in rles), np.int64, n) + 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                values = np.fromstring(joined, dtype=np.int64, sep=" ")
-            except (ValueError, AttributeError):
-                values = None
-        if values is not None and values.size != counts.sum():
-            values = None  # garbage token: the slow path names it
-    if values is None:
-        tokens = [r.split() for r in rles]
-        counts = np.fromiter(map(len, tokens), np.int64, n)
-        try:
-            values = np.array([t for ts in tokens for t in ts], dtype=np.int64)
-        except (ValueError, OverflowError):
-            _raise_first_error(rles, shape)
-    if (counts % 2).any():
-        _raise_first_error(rles, shape)
-    pairs = values.reshape(-1, 2)
-    starts, lengths = pairs[:, 0] - 1, pairs[:, 1]
-    owner = np.repeat(np.arange(n, dtype=np.int64), counts // 2)
-    n_pixels = shape[0] * shape[1]
-    ends = starts + lengths
-    same = owner[1:] == owner[:-1]
-    if ((starts < 0).any() or (lengths < 1).any() or (ends > n_pixels).any()
-            or (same & (starts[1:] < ends[:-1])).any()):
-        _raise_first_error(rles, shape)
-    return Runs(starts, lengths, owner, n, shape)
-
-
-def _raise_first_error(rles: Sequence[str], shape: tuple[int, int]) -> None:
-    for i, r in enumerate(rles):
-        try:
-            rle_codec.parse(r, shape)
-        except rle_codec.RLEError as err:
-            raise rle_codec.RLEError(f"instance {i}: {err}") from None
-    raise AssertionError("batch RLE validation failed but every string parses")  # pragma: no cover
+    starts, lengths, n_pairs = rle_codec.parse_many(rles, shape)
+    owner = np.repeat(np.arange(len(n_pairs), dtype=np.int64), n_pairs)
+    return Runs(starts, lengths, owner, len(n_pairs), shape)
 
 
 def runs_from_labels(labels: np.ndarray) -> Runs:

@@ -41,103 +41,28 @@ SUMMARY_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "AP_small", "AP_medium", 
 # COCO RLE <-> runs, without dense masks
 # --------------------------------------------------------------------------------------------
 
-def runs_to_coco(runs: Runs) -> list[dict]:
-    """COCO compressed RLE (``counts`` str) of every NON-EMPTY instance of ``runs``.
+def runs_to_coco(runs: Runs) -> list[Any]:
+    """COCO compressed RLE (``counts`` str) of every NON-EMPTY instance of ``runs`` (the kit's
+    one converter, ``cellseg.rle.runs_to_coco``); empty instances give ``None``."""
+    from cellseg import rle
 
-    Returns one dict per instance in instance order; empty instances give ``None``.
-    Column-major runs are computed from the C-order pixel indices of all instances in one sort.
-    """
-    from pycocotools import mask as mask_utils  # lazy
-
-    h, w = runs.shape
-    out: list[Any] = [None] * runs.n
-    if runs.starts.size == 0:
-        return out
-    pix, owner = runs.pixels()
-    q = (pix % w) * h + pix // w  # Fortran-order index
-    key = np.sort(owner * (h * w) + q)
-    owner, q = key // (h * w), key % (h * w)
-    # a new column-major run starts where the owner changes or q is not the previous q + 1
-    new = np.ones(q.size, dtype=bool)
-    new[1:] = (owner[1:] != owner[:-1]) | (q[1:] != q[:-1] + 1)
-    rs = np.flatnonzero(new)
-    r_start, r_owner = q[rs], owner[rs]
-    r_len = np.diff(np.append(rs, q.size))
-    bounds = np.flatnonzero(np.diff(r_owner)) + 1
-    objs, ids = [], []
-    for s, ln, o in zip(np.split(r_start, bounds), np.split(r_len, bounds),
-                        np.split(r_owner, bounds)):
-        # counts alternate zeros/ones, starting with zeros, summing to h * w
-        gaps = np.empty_like(s)
-        gaps[0] = s[0]
-        gaps[1:] = s[1:] - (s[:-1] + ln[:-1])
-        counts = np.stack([gaps, ln], axis=1).ravel()
-        tail = h * w - int(s[-1] + ln[-1])
-        objs.append({"size": [h, w], "counts": counts.tolist() + ([tail] if tail else [])})
-        ids.append(int(o[0]))
-    for i, obj in zip(ids, mask_utils.frPyObjects(objs, h, w)):
-        obj["counts"] = obj["counts"].decode("ascii")
-        out[i] = obj
-    return out
-
-
-def coco_counts(counts: str | bytes) -> np.ndarray:
-    """Decode a compressed COCO RLE ``counts`` string (pycocotools' LEB128-like format).
-
-    Returns (K,) int64 alternating zero/one run lengths, starting with zeros.
-    """
-    s = counts.encode("ascii") if isinstance(counts, str) else counts
-    out: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            c = s[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]  # counts after the second are stored as deltas
-        out.append(x)
-    return np.array(out, dtype=np.int64)
+    order = np.lexsort((runs.starts, runs.owner))  # group runs by instance, pixel order within
+    n_pairs = np.bincount(runs.owner, minlength=runs.n)
+    cocos = rle.runs_to_coco(runs.starts[order], runs.lengths[order], n_pairs, runs.shape)
+    return [c if k else None for c, k in zip(cocos, n_pairs)]
 
 
 def coco_to_runs(segmentations: Sequence[dict], shape: tuple[int, int] = SHAPE) -> Runs:
     """``Runs`` (C order) of COCO RLE dicts (compressed str/bytes or uncompressed list counts)."""
+    from cellseg import rle
+
     h, w = int(shape[0]), int(shape[1])
-    pix_parts, own_parts = [], []
     for i, seg in enumerate(segmentations):
         size = [int(v) for v in seg["size"]]
         if size != [h, w]:
             raise ValueError(f"segmentation {i} is {size[0]}x{size[1]}, expected {h}x{w}")
-        c = seg["counts"]
-        counts = np.asarray(c, dtype=np.int64) if isinstance(c, list) else coco_counts(c)
-        ends = np.cumsum(counts)
-        starts_f, lens_f = (ends - counts)[1::2], counts[1::2]
-        keep = lens_f > 0
-        q = _expand(starts_f[keep], lens_f[keep])
-        pix_parts.append((q % h) * w + q // h)  # Fortran -> C order index
-        own_parts.append(np.full(q.size, i, np.int64))
-    if not pix_parts:
-        z = np.zeros(0, np.int64)
-        return Runs(z, z, z, 0, (h, w))
-    pix = np.concatenate(pix_parts)
-    owner = np.concatenate(own_parts)
-    key = np.sort(owner * (h * w) + pix)
-    owner, pix = key // (h * w), key % (h * w)
-    new = np.ones(pix.size, dtype=bool)
-    new[1:] = (owner[1:] != owner[:-1]) | (pix[1:] != pix[:-1] + 1)
-    rs = np.flatnonzero(new)
-    return Runs(pix[rs], np.diff(np.append(rs, pix.size)), owner[rs], len(segmentations), (h, w))
-
-
-def _expand(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    from cellseg.metrics import expand_runs
-
-    return expand_runs(starts.astype(np.int64), lengths.astype(np.int64))
+    starts, lengths, owner, _ = rle.coco_runs(segmentations)
+    return Runs(starts, lengths, owner, len(segmentations), (h, w))
 
 
 # --------------------------------------------------------------------------------------------
