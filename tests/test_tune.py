@@ -120,3 +120,24 @@ def test_by_type_false_tunes_default_on_all_images() -> None:
     assert list(report["per_type"]) == ["default"] and report["per_type"]["default"]["n_images"] == 2
     assert tuned.default.score_thresh > 0.3 and report["after"] == 1.0 > report["before"]
     assert tuned.types == cfg.types  # per-type sections untouched
+
+
+def test_tune_searches_pred_iou_filter_when_predictions_carry_it() -> None:
+    """promptseg masks carry a learned IoU: tune adds min_pred_iou to its grid and uses it to drop
+    a confident but wrong mask that no score threshold can separate."""
+    truth = np.zeros((2, 40, 40), bool)
+    truth[0, 2:12, 2:12] = truth[1, 20:32, 20:32] = True
+    wrong = np.zeros((1, 40, 40), bool)
+    wrong[0, 2:12, 25:38] = True  # a false positive scoring as high as the true cells
+    raw = Instances.from_dense(np.concatenate([truth, wrong]),
+                               scores=np.array([0.9, 0.9, 0.95], np.float32),
+                               pred_iou=np.array([0.9, 0.85, 0.3]))
+    recs = [ImageRecord("im0", Path("x.png"), 40, 40, rles=tuple(rle.encode(m) for m in truth))]
+    cfg = load_inference_config(None, ["default.score_thresh=0.1", "default.min_area=0"])
+    tuned, report = tune.tune_thresholds([raw], recs, cfg, progress=False, by_type=False)
+    assert report["before"] < 1.0 and report["after"] == 1.0
+    assert 0.3 < tuned.default.min_pred_iou <= 0.85
+    plain = Instances.from_dense(np.concatenate([truth, wrong]))  # no extras: no such grid
+    _, report2 = tune.tune_thresholds([plain], recs, cfg, progress=False, by_type=False)
+    assert "min_pred_iou" not in report2["per_type"]["default"]["thresholds"] or \
+        report2["per_type"]["default"]["thresholds"]["min_pred_iou"] == 0.0
