@@ -97,21 +97,8 @@ class Runs:
         return np.cumsum(diff[:-1], dtype=np.int32)
 
 
-def expand_runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Flat pixel indices covered by runs, in run order: (sum(lengths),) int64.
-
-    Same result as ``cellseg.rle.runs_to_indices`` with one cumsum instead of two repeats
-    (the metric's hot loop); lengths must be >= 1.
-    """
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    step = np.ones(total, dtype=np.int64)
-    first = np.cumsum(lengths) - lengths  # position of each run's first pixel in the output
-    step[first[0]] = starts[0]
-    # jump from the previous run's last pixel to this run's first pixel
-    step[first[1:]] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1
-    return np.cumsum(step)
+# flat pixel indices of runs: the one implementation lives in the RLE codec
+expand_runs = rle_codec.runs_to_indices
 
 
 def runs_from_rles(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> Runs:

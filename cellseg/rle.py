@@ -213,14 +213,24 @@ def find_errors(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> list[tup
 
 
 def runs_to_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Flat C-order pixel indices covered by runs: (sum(lengths),) int64, ascending."""
+    """Flat C-order pixel indices covered by runs, in run order: (sum(lengths),) int64.
+
+    One cumsum over the output (the metric's hot loop): each run's first pixel jumps from the
+    previous run's last pixel, every other pixel steps by one. Zero-length runs are skipped.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if (lengths < 1).any():
+        keep = lengths > 0
+        starts, lengths = starts[keep], lengths[keep]
     total = int(lengths.sum())
     if total == 0:
         return np.zeros(0, np.int64)
-    # index = run start + offset within run, built without a Python loop
-    run_id = np.repeat(np.arange(len(starts)), lengths)
-    offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return starts[run_id] + offsets
+    step = np.ones(total, dtype=np.int64)
+    first = np.cumsum(lengths) - lengths  # position of each run's first pixel in the output
+    step[first[0]] = starts[0]
+    step[first[1:]] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1
+    return np.cumsum(step)
 
 
 def indices(rle: str, shape: tuple[int, int] = SHAPE) -> np.ndarray:
