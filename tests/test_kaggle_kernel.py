@@ -74,12 +74,34 @@ def test_metadata_fields_and_values(manifest: Path, tmp_path: Path) -> None:
 
 
 def test_kernel_title_slugifies_to_id() -> None:
-    meta = kernel_metadata("me/my-cell-kernel", datasets=["me/abc"])
+    meta = kernel_metadata("me/my-cell-kernel", datasets=["me/abcdef"])
     assert meta["title"].lower().replace(" ", "-") == "my-cell-kernel"
     with pytest.raises(ValueError, match="owner/slug"):
         kernel_metadata("no-owner", datasets=[])
     with pytest.raises(ValueError, match="dataset"):
         kernel_metadata("me/ok-kernel", datasets=["me/Bad Slug"])
+
+
+def test_kaggle_name_rules_are_checked_before_any_upload() -> None:
+    """Kaggle refuses kernel titles under 5 characters and dataset slugs/titles under 6."""
+    from cellseg.kaggle.names import (check_dataset_ref, check_dataset_title, check_kernel_ref,
+                                      check_kernel_title)
+
+    assert check_kernel_title("infer") == "infer"  # 5: the minimum
+    with pytest.raises(ValueError, match="kernel title 'cell'.*5-50 characters"):
+        check_kernel_title("cell")
+    with pytest.raises(ValueError, match="kernel title"):
+        kernel_metadata("me/cell", datasets=[])  # the default title "cell" is too short
+    assert kernel_metadata("me/cell", datasets=[], title="cell kernel")["title"] == "cell kernel"
+    assert check_dataset_ref("me/abcdef") == "me/abcdef"  # 6: the minimum
+    with pytest.raises(ValueError, match="slug of 6-50 characters.*got 5"):
+        check_dataset_ref("me/abcde")
+    with pytest.raises(ValueError, match="dataset title 'wheel'"):
+        check_dataset_title("wheel")
+    with pytest.raises(ValueError, match="slug of 3-50"):
+        check_kernel_ref("me/ab")
+    with pytest.raises(ValueError, match="dataset"):
+        kernel_metadata("me/cellseg-infer", datasets=["me/wts"])
 
 
 def test_code_file_is_self_contained(manifest: Path, tmp_path: Path) -> None:
@@ -161,7 +183,8 @@ def test_kernel_finds_inputs_in_both_layouts(manifest: Path, tmp_path: Path, lay
     assert comp.name == COMPETITION and (comp / "test" / "abc.png").exists()
     wheels = k.find_wheels_dir(inp, "me/cellseg-wheels")
     assert wheels.name == "cellseg-wheels"
-    assert k.wheel_names(wheels) == ["cellseg", "faster_coco_eval"]
+    assert [f.name for f in k.wheel_files(wheels)] == [
+        "cellseg-0.1.0-py3-none-any.whl", "faster_coco_eval-1.8.0-cp311-cp311-manylinux_2_28_x86_64.whl"]
     paths = k.find_weights(inp, b.embedded["weights"], "me/cellseg-weights")
     assert paths["unet_tiny_f0.pt"].parent.name == "cellseg-weights"
     k.verify_weights(paths, b.embedded["weights"])  # no exception: hashes match
@@ -201,24 +224,33 @@ def test_sha256_mismatch_stops_the_kernel(manifest: Path, tmp_path: Path) -> Non
     assert missing.returncode == 2 and "unet_tiny_f0.pt" in missing.stderr
 
 
-def test_install_requires_cellseg_but_tolerates_other_wheels(manifest: Path, tmp_path: Path) -> None:
+def test_install_by_file_requires_cellseg_but_tolerates_other_wheels(manifest: Path,
+                                                                    tmp_path: Path) -> None:
     b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
     k = _load_code(b.code_file)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    for name in ("cellseg-0.1.0-py3-none-any.whl", "faster_coco_eval-1.8.0-cp399-x.whl",
+    for name in ("cellseg-0.1.0-py3-none-any.whl", "other_pkg-1.0-cp399-cp399-linux_x86_64.whl",
                  "segmentation_models_pytorch-0.6.0-py3-none-any.whl"):
         (wheels / name).write_bytes(b"")
     calls = []
 
-    def fake_run(cmd, step, code, broken=("faster_coco_eval",)):
-        calls.append(cmd[-1] if "pip" in cmd else "import")
-        if cmd[-1] in broken:
+    def fake_run(cmd, step, code, broken=("other_pkg",)):
+        calls.append(cmd)
+        if "pip" in cmd and Path(cmd[-1]).name.split("-")[0] in broken:
             raise k.KernelError(f"{step} failed with exit code 1", code)
 
     k.run = fake_run
-    assert k.install(wheels) == ["faster_coco_eval"]
-    assert calls == ["cellseg", "faster_coco_eval", "segmentation_models_pytorch", "import"]
+    assert k.install(wheels) == ["other_pkg-1.0-cp399-cp399-linux_x86_64.whl"]
+    pip_calls = [c for c in calls if "pip" in c]
+    # by file path, never by bare name, and never from an index or a --find-links folder
+    assert [Path(c[-1]) for c in pip_calls] == [
+        wheels / "cellseg-0.1.0-py3-none-any.whl",
+        wheels / "other_pkg-1.0-cp399-cp399-linux_x86_64.whl",
+        wheels / "segmentation_models_pytorch-0.6.0-py3-none-any.whl"]
+    assert all("--no-index" in c and "--no-deps" in c and "--find-links" not in c
+               for c in pip_calls)
+    assert "import cellseg" in " ".join(map(str, calls[-1]))
     k.run = lambda cmd, step, code: fake_run(cmd, step, code, broken=("cellseg",))
     with pytest.raises(k.KernelError, match="pip install cellseg") as info:
         k.install(wheels)
@@ -235,10 +267,25 @@ def test_build_wheels_makes_a_pure_wheel_with_package_data(tmp_path: Path) -> No
     out = tmp_path / "wheels"
     out.mkdir()
     (out / "cellseg-0.0.1-py3-none-any.whl").write_bytes(b"stale")
-    wheels = build_wheels(out, packages=[], dataset_id="me/cellseg-wheels", source=root)
+    asked = []
+
+    def no_network(requests, img, log=print):  # what build-wheels would resolve, answered empty
+        asked.append(list(requests))
+        return {"install": []}
+
+    bundled, left_out = build_wheels(out, dataset_id="me/cellseg-wheels", source=root,
+                                     resolver=no_network, log=lambda s: None)
+    wheels = sorted(out.glob("*.whl"))
     assert [w.name for w in wheels] == ["cellseg-0.1.0-py3-none-any.whl"]  # stale one removed
+    assert [p.file for p in bundled] == ["cellseg-0.1.0-py3-none-any.whl"]
+    # only what the image lacks is resolved; faster-coco-eval (scoring only) never is
+    assert [[r.split("==")[0] for r in a] for a in asked] == [["segmentation-models-pytorch"]]
+    assert "faster-coco-eval" in {p.name for p in left_out}
+    assert (out / "bundle.json").is_file()
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "cellseg/kaggle/templates/kernel_main.py" in names
+    assert any(n.startswith("cellseg/kaggle/images/kaggle-gpu-") and n.endswith(".json")
+               for n in names)
     assert "cellseg/configs/infer_default.yaml" in names
     assert not any(n.startswith("tests/") for n in names)
     meta = json.loads((out / "dataset-metadata.json").read_text())

@@ -57,7 +57,8 @@ def _cli(argv: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from cellseg.data.synthetic import generate
 
-    out = Path(args.out)
+    # absolute from here on: every step below may run a process in another working directory
+    out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     n_images = 6 if args.quick else args.images
     timings: dict[str, float] = {}
@@ -134,15 +135,21 @@ def run(args: argparse.Namespace) -> int:
              "--config", best_cfg,
              "--kernel-id", "me/cellseg-infer", "--wheels-dir", str(wheels),
              "--out", str(kernel)]))
+        # --image local: this interpreter's packages, seconds. The rehearsal on Kaggle's own
+        # image (Python 3.12, its pinned versions; a few GB built once) is printed at the end.
         step("rehearse kernel offline (both /kaggle/input layouts)", lambda: _cli(
             ["kaggle", "rehearse", str(kernel), "--data", str(data / "competition"),
-             "--layout", "both", "--workdir", str(out / "rehearsal")]))
+             "--layout", "both", "--workdir", str(out / "rehearsal"), "--image", "local"]))
         kernel_ok = True
 
     _write_report(out, scores, best, submission, timings, kernel_ok)
     print("\nDemo finished. Hold-out scores: "
           + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
           + f". Report: {out / 'report.md'}")
+    if kernel_ok:
+        print(f"Rehearse the kernel on Kaggle's own image (Python 3.12, Kaggle's package versions; "
+              f"the env is built once per machine):\n  cellseg kaggle rehearse {args.out}/kernel "
+              f"--data {args.out}/data/competition")
     return 0
 
 

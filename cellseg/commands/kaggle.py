@@ -1,16 +1,20 @@
 """`cellseg kaggle`: build, rehearse, push and submit offline Kaggle kernels.
 
+    cellseg kaggle image                                      # the Kaggle image the kit targets
     cellseg kaggle build-wheels --out kernels/build/wheels --dataset-id me/cellseg-wheels
     cellseg kaggle upload-dataset kernels/build/wheels        # create, or a new version
     cellseg kaggle build-kernel --weights unet_r34_fold0 --kernel-id me/cellseg-infer \\
         --config infer_default --wheels-dir kernels/build/wheels --out kernels/build/cellseg-infer
-    cellseg kaggle rehearse kernels/build/cellseg-infer --data ../shared/data/sartorius --layout both
+    cellseg kaggle rehearse kernels/build/cellseg-infer --data ../shared/data/sartorius   # --image kaggle
     cellseg kaggle push kernels/build/cellseg-infer          # push, wait, download output + log
     cellseg kaggle status me/cellseg-infer
     cellseg kaggle output me/cellseg-infer --out kernels/build/cellseg-infer/output
     cellseg kaggle submit me/cellseg-infer --version 3
+        # = kaggle competitions submit sartorius-cell-instance-segmentation -f submission.csv \
+        #       -k me/cellseg-infer -v 3 -m "cellseg me/cellseg-infer v3"
 
 Weights are uploaded with scripts/upload_weights.py (sha256-checked against the manifest).
+Every path argument may be relative: it is resolved against the current directory first.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = sub.add_parser("image", help="print the description of Kaggle's image the kit targets")
+    p.add_argument("--file", help="a description JSON (default: the newest shipped one)")
+    p.add_argument("--json", action="store_true", help="print the JSON file itself")
+    p.add_argument("--build-env", action="store_true",
+                   help="also build (or find) the cached rehearsal env for it")
 
     p = sub.add_parser("build-kernel", help="write kernel-metadata.json + one self-contained code file")
     p.add_argument("--weights", nargs="+", required=True, metavar="NAME", help="manifest names")
@@ -44,9 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--dataset-id", help="owner/slug (default: $KAGGLE_USERNAME/cellseg-wheels)")
     p.add_argument("--packages", nargs="*", default=None,
-                   help="dependencies to bundle (default: cellseg.kaggle.wheels.KAGGLE_MISSING)")
+                   help="extra packages the kernel needs beyond cellseg's requirements")
     p.add_argument("--source", default=".", help="cellseg source tree")
-    p.add_argument("--python-version", default=None, help="target CPython (default 3.11, Kaggle's)")
+    p.add_argument("--image-file", help="Kaggle image description JSON (default: the newest "
+                   "shipped one; see `cellseg kaggle image`)")
     p.add_argument("--no-pin", action="store_true", help="do not pin to the versions installed here")
 
     p = sub.add_parser("upload-dataset", help="create or version a dataset from a folder "
@@ -65,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="keep the rehearsal tree here (default: temporary)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per layout")
     p.add_argument("--no-unshare", action="store_true", help="socket block only, no netns")
+    p.add_argument("--image", choices=("kaggle", "local"), default="kaggle",
+                   help="kaggle (default): Kaggle's Python and package versions, in an env built "
+                        "once per machine; local: this interpreter's packages (fast)")
 
     p = sub.add_parser("push", help="push a kernel folder, wait for the run, download its output")
     p.add_argument("kernel_dir")
@@ -87,17 +101,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--file-name", default="submission.csv")
 
 
+# path arguments, made absolute before anything changes directory or starts a process
+_PATH_ARGS = ("out", "manifest", "wheels_dir", "source", "folder", "kernel_dir", "data",
+              "weights_dir", "workdir", "output", "image_file", "file")
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    for name in _PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value:
+            setattr(args, name, str(Path(value).expanduser().resolve()))
+    # --config is a path or a shipped config name: resolve only what exists as a file
+    config = getattr(args, "config", None)
+    if isinstance(config, str) and Path(config).is_file():
+        args.config = str(Path(config).resolve())
+
+
 def run(args: argparse.Namespace) -> int:
     from cellseg.kaggle import api as kapi
 
+    _absolute_paths(args)
     try:
         return _ACTIONS[args.action](args)
     except kapi.CredentialsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError, kapi.KaggleError, TimeoutError) as exc:
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (kapi.KaggleError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _image(args: argparse.Namespace) -> int:
+    from cellseg.kaggle.image import ensure_image_env, env_info, format_image, load_image
+
+    img = load_image(args.file)
+    if args.json:
+        print(Path(img.path).read_text().rstrip())
+        return 0
+    print(format_image(img))
+    if args.build_env:
+        python = ensure_image_env(img)
+        info = env_info(img) or {}
+        print(f"rehearsal env: {python} (Python {info.get('python', '?')}, built in "
+              f"{info.get('seconds', '?')} s)")
+    return 0
 
 
 def _build_kernel(args: argparse.Namespace) -> int:
@@ -113,25 +163,42 @@ def _build_kernel(args: argparse.Namespace) -> int:
 
 
 def _build_wheels(args: argparse.Namespace) -> int:
-    from cellseg.kaggle.wheels import KAGGLE_PYTHON, build_wheels
+    from cellseg.kaggle.image import load_image
+    from cellseg.kaggle.wheels import build_wheels
 
-    wheels = build_wheels(args.out, packages=args.packages, dataset_id=args.dataset_id,
-                          source=args.source, python_version=args.python_version or KAGGLE_PYTHON,
-                          pin=not args.no_pin)
-    for w in wheels:
-        print(f"{w.name}\t{w.stat().st_size / 2**20:.2f} MiB")
-    print(f"upload with: cellseg kaggle upload-dataset {args.out}")
+    img = load_image(args.image_file)
+    print(f"target: Kaggle image {img.name} {img.as_of}, Python {img.python} ({img.python_tag}), "
+          f"{img.platform}")
+    bundled, left_out = build_wheels(args.out, packages=args.packages, dataset_id=args.dataset_id,
+                                     source=args.source, image=img, pin=not args.no_pin)
+    print("bundled:")
+    for p in bundled:
+        size = (Path(args.out) / p.file).stat().st_size / 2**20 if p.file else 0.0
+        print(f"  {p.file or p.name}  {size:.2f} MiB  - {p.reason}")
+    print("left out:")
+    implied = [p.name for p in left_out if p.reason.startswith("in the image (")]
+    for p in left_out:
+        if p.name not in implied:
+            print(f"  {p.name}{' ' + p.version if p.version else ''}  - {p.reason}")
+    if implied:
+        print(f"  {len(implied)} dependencies of the image's packages - in the image: "
+              f"{', '.join(implied)}")
+    print(f"written: {Path(args.out) / 'bundle.json'}; upload with: "
+          f"cellseg kaggle upload-dataset {args.out}")
     return 0
 
 
 def _upload_dataset(args: argparse.Namespace) -> int:
     from cellseg.kaggle import api as kapi
+    from cellseg.kaggle.names import check_dataset_ref, check_dataset_title
 
     meta_path = Path(args.folder) / "dataset-metadata.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: build the folder with "
                                 "`cellseg kaggle build-wheels` or add the metadata file")
-    dataset = json.loads(meta_path.read_text())["id"]
+    meta = json.loads(meta_path.read_text())
+    dataset = check_dataset_ref(meta.get("id", ""), f"dataset id in {meta_path}")
+    check_dataset_title(meta.get("title", ""))  # names first: no network call for a refused one
     api = kapi.get_api()
     new = {"auto": None, "new": True, "version": False}[args.mode]
     print(f"uploaded: {kapi.upload_dataset(api, args.folder, dataset, notes=args.notes, new=new)}")
@@ -146,7 +213,7 @@ def _rehearse(args: argparse.Namespace) -> int:
     layouts = LAYOUTS if args.layout == "both" else (args.layout,)
     results = rehearse(args.kernel_dir, data=args.data, layouts=layouts, wheels_dir=args.wheels_dir,
                        weights_dir=args.weights_dir, workdir=args.workdir, timeout=args.timeout,
-                       isolate=not args.no_unshare)
+                       isolate=not args.no_unshare, image=args.image)
     for r in results:
         print(r.summary())
         if not r.ok and r.log.exists():
@@ -157,7 +224,14 @@ def _rehearse(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace) -> int:
     from cellseg.kaggle import api as kapi
+    from cellseg.kaggle.names import check_kernel_ref, check_kernel_title
 
+    meta_path = Path(args.kernel_dir) / "kernel-metadata.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found; build it with `cellseg kaggle build-kernel`")
+    meta = json.loads(meta_path.read_text())
+    check_kernel_ref(meta.get("id", ""), f"kernel id in {meta_path}")
+    check_kernel_title(meta.get("title", ""))  # names first: no network call for a refused one
     api = kapi.get_api()
     result = kapi.push_kernel(api, args.kernel_dir, timeout=args.timeout)
     print(result.summary())
@@ -196,11 +270,13 @@ def _output(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from cellseg.kaggle import api as kapi
 
+    print("same as: " + kapi.submit_cli(args.kernel, args.version, message=args.message,
+                                        file_name=args.file_name))
     print(kapi.submit_kernel(kapi.get_api(), args.kernel, args.version, message=args.message,
                              file_name=args.file_name))
     return 0
 
 
-_ACTIONS = {"build-kernel": _build_kernel, "build-wheels": _build_wheels,
+_ACTIONS = {"image": _image, "build-kernel": _build_kernel, "build-wheels": _build_wheels,
             "upload-dataset": _upload_dataset, "rehearse": _rehearse,
             "push": _push, "status": _status, "output": _output, "submit": _submit}

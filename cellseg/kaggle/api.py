@@ -69,9 +69,12 @@ def credential_sources(env: Mapping[str, str] | None = None,
             return False
 
     xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    # kaggle's own order: the API token first (value, or a path to a file holding it)
     sources = [
-        ("KAGGLE_USERNAME/KAGGLE_KEY env", bool(env.get("KAGGLE_USERNAME")) and bool(env.get("KAGGLE_KEY"))),
         ("KAGGLE_API_TOKEN env", bool(env.get("KAGGLE_API_TOKEN"))),
+        ("~/.kaggle/access_token", file_ok(home / ".kaggle" / "access_token")),
+        ("~/.kaggle/access_token.txt", file_ok(home / ".kaggle" / "access_token.txt")),
+        ("KAGGLE_USERNAME/KAGGLE_KEY env", bool(env.get("KAGGLE_USERNAME")) and bool(env.get("KAGGLE_KEY"))),
     ]
     if env.get("KAGGLE_CONFIG_DIR"):
         cfg = Path(env["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
@@ -82,7 +85,6 @@ def credential_sources(env: Mapping[str, str] | None = None,
         ("~/.kaggle/kaggle.json", json_ok(home / ".kaggle" / "kaggle.json")),
         (f"{'$XDG_CONFIG_HOME' if env.get('XDG_CONFIG_HOME') else '~/.config'}/kaggle/kaggle.json",
          json_ok(xdg / "kaggle" / "kaggle.json")),
-        ("~/.kaggle/access_token", file_ok(home / ".kaggle" / "access_token")),
         ("~/.kaggle/credentials.json (kaggle auth login)", (home / ".kaggle" / "credentials.json").is_file()),
     ]
     return sources
@@ -92,9 +94,9 @@ def missing_credentials_message(env: Mapping[str, str] | None = None,
                                 home: str | os.PathLike | None = None) -> str:
     """One line naming every credential source tried (no values)."""
     tried = ", ".join(name for name, _ in credential_sources(env, home))
-    return (f"no Kaggle credentials found; tried: {tried}. Create an API token at "
-            "https://www.kaggle.com/settings/api and export KAGGLE_USERNAME and KAGGLE_KEY "
-            "(or save kaggle.json in ~/.kaggle/)")
+    return ("no Kaggle credentials found: create an API token at https://www.kaggle.com/settings/api "
+            "and export KAGGLE_API_TOKEN=<token> (or save it in ~/.kaggle/access_token.txt; legacy "
+            f"KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json also work); tried: {tried}")
 
 
 def get_api(api: Any = None) -> Any:
@@ -119,7 +121,7 @@ def get_api(api: Any = None) -> Any:
             client.authenticate()
     except ImportError as exc:
         raise RuntimeError("the kaggle package is not installed: pip install 'cellseg[kaggle]' "
-                           f"(kaggle 2.2.4 and six) ({exc})") from exc
+                           f"(kaggle>=1.7.3 and six) ({exc})") from exc
     except SystemExit as exc:
         raise CredentialsError(f"Kaggle rejected the credentials from {', '.join(usable)}; check "
                                "them at https://www.kaggle.com/settings/api") from exc
@@ -141,6 +143,22 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
         elif hasattr(obj, key):
             return getattr(obj, key)
     return default
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an exception from the kaggle package: ``HTTP 403 Forbidden: <body start>``
+    for requests' HTTPError (its str() spans lines and repeats the URL), else the first line."""
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    if code is not None:
+        reason = getattr(response, "reason", "") or ""
+        try:
+            body = " ".join(str(getattr(response, "text", "") or "").split())[:200]
+        except Exception:  # noqa: BLE001 - a body we cannot read adds nothing
+            body = ""
+        return f"HTTP {code} {reason}".strip() + (f": {body}" if body else "")
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def status_name(status: Any) -> str:
@@ -176,7 +194,13 @@ class PushResult:
 
 def push_kernel(api: Any, folder: str | os.PathLike, *, timeout: int | None = None) -> PushResult:
     """Push the kernel in ``folder`` (kernel-metadata.json + its code_file)."""
-    resp = api.kernels_push(str(folder), timeout=str(timeout) if timeout else None)
+    folder = Path(folder).resolve()
+    try:
+        resp = api.kernels_push(str(folder), timeout=str(timeout) if timeout else None)
+    except (KaggleError, CredentialsError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - HTTP errors from the kaggle package: one line
+        raise KaggleError(f"pushing {folder} failed: {error_line(exc)}") from exc
     if resp is None:
         raise KaggleError(f"kernels_push({folder}) returned nothing (see the output above)")
     invalid = {}
@@ -244,6 +268,17 @@ def download_output(api: Any, kernel: str, out_dir: str | os.PathLike) -> list[P
     return [Path(f) for f in files or []]
 
 
+def submit_cli(kernel: str, version: int, *, competition: str = COMPETITION,
+               file_name: str = "submission.csv", message: str | None = None) -> str:
+    """The kaggle CLI command equivalent to :func:`submit_kernel` (printed for the record)."""
+    import shlex
+
+    kernel = kernel_ref(kernel)
+    message = message or f"cellseg {kernel} v{version}"
+    return (f"kaggle competitions submit {competition} -f {shlex.quote(file_name)} -k {kernel} "
+            f"-v {int(version)} -m {shlex.quote(message)}")
+
+
 def submit_url(kernel: str, competition: str = COMPETITION) -> str:
     """Where to submit by hand when the API cannot."""
     return f"https://www.kaggle.com/code/{kernel_ref(kernel)} (Submit to {competition} from its Output tab)"
@@ -260,7 +295,7 @@ def submit_kernel(api: Any, kernel: str, version: int, *, competition: str = COM
     try:
         resp = api.competition_submit_code(file_name, message, competition, kernel, int(version))
     except Exception as exc:  # HTTP errors, unsupported API versions: fall back to the web UI
-        raise KaggleError(f"competition_submit_code failed ({exc}); submit by hand: "
+        raise KaggleError(f"competition_submit_code failed ({error_line(exc)}); submit by hand: "
                           f"{submit_url(kernel, competition)}") from exc
     text = _field(resp, "message") or ""
     ref = _field(resp, "ref")
@@ -287,12 +322,16 @@ def upload_dataset(api: Any, folder: str | os.PathLike, dataset: str, *, notes: 
     ``dir_mode="zip"`` so sub-folders survive (the default "skip" silently drops them).
     ``new`` None: create when ``dataset_status`` says it does not exist yet.
     """
+    folder = Path(folder).resolve()
     if new is None:
         new = not dataset_exists(api, dataset)
-    if new:
-        resp = api.dataset_create_new(str(folder), public=public, quiet=False, dir_mode="zip")
-    else:
-        resp = api.dataset_create_version(str(folder), notes, quiet=False, dir_mode="zip")
+    try:
+        if new:
+            resp = api.dataset_create_new(str(folder), public=public, quiet=False, dir_mode="zip")
+        else:
+            resp = api.dataset_create_version(str(folder), notes, quiet=False, dir_mode="zip")
+    except Exception as exc:  # noqa: BLE001 - HTTP errors from the kaggle package: one line
+        raise KaggleError(f"uploading {folder} as {dataset} failed: {error_line(exc)}") from exc
     error = _field(resp, "error")
     if error:
         raise KaggleError(f"uploading {folder} as {dataset} failed: {error}")

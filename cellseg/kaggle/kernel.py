@@ -15,19 +15,18 @@ manifest and wheels live, for ``cellseg kaggle rehearse``.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from cellseg.kaggle.api import COMPETITION
+from cellseg.kaggle.names import check_dataset_ref, check_kernel_ref, check_kernel_title
 
 CODE_FILE = "cellseg_infer.py"
 BUILD_INFO = "build-info.json"
 DEFAULT_WHEELS_SLUG = "cellseg-wheels"
 DEFAULT_WEIGHTS_SLUG = "cellseg-weights"
 DEFAULT_KERNEL_SLUG = "cellseg-infer"
-_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]{2,49}$")
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,11 @@ class KernelBuild:
 
 
 def check_ref(ref: str, what: str) -> str:
-    """Validate an ``owner/slug`` reference (lower-case slug of 3-50 characters)."""
-    if not _REF_RE.match(ref or ""):
-        raise ValueError(f"{what} {ref!r} must be owner/slug (slug: 3-50 lower-case letters, digits "
-                         "and '-'), e.g. me/cellseg-weights")
-    return ref
+    """Validate an ``owner/slug`` reference: datasets need a slug of 6+ characters, kernels 3+
+    (``cellseg.kaggle.names``)."""
+    if "dataset" in what:
+        return check_dataset_ref(ref, what)
+    return check_kernel_ref(ref, what)
 
 
 def default_owner(env: dict[str, str] | None = None) -> str:
@@ -92,12 +91,12 @@ def kernel_metadata(kernel_id: str, *, datasets: Sequence[str], title: str | Non
                     code_file: str = CODE_FILE, gpu: bool = True) -> dict[str, Any]:
     """The ``kernel-metadata.json`` dict. ``enable_internet`` is written explicitly: the push
     default is True, and the competition rejects kernels with internet on."""
-    check_ref(kernel_id, "kernel id")
+    check_kernel_ref(kernel_id)
     for d in datasets:
-        check_ref(d, "dataset")
+        check_dataset_ref(d, "dataset")
     return {
         "id": kernel_id,
-        "title": title or title_for(kernel_id.split("/")[1]),
+        "title": check_kernel_title(title or title_for(kernel_id.split("/")[1])),
         "code_file": code_file,
         "language": "python",
         "kernel_type": "script",
@@ -134,6 +133,7 @@ def build_kernel(weights: Sequence[str], out: str | os.PathLike, *,
     kernel_id = check_ref(kernel_id or f"{owner}/{DEFAULT_KERNEL_SLUG}", "kernel id")
     wheels_dataset = check_ref(wheels_dataset or f"{owner}/{DEFAULT_WHEELS_SLUG}", "wheels dataset")
     weights_dataset = check_ref(weights_dataset or f"{owner}/{DEFAULT_WEIGHTS_SLUG}", "weights dataset")
+    manifest = Path(manifest).resolve()
     entries = load_manifest(manifest)
     if not entries:
         raise ValueError(f"{manifest} lists no weights: register them with `cellseg weights add`")
@@ -154,7 +154,7 @@ def build_kernel(weights: Sequence[str], out: str | os.PathLike, *,
         "cellseg_version": __version__,
         "predict_args": [str(a) for a in predict_args],
     }
-    out = Path(out)
+    out = Path(out).resolve()
     metadata = kernel_metadata(kernel_id, datasets=[wheels_dataset, weights_dataset], gpu=gpu)
     code = out / metadata["code_file"]
     with atomic_open(code, "w") as fh:

@@ -35,9 +35,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 LAYOUTS = ("old", "new")
 
@@ -106,11 +105,14 @@ class RehearsalResult:
     missing_ids: list[str] = field(default_factory=list)
     n_rows: int = 0
     isolation: str = ""
+    image: str = ""  # "kaggle" or "local"
+    python: str = ""  # from the kernel's log header
     ok: bool = False  # exit 0, submission.csv written, every test image in it (set when run)
 
     def summary(self) -> str:
         state = "PASS" if self.ok else "FAIL"
-        return (f"{state} layout={self.layout} exit={self.returncode} {self.seconds:.1f} s, "
+        return (f"{state} layout={self.layout} image={self.image} python={self.python or '?'} "
+                f"exit={self.returncode} {self.seconds:.1f} s, "
                 f"{self.n_rows} rows for {len(self.test_ids)} test images"
                 + (f", missing {self.missing_ids}" if self.missing_ids else "")
                 + f", network: {self.isolation}"
@@ -120,21 +122,32 @@ class RehearsalResult:
 # ---------------------------------------------------------------- environment
 
 
-def _top_level_entries(dist_name: str) -> set[str]:
-    """Top-level site-packages entries (package dirs, modules, dist-info) of an installed dist."""
-    try:
-        dist = metadata.distribution(dist_name)
-    except metadata.PackageNotFoundError:
-        return set()
-    names = {Path(str(f)).parts[0] for f in (dist.files or []) if not str(f).startswith("..")}
+def _top_level_entries(dist_name: str, site_dirs: Sequence[str | os.PathLike]) -> set[str]:
+    """Top-level site-packages entries (package dirs, modules, dist-info) of ``dist_name`` as
+    installed in ``site_dirs`` (read from its RECORD, so it works for another interpreter's env)."""
+    from cellseg.kaggle.image import normalize
+
+    want = normalize(dist_name)
+    names: set[str] = set()
+    for sp in site_dirs:
+        for info in Path(sp).glob("*.dist-info"):
+            if normalize(info.name[:-len(".dist-info")].rsplit("-", 1)[0]) != want:
+                continue
+            names.add(info.name)
+            record = info / "RECORD"
+            if record.is_file():
+                for line in record.read_text().splitlines():
+                    top = Path(line.split(",")[0]).parts[:1]
+                    if top and not top[0].startswith(".."):
+                        names.add(top[0])
     return {n for n in names if n not in ("__pycache__", "bin")}
 
 
-def excluded_entries(dists: Sequence[str]) -> set[str]:
-    """Site-packages names hidden from the rehearsal env: the given dists plus any cellseg trace."""
+def excluded_entries(dists: Sequence[str], site_dirs: Sequence[str | os.PathLike]) -> set[str]:
+    """Site-packages names hidden from the rehearsal env: the given dists' files."""
     out: set[str] = set()
     for d in dists:
-        out |= _top_level_entries(d)
+        out |= _top_level_entries(d, site_dirs)
     return out
 
 
@@ -145,22 +158,26 @@ def _is_cellseg(name: str) -> bool:
 
 
 def make_env(env_dir: str | os.PathLike, *, hide: Sequence[str] = (),
-             site_dirs: Sequence[str] | None = None) -> Path:
+             site_dirs: Sequence[str | os.PathLike] | None = None,
+             base_python: str | os.PathLike | None = None) -> Path:
     """Create the rehearsal virtual environment; returns its python.
 
-    ``hide``: distributions to leave out (cellseg is always left out). Raises RuntimeError when
-    cellseg is still importable in the new env.
+    ``base_python``: the interpreter of the env (default: this one); ``site_dirs``: the
+    site-packages whose packages the env sees (default: this interpreter's), e.g. the cached
+    Kaggle-image env's. ``hide``: distributions to leave out (cellseg is always left out).
+    Raises RuntimeError when cellseg is still importable in the new env.
     """
-    env_dir = Path(env_dir)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env_dir)],
-                   check=True, capture_output=True)
+    env_dir = Path(env_dir).resolve()  # the probe below runs with cwd=env_dir
+    site_dirs = list(site_dirs) if site_dirs is not None else site.getsitepackages()
+    subprocess.run([str(base_python or sys.executable), "-m", "venv", "--without-pip", "--clear",
+                    str(env_dir)], check=True, capture_output=True)
     python = env_dir / "bin" / "python"
     purelib = subprocess.run([str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              check=True, capture_output=True, text=True).stdout.strip()
     overlay = env_dir / "base-site-packages"
     overlay.mkdir()
-    hidden = excluded_entries(hide)
-    for sp in site_dirs if site_dirs is not None else site.getsitepackages():
+    hidden = excluded_entries(hide, site_dirs)
+    for sp in site_dirs:
         for entry in sorted(Path(sp).iterdir()) if Path(sp).is_dir() else []:
             if _is_cellseg(entry.name) or entry.name in hidden or (overlay / entry.name).exists():
                 continue
@@ -285,49 +302,71 @@ def run_kernel(python: Path, code_file: Path, input_dir: Path, working: Path, *,
     return rc, time.perf_counter() - start, log
 
 
+IMAGES = ("kaggle", "local")
+
+
 def rehearse(kernel_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,
              layouts: Sequence[str] = LAYOUTS, wheels_dir: str | os.PathLike | None = None,
              weights_dir: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
-             timeout: float = 1800.0, isolate: bool = True) -> list[RehearsalResult]:
+             timeout: float = 1800.0, isolate: bool = True, image: str = "kaggle",
+             log: Callable[[str], None] = print) -> list[RehearsalResult]:
     """Rehearse ``kernel_dir`` (from ``build-kernel``) once per layout.
 
+    ``image``: "kaggle" runs the kernel on the Python and package pins of Kaggle's image
+    (``cellseg.kaggle.image``; the env is built once per machine and cached), "local" on this
+    interpreter's packages (fast, but not Kaggle's versions).
     ``data``: competition folder with ``test/*.png`` (default: a 3-test-image synthetic set).
     ``wheels_dir`` / ``weights_dir`` default to what ``build-info.json`` recorded.
     ``workdir``: keep everything there (default: a temporary folder, removed afterwards unless a
-    run failed, so its log can be read).
+    run failed, so its log can be read). Relative paths are taken from the current directory.
     """
     from cellseg.kaggle.kernel import BUILD_INFO
     from cellseg.kaggle.kernel_template import embedded_of
 
-    kernel_dir = Path(kernel_dir)
-    meta = json.loads((kernel_dir / "kernel-metadata.json").read_text())
+    if image not in IMAGES:
+        raise ValueError(f"--image {image!r}: expected one of {IMAGES}")
+    # every path is made absolute now: the kernel and its env run with other working directories
+    kernel_dir = Path(kernel_dir).resolve()
+    meta_path = kernel_dir / "kernel-metadata.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found; build the kernel first with "
+                                "`cellseg kaggle build-kernel ... --out KERNEL_DIR`")
+    meta = json.loads(meta_path.read_text())
     code_file = kernel_dir / meta["code_file"]
     embedded = embedded_of(code_file.read_text())
     info_path = kernel_dir / BUILD_INFO
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    wheels_dir = Path(wheels_dir or info.get("wheels_dir") or "")
+    wheels_dir = wheels_dir or info.get("wheels_dir")
+    wheels_dir = Path(wheels_dir).resolve() if wheels_dir else None
     if not wheels_dir or not any(wheels_dir.glob("cellseg-*.whl")):
         raise FileNotFoundError(f"no cellseg wheel in {wheels_dir or '(no --wheels-dir)'}: run "
                                 "`cellseg kaggle build-wheels --out DIR` and pass --wheels-dir DIR")
-    weights_dir = Path(weights_dir or info.get("weights_dir") or "weights")
+    weights_dir = Path(weights_dir or info.get("weights_dir") or "weights").resolve()
     weight_files = [weights_dir / w["file"] for w in embedded["weights"]]
     missing = [str(f) for f in weight_files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"weight files {missing} not found; pass --weights-dir")
 
     own_tmp = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="cellseg-rehearsal-") if own_tmp else workdir)
+    work = Path(tempfile.mkdtemp(prefix="cellseg-rehearsal-") if own_tmp else workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if data is None:
         from cellseg.data.synthetic import generate
 
         generate(work / "synthetic", n_images=2, seed=0, n_test=3, n_semi=0, n_livecell=0)
         data = work / "synthetic" / "competition"
-    data = Path(data)
+    data = Path(data).resolve()
     ids = list_test_ids(data)
     if not ids:
-        raise FileNotFoundError(f"{data}/test has no .png images")
+        raise FileNotFoundError(f"{data}/test has no .png images; pass --data COMPETITION_DIR")
 
+    if image == "kaggle":
+        from cellseg.kaggle.image import ensure_image_env, load_image, purelib
+
+        base_python = ensure_image_env(load_image(), log=log)
+        site_dirs: list[str | os.PathLike] | None = [purelib(base_python)]
+    else:
+        base_python, site_dirs = Path(sys.executable), None
     # the env hides cellseg and every package the wheels dataset brings, so installing is exercised
     hide = sorted({w.name.split("-")[0] for w in wheels_dir.glob("*.whl")} - {"cellseg"})
     prefix, isolation = network_wrapper() if isolate else ([], "sitecustomize socket block")
@@ -336,20 +375,32 @@ def rehearse(kernel_dir: str | os.PathLike, *, data: str | os.PathLike | None = 
         root = work / layout
         if root.exists():
             shutil.rmtree(root)
-        python = make_env(root / "env", hide=hide)  # fresh per run, as every Kaggle session is
+        # fresh per run, as every Kaggle session is
+        python = make_env(root / "env", hide=hide, site_dirs=site_dirs, base_python=base_python)
         inp = make_input(root, layout, competition=embedded["competition"], competition_dir=data,
                          wheels_dataset=embedded["wheels_dataset"], wheels_dir=wheels_dir,
                          weights_dataset=embedded["weights_dataset"], weight_files=weight_files)
         working = root / "working"
-        rc, seconds, log = run_kernel(python, code_file, inp, working, env_home=root / "home",
-                                      prefix=prefix, timeout=timeout)
+        rc, seconds, log_path = run_kernel(python, code_file, inp, working, env_home=root / "home",
+                                           prefix=prefix, timeout=timeout)
         sub = working / "submission.csv"
         present, rows = submission_ids(sub) if sub.is_file() else (set(), 0)
         missing_ids = sorted(set(ids) - present)
         results.append(RehearsalResult(layout=layout, returncode=rc, seconds=seconds, root=root,
-                                       submission=sub, log=log, test_ids=ids,
+                                       submission=sub, log=log_path, test_ids=ids,
                                        missing_ids=missing_ids, n_rows=rows, isolation=isolation,
+                                       image=image, python=kernel_python(log_path),
                                        ok=rc == 0 and sub.is_file() and not missing_ids))
     if own_tmp and all(r.ok for r in results):
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def kernel_python(log: Path) -> str:
+    """The Python version the kernel reported in its log header ("" when absent)."""
+    if not log.is_file():
+        return ""
+    for line in log.read_text(errors="replace").splitlines()[:20]:
+        if line.startswith("python "):
+            return line.split()[1]
+    return ""

@@ -1,42 +1,64 @@
-"""Build the wheels dataset the offline kernel installs from.
+"""Build the wheels dataset the offline kernel installs from, for Kaggle's image.
 
     cellseg kaggle build-wheels --out kernels/build/wheels --dataset-id me/cellseg-wheels
     cellseg kaggle upload-dataset kernels/build/wheels --notes "cellseg 0.1.1"
 
 The folder holds a ``py3-none-any`` wheel of cellseg (``pip wheel . --no-deps --no-build-isolation``),
-wheels of the dependencies Kaggle's image lacks (:data:`KAGGLE_MISSING`, pinned to the versions
-installed here so the kernel runs what was tested), and ``dataset-metadata.json``.
+the wheels of every package the kernel imports that Kaggle's image lacks, including their own
+dependencies the image lacks, and ``dataset-metadata.json``. What the image has comes from its
+dated description (:mod:`cellseg.kaggle.image`):
+
+1. the kernel needs cellseg's ``install_requires`` (read from the built wheel), minus
+   :data:`SCORING_ONLY` (imported by ``cellseg score`` alone, never by ``cellseg predict``);
+2. those the image ships are left out; the rest (e.g. segmentation-models-pytorch) are resolved
+   together with the image's pins by ``pip install --dry-run --report`` for the image's Python and
+   platform tags;
+3. a resolved package is "in the image" when it is an image package or a dependency of one (the
+   image's own pip installed it); everything else is bundled, pinned to the resolved version, and
+   downloaded with ``pip download --no-deps --only-binary :all: --python-version X.Y --platform ...``.
+
+Every bundled wheel comes with a reason (:class:`Planned`), printed by the command and written to
+``bundle.json`` beside the wheels. The resolution is cached (``$CELLSEG_CACHE``), so a rebuild for
+the same image and requests does not ask the index again.
 """
 
 from __future__ import annotations
 
+import email.parser
+import hashlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-# Dependencies the Kaggle Python image (2024-2025 releases) does not ship; everything else cellseg
-# imports (torch, torchvision, timm, albumentations, pycocotools, opencv, scikit-image, pandas,
-# pyyaml, tqdm, safetensors, huggingface_hub) is there. Installed with --no-deps, so list a
-# dependency's own missing dependencies too. Override with --packages.
-KAGGLE_MISSING: tuple[str, ...] = (
-    "segmentation-models-pytorch",  # UNet family; pure python
-    "faster-coco-eval",  # COCO AP/AR at maxDets 2000; compiled: needs the kernel's Python/platform
-)
-# Kaggle's image runs CPython 3.11 on glibc >= 2.35 x86_64. pip does NOT expand an explicit
-# --platform to older manylinux tags (checked with pip 26), so every compatible tag is listed.
-KAGGLE_PYTHON = "3.11"
-KAGGLE_PLATFORMS: tuple[str, ...] = tuple(f"manylinux_2_{v}_x86_64" for v in range(35, 16, -1)) + (
-    "manylinux2014_x86_64", "linux_x86_64")
+from cellseg.kaggle.image import ImageDescription, cache_root, load_image, normalize
+
+# imported only by `cellseg score` (cellseg/metrics_coco.py, lazily); the kernel never scores, and
+# the compiled wheel would have to match Kaggle's Python exactly.
+SCORING_ONLY: tuple[str, ...] = ("faster-coco-eval",)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One package the wheels dataset bundles (``file`` once downloaded), or leaves out."""
+
+    name: str
+    version: str | None
+    reason: str
+    file: str | None = None
 
 
 def pinned(packages: Sequence[str]) -> list[str]:
     """``name`` -> ``name==<installed version>`` when installed here (what the tests ran with)."""
     out = []
     for p in packages:
-        if any(c in p for c in "=<>!~ @"):
+        if any(c in p for c in "=<>!~ @;["):
             out.append(p)
             continue
         try:
@@ -46,12 +68,13 @@ def pinned(packages: Sequence[str]) -> list[str]:
     return out
 
 
-def _pip(args: Sequence[str], cwd: str | os.PathLike | None = None) -> None:
+def _pip(args: Sequence[str], cwd: str | os.PathLike | None = None) -> str:
     cmd = [sys.executable, "-m", "pip", *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout[-2000:]}"
                            f"{proc.stderr[-3000:]}")
+    return proc.stdout
 
 
 # what a wheel build needs from the source tree (copied, so no build/ or egg-info lands in the
@@ -62,9 +85,8 @@ _SOURCE_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "README.md", "LICENS
 def build_cellseg_wheel(out: str | os.PathLike, source: str | os.PathLike = ".") -> Path:
     """``pip wheel <copy of SOURCE> --no-deps --no-build-isolation -w OUT``; returns the wheel."""
     import shutil
-    import tempfile
 
-    out, source = Path(out), Path(source).resolve()
+    out, source = Path(out).resolve(), Path(source).resolve()
     if not (source / "cellseg" / "__init__.py").is_file():
         raise FileNotFoundError(f"{source} is not a cellseg source tree (no cellseg/__init__.py); "
                                 "pass --source")
@@ -77,25 +99,173 @@ def build_cellseg_wheel(out: str | os.PathLike, source: str | os.PathLike = ".")
         for name in _SOURCE_FILES:
             if (source / name).is_file():
                 shutil.copy2(source / name, Path(tmp) / name)
-        _pip(["wheel", tmp, "--no-deps", "--no-build-isolation", "-q", "-w", str(out.resolve())])
+        try:
+            _pip(["wheel", tmp, "--no-deps", "--no-build-isolation", "-q", "-w", str(out)])
+        except RuntimeError as exc:
+            if "bdist_wheel" not in str(exc):
+                raise
+            # setuptools < 70.1 without the `wheel` package (a fresh venv's bundled one):
+            # let pip fetch the build requirements of pyproject.toml instead
+            _pip(["wheel", tmp, "--no-deps", "-q", "-w", str(out)])
     wheels = sorted(out.glob("cellseg-*-py3-none-any.whl"))
     if not wheels:
         raise RuntimeError(f"pip wheel wrote no cellseg-*-py3-none-any.whl into {out}")
     return wheels[-1]
 
 
-def download_wheels(packages: Sequence[str], out: str | os.PathLike, *,
-                    python_version: str | None = KAGGLE_PYTHON,
-                    platforms: Sequence[str] = KAGGLE_PLATFORMS) -> list[Path]:
-    """``pip download --only-binary :all: --no-deps`` each package for Kaggle's Python/platform."""
-    out = Path(out)
+def wheel_requirements(wheel: str | os.PathLike) -> list[str]:
+    """The unconditional ``Requires-Dist`` entries of a wheel (extras' entries left out)."""
+    with zipfile.ZipFile(wheel) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        msg = email.parser.Parser().parsestr(zf.read(name).decode("utf-8"))
+    return [r for r in msg.get_all("Requires-Dist") or [] if "extra ==" not in r.replace("'", '"')]
+
+
+def requirement_name(req: str) -> str:
+    """``segmentation-models-pytorch>=0.3; python_version>'3'`` -> ``segmentation-models-pytorch``."""
+    from packaging.requirements import Requirement
+
+    return normalize(Requirement(req).name)
+
+
+def _marker_env(img: ImageDescription) -> dict[str, str]:
+    return {"python_version": img.python_short, "python_full_version": img.python,
+            "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+            "os_name": "posix", "implementation_name": "cpython",
+            "platform_python_implementation": "CPython", "extra": ""}
+
+
+def _deps(item: dict, img: ImageDescription) -> list[str]:
+    """Names a resolved package requires on the image (markers evaluated, extras left out)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for text in item["metadata"].get("requires_dist") or []:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.marker is not None and not req.marker.evaluate(_marker_env(img)):
+            continue
+        out.append(normalize(req.name))
+    return out
+
+
+def split_report(report: dict, img: ImageDescription, wanted: Sequence[str]
+                 ) -> tuple[list[Planned], list[Planned]]:
+    """(bundle, in the image) from a ``pip install --report`` of ``wanted`` + the image's pins.
+
+    A package is in the image when the image lists it or an image package depends on it,
+    transitively (the image's pip installed it). Each bundled package says who needs it.
+    """
+    items = {normalize(i["metadata"]["name"]): i for i in report["install"]}
+    deps = {name: _deps(item, img) for name, item in items.items()}
+    present = {n for n in items if img.has(n)}
+    todo = list(present)
+    while todo:
+        for d in deps.get(todo.pop(), []):
+            if d in items and d not in present:
+                present.add(d)
+                todo.append(d)
+    wanted = [normalize(w) for w in wanted]
+    bundle, skipped = [], []
+    for name, item in items.items():
+        version = item["metadata"]["version"]
+        if name in present:
+            why = "in the image" if img.has(name) else "in the image (a dependency of its packages)"
+            skipped.append(Planned(name, version, why))
+            continue
+        if name in wanted:
+            why = "imported by cellseg predict; not in the Kaggle image"
+        else:
+            parents = sorted(p for p, ds in deps.items() if name in ds and p not in present)
+            why = f"required by {', '.join(parents) or '?'}; not in the Kaggle image"
+        bundle.append(Planned(name, version, why))
+    return bundle, skipped
+
+
+def resolve(requests: Sequence[str], img: ImageDescription, *, log: Callable[[str], None] = print
+            ) -> dict:
+    """``pip install --dry-run --report`` of ``requests`` plus every image pin, for the image's
+    Python and platform tags; cached under ``$CELLSEG_CACHE/wheel-plans/``."""
+    from cellseg.kaggle.image import requirements
+
+    pins = requirements(img)
+    key = hashlib.sha256(json.dumps([img.key(), img.python_short, img.platforms(), sorted(requests)]
+                                    ).encode()).hexdigest()[:16]
+    cached = cache_root() / "wheel-plans" / f"{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    log(f"resolving {', '.join(requests)} against the Kaggle image's {len(pins)} pins "
+        f"(Python {img.python_short}, {img.platform}) ...")
+    with tempfile.TemporaryDirectory(prefix="cellseg-resolve-") as tmp:
+        report = Path(tmp) / "report.json"
+        args = ["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+                "--only-binary", ":all:", "--python-version", img.python_short,
+                "--implementation", "cp", "--target", str(Path(tmp) / "target")]
+        for platform in img.platforms():
+            args += ["--platform", platform]
+        _pip(args + list(requests) + pins)
+        data = json.loads(report.read_text())
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"install": [{"metadata": {k: i["metadata"].get(k) for k in
+                                                            ("name", "version", "requires_dist")}}
+                                              for i in data["install"]]}))
+    return json.loads(cached.read_text())
+
+
+def plan_bundle(requires: Sequence[str], img: ImageDescription, *, extra: Sequence[str] = (),
+                pin: bool = True, resolver: Callable[..., dict] = resolve,
+                log: Callable[[str], None] = print) -> tuple[list[Planned], list[Planned]]:
+    """(bundle, left out) for cellseg's ``requires`` (+ ``extra`` packages) on ``img``.
+
+    Left out: :data:`SCORING_ONLY` and what the image ships. ``pin``: request the versions
+    installed here (what the tests ran with) for the missing top-level packages.
+    """
+    left_out, missing = [], []
+    for req in [*requires, *extra]:
+        name = requirement_name(req)
+        if name in SCORING_ONLY:
+            left_out.append(Planned(name, None, "scoring only (cellseg score); the kernel never "
+                                                 "imports it"))
+        elif img.has(name):
+            left_out.append(Planned(name, img.packages[name], "in the image"))
+        else:
+            missing.append(name if not pin else pinned([name])[0])
+    if not missing:
+        return [], left_out
+    bundle, present = split_report(resolver(missing, img, log=log), img,
+                                   [requirement_name(m) for m in missing])
+    names = {p.name for p in left_out}
+    return bundle, left_out + [p for p in present if p.name not in names]
+
+
+def wheel_tags(filename: str) -> tuple[str, str, str]:
+    """``(python tag, abi tag, platform tag)`` of a wheel file name."""
+    parts = filename[:-len(".whl")].split("-")
+    return parts[-3], parts[-2], parts[-1]
+
+
+def fits_image(filename: str, img: ImageDescription) -> bool:
+    """True when the wheel installs on the image's Python and platform."""
+    py, abi, plat = wheel_tags(filename)
+    pys = set(py.split("."))
+    py_ok = bool(pys & {"py3", f"py{img.python_short.replace('.', '')}", img.python_tag}) or (
+        abi == "abi3" and any(p.startswith("cp3") and int(p[3:]) <= int(img.python_tag[3:])
+                              for p in pys))
+    return py_ok and (plat == "any" or bool(set(plat.split(".")) & set(img.platforms())))
+
+
+def download_wheels(packages: Sequence[str], out: str | os.PathLike, img: ImageDescription
+                    ) -> list[Path]:
+    """``pip download --only-binary :all: --no-deps`` of pinned ``packages`` for the image."""
+    out = Path(out).resolve()
     before = set(out.glob("*.whl"))
     if not packages:
         return []
-    args = ["download", "--only-binary", ":all:", "--no-deps", "-q", "-d", str(out.resolve())]
-    if python_version:
-        args += ["--python-version", python_version, "--implementation", "cp"]
-    for platform in platforms:
+    args = ["download", "--only-binary", ":all:", "--no-deps", "-q", "-d", str(out),
+            "--python-version", img.python_short, "--implementation", "cp"]
+    for platform in img.platforms():
         args += ["--platform", platform]
     _pip(args + list(packages))
     return sorted(set(out.glob("*.whl")) - before)
@@ -103,26 +273,54 @@ def download_wheels(packages: Sequence[str], out: str | os.PathLike, *,
 
 def build_wheels(out: str | os.PathLike, *, packages: Sequence[str] | None = None,
                  dataset_id: str | None = None, source: str | os.PathLike = ".",
-                 python_version: str | None = KAGGLE_PYTHON,
-                 platforms: Sequence[str] = KAGGLE_PLATFORMS,
-                 pin: bool = True) -> list[Path]:
-    """Write the wheels dataset folder; returns every wheel in it.
+                 image: ImageDescription | None = None, pin: bool = True,
+                 resolver: Callable[..., dict] = resolve,
+                 log: Callable[[str], None] = print) -> tuple[list[Planned], list[Planned]]:
+    """Write the wheels dataset folder; returns (bundled, left out), each with its reason.
 
     ``dataset_id`` (owner/slug; default ``$KAGGLE_USERNAME/cellseg-wheels``) goes into
-    ``dataset-metadata.json``. ``packages`` defaults to :data:`KAGGLE_MISSING`.
+    ``dataset-metadata.json``. ``packages``: extra packages to bundle beyond what cellseg
+    requires (e.g. a model family's library). ``resolver``: :func:`resolve` (tests pass a fake).
+    Raises RuntimeError when a downloaded wheel does not fit the image's Python/platform.
     """
     from cellseg.io import write_json
-    from cellseg.kaggle.kernel import DEFAULT_WHEELS_SLUG, check_ref, default_owner
+    from cellseg.kaggle.kernel import DEFAULT_WHEELS_SLUG, default_owner
+    from cellseg.kaggle.names import check_dataset_ref, check_dataset_title
 
-    out = Path(out)
-    dataset_id = check_ref(dataset_id or f"{default_owner()}/{DEFAULT_WHEELS_SLUG}", "dataset id")
-    build_cellseg_wheel(out, source)
-    pkgs = list(KAGGLE_MISSING if packages is None else packages)
-    download_wheels(pinned(pkgs) if pin else pkgs, out, python_version=python_version,
-                    platforms=platforms)
+    img = image or load_image()
+    out = Path(out).resolve()
+    dataset_id = check_dataset_ref(dataset_id or f"{default_owner()}/{DEFAULT_WHEELS_SLUG}",
+                                   "dataset id")
+    check_dataset_title(dataset_title(dataset_id))
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.whl"):
+        old.unlink()  # a wheel left from another plan would be installed by the kernel too
+    cellseg_whl = build_cellseg_wheel(out, source)
+    bundle, left_out = plan_bundle(wheel_requirements(cellseg_whl), img, extra=packages or (),
+                                   pin=pin, resolver=resolver, log=log)
+    files = download_wheels([f"{p.name}=={p.version}" for p in bundle], out, img)
+    by_name = {normalize(f.name.split("-")[0]): f.name for f in files}
+    bundle = [Planned(p.name, p.version, p.reason, by_name.get(p.name)) for p in bundle]
+    wrong = [f.name for f in files if not fits_image(f.name, img)]
+    if wrong:
+        raise RuntimeError(f"wheels {wrong} do not fit Kaggle's Python {img.python_short} / "
+                           f"{img.platform}; check the image description ({img.path})")
+    from cellseg import __version__
+
+    bundled = [Planned("cellseg", __version__, "the kit itself (pure Python)", cellseg_whl.name),
+               *bundle]
+    write_json(out / "bundle.json", {"image": f"{img.name} {img.as_of}",
+                                     "python": img.python, "platform": img.platform,
+                                     "bundled": [asdict(p) for p in bundled],
+                                     "left_out": [asdict(p) for p in left_out]})
     write_json(out / "dataset-metadata.json", {
-        "title": dataset_id.split("/")[1].replace("-", " "),
+        "title": dataset_title(dataset_id),
         "id": dataset_id,
         "licenses": [{"name": "other"}],
     })
-    return sorted(out.glob("*.whl"))
+    return bundled, left_out
+
+
+def dataset_title(dataset_id: str) -> str:
+    """The title Kaggle slugifies back to the slug: ``me/cellseg-wheels`` -> ``cellseg wheels``."""
+    return dataset_id.split("/")[1].replace("-", " ")

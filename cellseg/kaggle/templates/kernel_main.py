@@ -5,12 +5,23 @@ not the generated copy. Kaggle uploads only this file, so everything it needs is
 (weights with their sha256, the inference config) or attached as datasets (wheels, weights).
 
 What it does, internet off:
+  0. prints a header: Python version, device (cuda/cpu + GPU name), versions of torch,
+     torchvision, segmentation-models-pytorch, timm, numpy and cellseg
   1. finds the wheels, weights and competition folders under /kaggle/input (any mount layout:
      /kaggle/input/<slug>/, /kaggle/input/datasets/<owner>/<slug>/, /kaggle/input/competitions/<slug>/)
   2. verifies every weight file's sha256 (mismatch: message and exit code 3)
-  3. pip install --no-index --no-deps --find-links <wheels> cellseg (+ the other wheels there)
+  3. pip install --no-index --no-deps <each bundled wheel BY FILE> (cellseg first), so a version
+     Kaggle adds to its image later cannot silently win over the tested one
   4. cellseg predict ... --out /kaggle/working/submission.csv; cellseg validate
   5. prints a timing summary (also written to /kaggle/working/cellseg_timing.json)
+
+Exit codes. Kaggle scores nothing when a script exits non-zero ("Notebook Threw Exception"), so
+a kernel that wrote a complete, valid submission.csv exits 0 even when some images failed:
+those images get the empty-image policy's rows (cellseg predict does that), the log ends with a
+loud FAILED IMAGES summary and /kaggle/working/failures.json lists them. Non-zero only when no
+valid submission could be written: 2 inputs missing, 3 weights' sha256 mismatch, 4 cellseg
+does not install, 5 predict wrote no submission.csv, 6 the submission does not validate or
+misses test images.
 
 Rehearse locally with CELLSEG_KAGGLE_INPUT / CELLSEG_KAGGLE_WORKING pointing at stand-ins
 (`cellseg kaggle rehearse KERNEL_DIR`). Only the standard library is imported at top level:
@@ -21,6 +32,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -165,10 +177,63 @@ def verify_weights(paths, weights):
                           + "\n".join(problems), EXIT_SHA)
 
 
-def wheel_names(wheels_dir):
-    """Distribution names of the wheels in wheels_dir (cellseg first)."""
-    names = sorted({f.name.split("-")[0] for f in Path(wheels_dir).glob("*.whl")})
-    return ["cellseg"] + [n for n in names if n.lower() != "cellseg"]
+def wheel_files(wheels_dir):
+    """The wheel files in wheels_dir, cellseg's first (the newest when several)."""
+    files = sorted(Path(wheels_dir).glob("*.whl"))
+    own = [f for f in files if f.name.split("-")[0].lower() == "cellseg"]
+    return own[-1:] + [f for f in files if f.name.split("-")[0].lower() != "cellseg"]
+
+
+def _dist(name):
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+HEADER_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy", "cellseg")
+_PROBE = r"""
+import json, sys
+from importlib import metadata
+out = {}
+for name in %r:
+    try:
+        out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        out[name] = None
+try:
+    import torch
+    if torch.cuda.is_available():
+        out["device"] = "cuda (%%s, %%d GPU(s))" %% (torch.cuda.get_device_name(0), torch.cuda.device_count())
+    else:
+        out["device"] = "cpu (no CUDA device visible)"
+except Exception as exc:
+    out["device"] = "unknown (import torch failed: %%s)" %% exc
+print(json.dumps(out))
+""" % (HEADER_PACKAGES,)
+
+
+def header(wheels_dir=None):
+    """Print what the run depends on, first thing in the log: on Kaggle the image changes under
+    the kernel, and this is the only record of what a given run used."""
+    import platform
+
+    print(f"python {platform.python_version()} ({sys.executable}) on {platform.platform()}",
+          flush=True)
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                             timeout=300, env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+    except Exception as exc:  # the header must never stop the run
+        print(f"device/versions unknown (probe failed: {exc})", flush=True)
+        return {}
+    bundled = {}
+    for f in wheel_files(wheels_dir) if wheels_dir else []:
+        parts = f.name.split("-")
+        bundled[_dist(parts[0])] = parts[1]
+    print(f"device {info.pop('device')}", flush=True)
+    for name in HEADER_PACKAGES:
+        have = info.get(name)
+        note = f" (bundled wheel {bundled[name]} to install)" if name in bundled else ""
+        print(f"  {name:<28} {have or 'not installed'}{note}", flush=True)
+    return info
 
 
 def run(cmd, step, code):
@@ -180,26 +245,92 @@ def run(cmd, step, code):
 
 
 def install(wheels_dir):
-    """Install cellseg (required) and every other wheel there (best effort), offline.
+    """Install cellseg (required) and every other wheel there (best effort), offline, by file.
 
-    One pip call per package: a dependency wheel built for another Python (Kaggle upgraded its
-    image) must not block the others; predict fails later, by name, if it was really needed.
-    Returns the names that could not be installed.
+    By file path, not by name: ``pip install name --find-links`` would accept a version the
+    image ships, while the bundled file is the one that was rehearsed. One pip call per wheel: a
+    dependency wheel built for another Python (Kaggle upgraded its image) must not block the
+    others; predict fails later, by name, if it was really needed. Returns the wheels that could
+    not be installed.
     """
     pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-           "--no-warn-script-location", "--find-links", wheels_dir]
-    names = wheel_names(wheels_dir)
-    run(pip + [names[0]], "pip install cellseg", EXIT_INSTALL)
+           "--no-warn-script-location"]
+    files = wheel_files(wheels_dir)
+    if not files or not files[0].name.lower().startswith("cellseg-"):
+        raise KernelError(f"no cellseg-*.whl in {wheels_dir}", EXIT_MISSING)
+    run(pip + [files[0]], "pip install cellseg", EXIT_INSTALL)
     failed = []
-    for name in names[1:]:
+    for whl in files[1:]:
         try:
-            run(pip + [name], f"pip install {name}", EXIT_INSTALL)
+            run(pip + [whl], f"pip install {whl.name}", EXIT_INSTALL)
         except KernelError as exc:
-            print(f"WARNING: {exc}; continuing without {name}", file=sys.stderr, flush=True)
-            failed.append(name)
+            print(f"WARNING: {exc}; continuing without {whl.name}", file=sys.stderr, flush=True)
+            failed.append(whl.name)
     run([sys.executable, "-c", "import cellseg; print('cellseg', cellseg.__version__, cellseg.__file__)"],
         "import cellseg", EXIT_INSTALL)
     return failed
+
+
+_FAILED_RE = (re.compile(r"cellseg predict: cannot read (\S+) \((.*)\): (.*)$"),
+              re.compile(r"cellseg predict: prediction failed for (\S+): (.*)$"))
+
+
+def run_predict(cmd):
+    """Run cellseg predict, streaming its stderr into the log; returns (exit code, failures).
+
+    failures: [{"id", "reason"}] parsed from predict's per-image messages (it gives a failed
+    image the empty-image policy and goes on, then exits 1).
+    """
+    print(f"$ {' '.join(str(c) for c in cmd)}", flush=True)
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", NO_ALBUMENTATIONS_UPDATE="1")
+    proc = subprocess.Popen([str(c) for c in cmd], env=env, stderr=subprocess.PIPE, text=True,
+                            errors="replace")
+    failures = []
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        line = line.rstrip("\n")
+        m = _FAILED_RE[0].search(line)
+        if m:
+            failures.append({"id": m.group(1), "reason": f"cannot read {m.group(2)}: {m.group(3)}"})
+            continue
+        m = _FAILED_RE[1].search(line)
+        if m:
+            failures.append({"id": m.group(1), "reason": f"prediction failed: {m.group(2)}"})
+    return proc.wait(), failures
+
+
+def test_ids(test_dir):
+    """Image ids (stems) of the test folder, as cellseg predict lists them."""
+    return sorted(p.stem for p in Path(test_dir).iterdir()
+                  if p.suffix.lower() in (".png", ".tif", ".tiff"))
+
+
+def submission_ids(path):
+    """Image ids present in a submission.csv (stdlib: this runs even when cellseg is broken)."""
+    import csv
+
+    with open(path, newline="") as fh:
+        return {row.get("id", "") for row in csv.DictReader(fh)}
+
+
+def png_header_ok(path):
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def loud_summary(failures, n_images, failures_path):
+    bar = "!" * 78
+    lines = [bar, f"FAILED IMAGES: {len(failures)} of {n_images} test image(s) could not be "
+             "predicted; they got the empty-image policy's rows:"]
+    lines += [f"  {f['id']}: {f['reason']}" for f in failures[:50]]
+    if len(failures) > 50:
+        lines.append(f"  ... and {len(failures) - 50} more")
+    lines += [f"details: {failures_path}",
+              "submission.csv is complete and valid, so this kernel exits 0 and Kaggle scores it.",
+              bar]
+    print("\n".join(lines), flush=True)
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -210,6 +341,12 @@ def main(argv=None):
     timing = {}
     t_all = time.perf_counter()
     root, work = input_root(), working_dir()
+    try:
+        wheels_hint = find_wheels_dir(root, EMBEDDED["wheels_dataset"])
+    except KernelError:
+        wheels_hint = None  # reported below, after the header
+    header(wheels_hint)
+    failures, n_images = [], 0
     try:
         t = time.perf_counter()
         comp = None if args.verify_only else find_competition_dir(root, EMBEDDED["competition"])
@@ -227,31 +364,56 @@ def main(argv=None):
         timing["install"] = time.perf_counter() - t
         work.mkdir(parents=True, exist_ok=True)
         submission = work / "submission.csv"
+        test_dir = comp / "test"
+        ids = test_ids(test_dir)
+        n_images = len(ids)
         cmd = [sys.executable, "-m", "cellseg", "predict",
                "--weights", *[paths[w["file"]] for w in EMBEDDED["weights"]],
-               "--images", comp / "test", "--out", submission, *EMBEDDED["predict_args"]]
+               "--images", test_dir, "--out", submission, "--no-progress",
+               *EMBEDDED["predict_args"]]
         with tempfile.TemporaryDirectory() as tmp:
             if EMBEDDED["config_yaml"]:
                 config = Path(tmp) / "infer.yaml"
                 config.write_text(EMBEDDED["config_yaml"])
                 cmd += ["--config", config]
             t = time.perf_counter()
-            run(cmd, "cellseg predict", EXIT_PREDICT)
+            rc, failures = run_predict(cmd)
             timing["predict"] = time.perf_counter() - t
+        if not submission.is_file():
+            raise KernelError(f"cellseg predict exited {rc} without writing {submission}",
+                              EXIT_PREDICT)
+        if rc != 0 and not failures:  # an error that is not a per-image failure
+            failures = [{"id": "?", "reason": f"cellseg predict exited {rc}; see the log above"}]
         t = time.perf_counter()
-        run([sys.executable, "-m", "cellseg", "validate", submission, "--images", comp / "test"],
-            "cellseg validate", EXIT_INVALID)
+        validate = [sys.executable, "-m", "cellseg", "validate", submission]
+        if all(png_header_ok(p) for p in test_dir.glob("*.png")):
+            validate += ["--images", test_dir]
+        else:  # an unreadable file has no size to check against: check ids (+ default size)
+            ids_csv = work / "cellseg_test_ids.csv"
+            ids_csv.write_text("id\n" + "".join(f"{i}\n" for i in ids))
+            validate += ["--ids-from", ids_csv]
+        run(validate, "cellseg validate", EXIT_INVALID)
+        absent = sorted(set(ids) - submission_ids(submission))
+        if absent:
+            raise KernelError(f"{submission} misses {len(absent)} test image(s): {absent[:10]}",
+                              EXIT_INVALID)
         timing["validate"] = time.perf_counter() - t
     except KernelError as exc:
-        print(f"KERNEL FAILED: {exc}", file=sys.stderr, flush=True)
+        print(f"KERNEL FAILED (exit {exc.code}, no valid submission): {exc}", file=sys.stderr,
+              flush=True)
         return exc.code
     timing["total"] = time.perf_counter() - t_all
-    n_images = len(list((comp / "test").glob("*.png")))
     print(f"timing ({n_images} test images):", flush=True)
     for step, seconds in timing.items():
         print(f"  {step:<14} {seconds:9.1f} s", flush=True)
     (work / "cellseg_timing.json").write_text(json.dumps({"images": n_images, "seconds": timing},
                                                          indent=2))
+    failures_path = work / "failures.json"
+    failures_path.write_text(json.dumps({"images": n_images, "failed": failures}, indent=2))
+    if failures:
+        loud_summary(failures, n_images, failures_path)
+    else:
+        print(f"all {n_images} test images predicted; submission.csv is valid", flush=True)
     return 0
 
 
