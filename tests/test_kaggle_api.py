@@ -58,6 +58,7 @@ def kernel_dir(tmp_path: Path) -> Path:
     d = tmp_path / "kernel"
     d.mkdir()
     (d / "kernel-metadata.json").write_text(json.dumps({"id": "me/cellseg-infer",
+                                                        "title": "cellseg infer",
                                                         "code_file": "cellseg_infer.py"}))
     (d / "cellseg_infer.py").write_text("print('hi')\n")
     return d
@@ -166,8 +167,12 @@ def test_missing_credentials_lists_sources_without_secrets(monkeypatch, tmp_path
     msg = str(info.value)
     assert "\n" not in msg
     for source in ("KAGGLE_USERNAME/KAGGLE_KEY env", "KAGGLE_API_TOKEN env", "~/.kaggle/kaggle.json",
-                   "~/.config/kaggle/kaggle.json", "KAGGLE_CONFIG_DIR"):
+                   "~/.config/kaggle/kaggle.json", "KAGGLE_CONFIG_DIR",
+                   "~/.kaggle/access_token.txt"):
         assert source in msg
+    # the fix comes first, and it is today's token, not the legacy key pair
+    assert msg.index("KAGGLE_API_TOKEN") < msg.index("KAGGLE_USERNAME")
+    assert msg.startswith("no Kaggle credentials found: create an API token")
     assert "s3cr3t" not in msg and "alice" not in msg
     # the kaggle package was not imported to find this out
     assert "kaggle.api.kaggle_api_extended" not in sys.modules
@@ -187,6 +192,12 @@ def test_credential_sources_detects_each(tmp_path: Path) -> None:
     assert usable({}) == []
     assert usable({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}) == ["KAGGLE_USERNAME/KAGGLE_KEY env"]
     assert usable({"KAGGLE_API_TOKEN": "t"}) == ["KAGGLE_API_TOKEN env"]
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "access_token.txt").write_text("   \n")
+    assert usable({}) == []  # an empty token file is no credential
+    (tmp_path / ".kaggle" / "access_token.txt").write_text("KGAT_abc\n")
+    assert usable({}) == ["~/.kaggle/access_token.txt"]
+    (tmp_path / ".kaggle" / "access_token.txt").unlink()
     cfg = tmp_path / ".config" / "kaggle"
     cfg.mkdir(parents=True)
     (cfg / "kaggle.json").write_text('{"username": "u", "key": "k"}')
@@ -222,9 +233,91 @@ def test_upload_dataset_versions_an_existing_folder(monkeypatch, tmp_path: Path,
     monkeypatch.setattr(kapi, "get_api", lambda api_=None: Api())
     folder = tmp_path / "wheels"
     folder.mkdir()
-    assert main(["kaggle", "upload-dataset", str(folder)]) == 1  # no metadata yet
+    assert main(["kaggle", "upload-dataset", str(folder)]) == 2  # no metadata yet
     assert "dataset-metadata.json not found" in capsys.readouterr().err
-    (folder / "dataset-metadata.json").write_text(json.dumps({"id": "me/cellseg-wheels"}))
+    (folder / "dataset-metadata.json").write_text(json.dumps({"id": "me/cellseg-wheels",
+                                                              "title": "cellseg wheels"}))
     assert main(["kaggle", "upload-dataset", str(folder), "--notes", "v2", "--poll", "0"]) == 0
     assert calls == [("status", "me/cellseg-wheels"), ("version", str(folder), "v2", "zip"),
                      ("status", "me/cellseg-wheels")]
+
+
+class _HTTPError(Exception):
+    """Shaped like requests.HTTPError: a multi-line str() and a response object."""
+
+    def __init__(self, code: int, reason: str, body: str) -> None:
+        super().__init__(f"{code} Client Error: {reason} for url: https://www.kaggle.com/api/v1/x\n"
+                         f"{body}")
+        self.response = SimpleNamespace(status_code=code, reason=reason, text=body)
+
+
+def test_push_http_error_ends_in_one_line(fake: FakeApi, kernel_dir: Path, capsys) -> None:
+    def refuse(folder, timeout=None):
+        raise _HTTPError(403, "Forbidden", '{"code": 403,\n "message": "Permission denied"}')
+
+    fake.kernels_push = refuse
+    assert main(["kaggle", "push", str(kernel_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "pushing" in err and "HTTP 403 Forbidden" in err and "Permission denied" in err
+
+
+def test_upload_http_error_ends_in_one_line(monkeypatch, tmp_path: Path, capsys) -> None:
+    class Api:
+        def dataset_status(self, dataset):
+            raise _HTTPError(404, "Not Found", "")
+
+        def dataset_create_new(self, folder, public=False, quiet=False, dir_mode="skip"):
+            raise _HTTPError(400, "Bad Request", "Dataset slug must be at least 6 characters")
+
+    monkeypatch.setattr(kapi, "get_api", lambda api_=None: Api())
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / "dataset-metadata.json").write_text(json.dumps({"id": "me/cellseg-wheels",
+                                                              "title": "cellseg wheels"}))
+    assert main(["kaggle", "upload-dataset", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HTTP 400 Bad Request: Dataset slug" in err
+
+
+def test_names_are_checked_before_any_network_call(monkeypatch, tmp_path: Path,
+                                                   kernel_dir: Path, capsys) -> None:
+    def no_network(api_=None):
+        raise AssertionError("a refused name must be reported before contacting Kaggle")
+
+    monkeypatch.setattr(kapi, "get_api", no_network)
+    meta = json.loads((kernel_dir / "kernel-metadata.json").read_text())
+    (kernel_dir / "kernel-metadata.json").write_text(json.dumps(dict(meta, title="cell")))
+    assert main(["kaggle", "push", str(kernel_dir)]) == 2
+    assert "kernel title 'cell'" in capsys.readouterr().err
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / "dataset-metadata.json").write_text(json.dumps({"id": "me/wts", "title": "weights"}))
+    assert main(["kaggle", "upload-dataset", str(folder)]) == 2
+    assert "slug of 6-50 characters" in capsys.readouterr().err
+    (folder / "dataset-metadata.json").write_text(json.dumps({"id": "me/weights", "title": "wts"}))
+    assert main(["kaggle", "upload-dataset", str(folder)]) == 2
+    assert "dataset title 'wts'" in capsys.readouterr().err
+
+
+def test_submit_prints_the_kaggle_cli_equivalent(fake: FakeApi, capsys) -> None:
+    assert main(["kaggle", "submit", "me/cellseg-infer", "--version", "4", "--message",
+                 "fold 0 unet"]) == 0
+    out = capsys.readouterr().out
+    assert ("same as: kaggle competitions submit sartorius-cell-instance-segmentation "
+            "-f submission.csv -k me/cellseg-infer -v 4 -m 'fold 0 unet'") in out
+    assert kapi.submit_cli("/code/me/k-k-k", 2).endswith("-k me/k-k-k -v 2 -m 'cellseg me/k-k-k v2'")
+
+
+def test_kaggle_extra_needs_the_first_version_with_every_call() -> None:
+    """kernels_push(..., timeout=) and competition_submit_code arrived in kaggle 1.7.3."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    reqs = [Requirement(r) for r in cfg["options.extras_require"]["kaggle"].split() if r]
+    [kaggle] = [r for r in reqs if r.name == "kaggle"]
+    assert not kaggle.specifier.contains("1.7.2") and kaggle.specifier.contains("1.7.3")
+    assert kaggle.specifier.contains("2.2.4") and "six" in {r.name for r in reqs}

@@ -292,3 +292,100 @@ def test_build_wheels_makes_a_pure_wheel_with_package_data(tmp_path: Path) -> No
     assert meta["id"] == "me/cellseg-wheels" and meta["licenses"]
     assert pinned(["numpy", "not-a-real-pkg-xyz", "timm>=1"])[1:] == ["not-a-real-pkg-xyz", "timm>=1"]
     assert pinned(["numpy"])[0].startswith("numpy==")
+
+
+# ---------------------------------------------------------------- exit-code contract
+
+
+def _kernel_with_inputs(manifest: Path, tmp_path: Path, monkeypatch):
+    """The generated kernel as a module, with a Kaggle-like input tree of 3 test images."""
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    inp = _layout(tmp_path / "in", "new", manifest.parent / "unet_tiny_f0.pt", "unet_tiny_f0.pt")
+    test = inp / "competitions" / COMPETITION / "test"
+    for name in ("abc.png", "def.png", "ghi.png"):
+        (test / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
+    monkeypatch.setenv("CELLSEG_KAGGLE_INPUT", str(inp))
+    monkeypatch.setenv("CELLSEG_KAGGLE_WORKING", str(tmp_path / "working"))
+    k = _load_code(b.code_file)
+    k.header = lambda wheels_dir=None: {}
+    k.install = lambda wheels: []
+    k.run = lambda cmd, step, code: None  # cellseg validate: passes
+    return k, tmp_path / "working"
+
+
+def _fake_predict(ids, failures, rc):
+    def run_predict(cmd):
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.write_text("id,predicted\n" + "".join(f"{i},1 3\n" for i in ids))
+        return rc, failures
+    return run_predict
+
+
+def test_kernel_with_failed_images_but_a_valid_submission_exits_0(
+        manifest: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    k, work = _kernel_with_inputs(manifest, tmp_path, monkeypatch)
+    failed = [{"id": "def", "reason": "cannot read def.png: broken PNG"}]
+    k.run_predict = _fake_predict(["abc", "def", "ghi"], failed, rc=1)  # predict exits 1
+    assert k.main([]) == 0
+    out = capsys.readouterr()
+    assert "FAILED IMAGES: 1 of 3" in out.out and "def: cannot read def.png" in out.out
+    assert out.out.rstrip().endswith("!" * 78)  # the summary ends the log
+    report = json.loads((work / "failures.json").read_text())
+    assert report == {"images": 3, "failed": failed}
+
+
+def test_kernel_without_failures_writes_an_empty_failures_json(
+        manifest: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    k, work = _kernel_with_inputs(manifest, tmp_path, monkeypatch)
+    k.run_predict = _fake_predict(["abc", "def", "ghi"], [], rc=0)
+    assert k.main([]) == 0
+    assert json.loads((work / "failures.json").read_text())["failed"] == []
+    assert "FAILED IMAGES" not in capsys.readouterr().out
+
+
+def test_kernel_exits_non_zero_only_without_a_valid_submission(
+        manifest: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    k, work = _kernel_with_inputs(manifest, tmp_path, monkeypatch)
+    k.run_predict = lambda cmd: (1, [])  # predict crashed before writing anything
+    assert k.main([]) == k.EXIT_PREDICT
+    assert "no valid submission" in capsys.readouterr().err
+    k.run_predict = _fake_predict(["abc", "ghi"], [], rc=0)  # an image missing from the CSV
+    assert k.main([]) == k.EXIT_INVALID
+
+    def invalid(cmd, step, code):
+        raise k.KernelError(f"{step} failed with exit code 1", code)
+
+    k.run_predict = _fake_predict(["abc", "def", "ghi"], [], rc=0)
+    k.run = invalid  # cellseg validate refuses the file
+    assert k.main([]) == k.EXIT_INVALID
+
+
+def test_run_predict_collects_per_image_failures(manifest: Path, tmp_path: Path, capsys) -> None:
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    k = _load_code(b.code_file)
+    script = ("import sys\n"
+              "sys.stderr.write('cellseg predict: cannot read bad1 (/x/bad1.png): cannot decode\\n')\n"
+              "sys.stderr.write('cellseg predict: prediction failed for bad2: RuntimeError: oom\\n')\n"
+              "sys.stderr.write('cellseg predict: 2 image(s) failed: bad1, bad2\\n')\n"
+              "sys.exit(1)\n")
+    rc, failures = k.run_predict([sys.executable, "-c", script])
+    assert rc == 1
+    assert failures == [{"id": "bad1", "reason": "cannot read /x/bad1.png: cannot decode"},
+                        {"id": "bad2", "reason": "prediction failed: RuntimeError: oom"}]
+    assert "2 image(s) failed" in capsys.readouterr().err  # streamed into the log as well
+
+
+def test_header_names_python_device_and_versions(manifest: Path, tmp_path: Path, capsys) -> None:
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    k = _load_code(b.code_file)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "cellseg-9.9.9-py3-none-any.whl").write_bytes(b"")
+    k.header(wheels)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"python {sys.version.split()[0]} ")
+    assert lines[1].startswith("device cpu") or lines[1].startswith("device cuda (")
+    names = [line.split()[0] for line in lines[2:8]]
+    assert names == ["torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
+                     "cellseg"]
+    assert "(bundled wheel 9.9.9 to install)" in lines[7]
