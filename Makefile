@@ -1,6 +1,8 @@
 # cellseg developer entry points. Every target creates .venv on first use.
 #   make demo   synthetic data -> train -> predict -> validate -> score -> report
 #   make test   the fast test suite (what CI runs); `make test-slow` adds the slow ones
+#   make test-kaggle  the kernel rehearsed on Kaggle's image (Python 3.12 + its pins; CI runs it
+#               once after `make test`; its env, ~7.6 GB, is built once per machine in ~/.cache)
 #   make bench  benchmark tables
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +12,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo_out
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test test-slow bench venv clean
+.PHONY: demo test test-slow test-kaggle bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +31,9 @@ test: venv
 
 test-slow: venv
 	$(PY) -m pytest -q -n 2 --dist loadfile --runslow
+
+test-kaggle: venv
+	CELLSEG_KAGGLE_IMAGE=1 $(PY) -m pytest -q -p no:xdist tests/test_rehearse.py -k kaggles_image
 
 bench: venv
 	$(PY) -m bench

@@ -157,6 +157,34 @@ def _is_cellseg(name: str) -> bool:
                                                "__editable___cellseg")))
 
 
+def _filtered_pth(pth: Path, site_dirs: Sequence[str | os.PathLike]) -> str | None:
+    """The text of a ``.pth`` file minus the path lines that lead to a cellseg source tree (a
+    path-based editable install or a development checkout) or to one of ``site_dirs`` (already
+    overlaid, minus the hidden packages), or None when it has no such line."""
+    try:
+        lines = pth.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    sites = {os.path.realpath(d) for d in site_dirs}
+
+    def keep(line: str) -> bool:
+        if line.startswith(("import ", "import\t", "#")) or not line.strip():
+            return True
+        path = Path(line.strip())
+        return not ((path / "cellseg" / "__init__.py").is_file() or os.path.realpath(path) in sites)
+
+    kept = [line for line in lines if keep(line)]
+    return None if len(kept) == len(lines) else "\n".join(kept) + "\n"
+
+
+def local_site_dirs() -> list[str]:
+    """This interpreter's site-packages, plus any chained in by ``.pth`` path lines (a venv
+    layered on another one), in ``sys.path`` order."""
+    dirs = list(site.getsitepackages())
+    dirs += [p for p in sys.path if p.rstrip("/").endswith("site-packages") and p not in dirs]
+    return [d for d in dirs if Path(d).is_dir()]
+
+
 def make_env(env_dir: str | os.PathLike, *, hide: Sequence[str] = (),
              site_dirs: Sequence[str | os.PathLike] | None = None,
              base_python: str | os.PathLike | None = None) -> Path:
@@ -168,7 +196,7 @@ def make_env(env_dir: str | os.PathLike, *, hide: Sequence[str] = (),
     Raises RuntimeError when cellseg is still importable in the new env.
     """
     env_dir = Path(env_dir).resolve()  # the probe below runs with cwd=env_dir
-    site_dirs = list(site_dirs) if site_dirs is not None else site.getsitepackages()
+    site_dirs = list(site_dirs) if site_dirs is not None else local_site_dirs()
     subprocess.run([str(base_python or sys.executable), "-m", "venv", "--without-pip", "--clear",
                     str(env_dir)], check=True, capture_output=True)
     python = env_dir / "bin" / "python"
@@ -181,6 +209,11 @@ def make_env(env_dir: str | os.PathLike, *, hide: Sequence[str] = (),
         for entry in sorted(Path(sp).iterdir()) if Path(sp).is_dir() else []:
             if _is_cellseg(entry.name) or entry.name in hidden or (overlay / entry.name).exists():
                 continue
+            if entry.suffix == ".pth" and entry.is_file():
+                kept = _filtered_pth(entry, site_dirs)
+                if kept is not None:  # it put a cellseg source tree on sys.path: filtered copy
+                    (overlay / entry.name).write_text(kept)
+                    continue
             (overlay / entry.name).symlink_to(entry)
     # ``import`` lines of a .pth run at startup: addsitedir also processes the overlay's own .pth files
     Path(purelib, "_cellseg_rehearsal_base.pth").write_text(
