@@ -48,11 +48,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def dataset_metadata(dataset_id: str, title: str | None, license_name: str) -> dict[str, Any]:
-    from cellseg.kaggle.kernel import check_ref
+    from cellseg.kaggle.names import check_dataset_ref, check_dataset_title
 
-    check_ref(dataset_id, "dataset id")
+    check_dataset_ref(dataset_id, "dataset id")  # Kaggle's rules, before any network call
     slug = dataset_id.split("/")[1]
-    return {"title": title or slug.replace("-", " "), "id": dataset_id,
+    return {"title": check_dataset_title(title or slug.replace("-", " ")), "id": dataset_id,
             "licenses": [{"name": license_name}]}
 
 

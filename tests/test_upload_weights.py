@@ -81,6 +81,18 @@ def test_bad_sha_refuses_before_any_network(manifest: Path, capsys) -> None:
     assert "sha256 check failed" in err and "unet_a" in err
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["--dataset-id", "me/wts"], "slug of 6-50 characters"),
+    (["--dataset-id", "me/cellseg-weights", "--title", "wts"], "dataset title 'wts'"),
+])
+def test_kaggle_name_rules_refuse_before_any_network(manifest: Path, capsys, args, expected) -> None:
+    api = SimpleNamespace()  # any attribute access would raise AttributeError
+    rc = _script().main(["--manifest", str(manifest), *args], api=api)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+
+
 def test_missing_credentials_one_line_no_secret(manifest: Path, monkeypatch, tmp_path: Path,
                                                  capsys) -> None:
     for key in list(os.environ):

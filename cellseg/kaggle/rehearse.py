@@ -3,7 +3,7 @@
     cellseg kaggle build-wheels --out kernels/build/wheels --dataset-id me/cellseg-wheels
     cellseg kaggle build-kernel --weights unet_tiny --kernel-id me/cellseg-infer \\
         --wheels-dir kernels/build/wheels --out kernels/build/cellseg-infer
-    cellseg kaggle rehearse kernels/build/cellseg-infer --data ../shared/data/sartorius --layout both
+    cellseg kaggle rehearse kernels/build/cellseg-infer --data ../shared/data/sartorius  # --image kaggle
 
 What Kaggle provides, and the stand-in used here:
 - ``/kaggle/input``: a temporary folder (``CELLSEG_KAGGLE_INPUT``) holding the competition data, the
@@ -11,10 +11,13 @@ What Kaggle provides, and the stand-in used here:
   new one (``input/competitions/<slug>/``, ``input/datasets/<owner>/<slug>/``).
 - ``/kaggle/working``: an empty folder (``CELLSEG_KAGGLE_WORKING``), also the working directory.
 - Kaggle's Python image (torch etc., no cellseg): a fresh ``venv --without-pip`` whose
-  site-packages gets a ``.pth`` adding an *overlay* folder of symlinks to this interpreter's
-  site-packages MINUS cellseg (including an editable install's finder) and minus every package the
-  wheels dataset supplies (e.g. :data:`cellseg.kaggle.wheels.KAGGLE_MISSING`). ``import cellseg`` is
-  checked to fail in it before the kernel runs, so cellseg can only come from the wheels.
+  site-packages gets a ``.pth`` adding an *overlay* folder of symlinks to a base site-packages
+  MINUS cellseg (including an editable install's finder or a .pth pointing at a checkout) and
+  minus every package the wheels dataset supplies (e.g. segmentation-models-pytorch). The base is,
+  with ``image="kaggle"`` (the default), a cached env with the Python and package pins of Kaggle's
+  image (:mod:`cellseg.kaggle.image`, built once per machine), or with ``image="local"`` this
+  interpreter's site-packages. ``import cellseg`` is checked to fail in it before the kernel
+  runs, so cellseg can only come from the wheels.
 - Internet off: a ``sitecustomize.py`` in the env refuses every non-loopback connect and DNS
   lookup, and when ``unshare -n`` works (root, or ``unshare -rn`` with user namespaces) the kernel
   also runs in an empty network namespace. pip configuration (``/etc/pip.conf``, ``PIP_*``) is
