@@ -2,6 +2,7 @@
 
     cellseg demo --out demo_out            # what `make demo` runs
     cellseg demo --out /tmp/d --quick      # the short end-to-end run CI does
+    cellseg demo --out /tmp/d --quick --kernel   # ... plus wheels, kernel and its rehearsal
 
 Steps, each one a real `cellseg` subcommand run in-process (so the demo exercises exactly what a
 user types): synthesise a training set and an independent labelled hold-out set -> train each
@@ -42,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny run for CI: fewer images and steps, no kernel rehearsal")
     parser.add_argument("--no-kernel", action="store_true", help="skip build-kernel + rehearse")
+    parser.add_argument("--kernel", action="store_true",
+                        help="with --quick: still build the Kaggle kernel and rehearse it")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
 
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         ["validate", str(submission), "--images", str(test_dir)]))
 
     kernel_ok = None
-    if not (args.quick or args.no_kernel):
+    if not args.no_kernel and (args.kernel or not args.quick):
         manifest = out / "weights" / "manifest.yaml"
         wheels, kernel = out / "wheels", out / "kernel"
         name = f"demo-{best}"

@@ -329,8 +329,8 @@ def loud_summary(failures, n_images, failures_path):
     lines += [f"details: {failures_path}",
               "submission.csv is complete and valid, so this kernel exits 0 and Kaggle scores it.",
               bar]
+    sys.stderr.flush()  # predict's messages first: this block must end the log
     print("\n".join(lines), flush=True)
-    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def main(argv=None):
