@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from cellseg import rle
+from cellseg.core import rle
 
 SHAPE = (520, 704)
 
@@ -82,12 +82,12 @@ def main() -> None:
     assert np.array_equal(per_mask_decode(), labels)
 
     rows = [
-        ("encode", "cellseg.rle.encode_labels (one pass)", _median_ms(lambda: rle.encode_labels(labels)),
+        ("encode", "cellseg.core.rle.encode_labels (one pass)", _median_ms(lambda: rle.encode_labels(labels)),
          "pycocotools encode, loop over masks", _median_ms(coco_encode, 5)),
-        ("decode", "cellseg.rle.decode_labels (one pass)", _median_ms(lambda: rle.decode_labels(rles)),
+        ("decode", "cellseg.core.rle.decode_labels (one pass)", _median_ms(lambda: rle.decode_labels(rles)),
          "pycocotools decode, loop + paint", _median_ms(coco_decode, 5)),
-        ("decode", "cellseg.rle.decode_labels (one pass)", _median_ms(lambda: rle.decode_labels(rles)),
-         "cellseg.rle.decode, loop + paint", _median_ms(per_mask_decode, 5)),
+        ("decode", "cellseg.core.rle.decode_labels (one pass)", _median_ms(lambda: rle.decode_labels(rles)),
+         "cellseg.core.rle.decode, loop + paint", _median_ms(per_mask_decode, 5)),
     ]
     print(f"520x704 label image, {n} cells, {sum(len(r.split()) // 2 for r in rles)} runs\n")
     print("| op | ours | ms | baseline | ms | speedup |")

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.metrics import THRESHOLDS, ImageResult, Runs
+from cellseg.core.metrics import THRESHOLDS, ImageResult, Runs
 
 if TYPE_CHECKING:
-    from cellseg.metrics import ScoreReport
+    from cellseg.core.metrics import ScoreReport
 
 # RGB in 0..1
 GREEN, RED, YELLOW = (0.1, 0.9, 0.2), (1.0, 0.15, 0.15), (1.0, 0.85, 0.0)
@@ -42,7 +42,7 @@ def outline(runs: Runs, which: Sequence[int] | np.ndarray, thickness: int = 1) -
     if which.size == 0 or runs.starts.size == 0:
         return out
     chosen = np.isin(runs.owner, which)
-    from cellseg.metrics import expand_runs
+    from cellseg.core.metrics import expand_runs
 
     pix = expand_runs(runs.starts[chosen], runs.lengths[chosen])
     owner = np.repeat(runs.owner[chosen], runs.lengths[chosen])

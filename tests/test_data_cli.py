@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from cellseg import rle
+from cellseg.core import rle
 from cellseg.cli import main
 from cellseg.data import coco, sartorius
 from cellseg.data.loaders import detect, load_records

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 torch = pytest.importorskip("torch")
 
-from cellseg import rle  # noqa: E402
+from cellseg.core import rle  # noqa: E402
 from cellseg.data.datasets import (InstanceDataset, build_loader, decode_sparse,  # noqa: E402
                                    sparse_to_masks)
 from cellseg.data.record import ImageRecord  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg import rle
+from cellseg.core import rle
 from cellseg.data import livecell
 from cellseg.data.coco import segmentation_to_rle
 from cellseg.data.loaders import detect, load_records

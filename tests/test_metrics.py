@@ -9,9 +9,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cellseg import rle
-from cellseg.instances import Instances
-from cellseg.metrics import (THRESHOLDS, as_runs, intersections, iou_matrix, match_image,
+from cellseg.core import rle
+from cellseg.core.instances import Instances
+from cellseg.core.metrics import (THRESHOLDS, as_runs, intersections, iou_matrix, match_image,
                              runs_from_instances, runs_from_labels, runs_from_rles, score,
                              score_instances)
 

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from cellseg import rle
-from cellseg.metrics import runs_from_labels, runs_from_rles
-from cellseg.metrics_coco import (SUMMARY_KEYS, build_coco, coco_metrics,
+from cellseg.core import rle
+from cellseg.core.metrics import runs_from_labels, runs_from_rles
+from cellseg.core.metrics_coco import (SUMMARY_KEYS, build_coco, coco_metrics,
                                   coco_to_runs, evaluate_coco, runs_to_coco, summarize)
 
 

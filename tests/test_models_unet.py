@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cellseg.instances import Instances  # noqa: E402
+from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models import FAMILIES, get_family  # noqa: E402
 
 TINY = dict(encoder_name="tu-mobilenetv3_small_050", decoder_channels=(32, 16, 16, 8, 8))

@@ -76,7 +76,7 @@ def _image_folder(tmp: Path, sartorius: Path, livecell: Path, *, corrupt: bool) 
 
 def test_predict_to_submission_real_images_tiny_unet(tmp_path, shared_sartorius, shared_livecell):
     from cellseg.data.sartorius import list_images
-    from cellseg.submission import validate_submission
+    from cellseg.core.submission import validate_submission
 
     folder = _image_folder(tmp_path, shared_sartorius, shared_livecell, corrupt=True)
     models = load_models([_tiny_unet_checkpoint(tmp_path / "unet.pt")], device="cpu")
@@ -117,7 +117,7 @@ def test_predict_image_normal_thresholds_never_overlaps(tmp_path, shared_sartori
 
 def test_ensemble_of_dense_and_instance_families(tmp_path, shared_sartorius):
     from cellseg.data.sartorius import list_images
-    from cellseg.submission import validate_submission
+    from cellseg.core.submission import validate_submission
 
     paths = [_tiny_unet_checkpoint(tmp_path / "unet.pt"),
              _tiny_maskrcnn_checkpoint(tmp_path / "mrcnn.pt")]
@@ -139,7 +139,7 @@ def test_ensemble_of_dense_and_instance_families(tmp_path, shared_sartorius):
 
 def test_cli_predict_writes_valid_submission(tmp_path, shared_sartorius):
     from cellseg.cli import main
-    from cellseg.submission import validate_submission
+    from cellseg.core.submission import validate_submission
 
     ckpt = _tiny_unet_checkpoint(tmp_path / "unet.pt")
     out = tmp_path / "sub.csv"
@@ -172,7 +172,7 @@ class _ThresholdFamily:
         return torch.from_numpy(np.ascontiguousarray(images)).float()[:, None]
 
     def predict_instances(self, model, images):
-        from cellseg.instances import Instances
+        from cellseg.core.instances import Instances
 
         out = []
         for img in images[:, 0].numpy():

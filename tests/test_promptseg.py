@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cellseg.instances import Instances  # noqa: E402
+from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models import promptseg  # noqa: E402
 from cellseg.models.promptseg import FAMILY, expand_boxes, stability_score  # noqa: E402
 
@@ -348,15 +348,15 @@ def test_predict_to_submission_with_promptseg(tmp_path, monkeypatch, boxes_from)
     path deterministically, an oracle ``detect`` returning the ground-truth boxes."""
     from cellseg.infer import predict
 
-    if not hasattr(predict, "predict_to_submission") or not _has("cellseg.submission"):
-        pytest.skip("predict_to_submission / cellseg.submission not there yet")
+    if not hasattr(predict, "predict_to_submission") or not _has("cellseg.core.submission"):
+        pytest.skip("predict_to_submission / cellseg.core.submission not there yet")
     if boxes_from == "tiny_maskrcnn" and not _has("cellseg.models.maskrcnn"):
         pytest.skip("H4's cellseg.models.maskrcnn is not there yet")
     from cellseg.config import from_dict
     from cellseg.data.record import ImageRecord
     from cellseg.infer.config import InferenceConfig
     from cellseg.io import write_png
-    from cellseg.submission import validate_submission
+    from cellseg.core.submission import validate_submission
 
     torch.manual_seed(0)
     img, masks = ellipse_image(2, (96, 96))

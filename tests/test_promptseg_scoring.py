@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cellseg import rle  # noqa: E402
+from cellseg.core import rle  # noqa: E402
 from cellseg.cli import main  # noqa: E402
-from cellseg.instances import Instances  # noqa: E402
+from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models.promptseg import FAMILY  # noqa: E402
 from tests.test_promptseg import TINY_CROP, ellipse_image  # noqa: E402
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cellseg import rle
+from cellseg.core import rle
 
 SMALL = dict(max_examples=60, deadline=None)
 

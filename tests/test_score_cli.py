@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from cellseg import metrics
+from cellseg.core import metrics
 from cellseg.cli import main
-from cellseg.submission import write_submission
+from cellseg.core.submission import write_submission
 from test_metrics import _read_truth, perturb
 
 
@@ -62,7 +62,7 @@ def test_score_perfect_and_ids(tmp_path, shared_sartorius, capsys):
 
 def test_score_coco_results_with_extras_and_fold(tmp_path, shared_livecell, capsys):
     from cellseg.data.loaders import load_records
-    from cellseg.metrics_coco import runs_to_coco
+    from cellseg.core.metrics_coco import runs_to_coco
 
     records = load_records(shared_livecell, "val")
     records = [r for r in records if r.rles]

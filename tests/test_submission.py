@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg import rle
-from cellseg.instances import Instances
-from cellseg.submission import (SubmissionWriter, ids_from_csv, instance_rles, read_submission,
+from cellseg.core import rle
+from cellseg.core.instances import Instances
+from cellseg.core.submission import (SubmissionWriter, ids_from_csv, instance_rles, read_submission,
                                 validate_submission, write_submission)
 
 SHAPE = (20, 30)

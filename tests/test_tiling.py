@@ -15,7 +15,7 @@ from scipy import ndimage  # noqa: E402
 from cellseg.infer import predict, tiling  # noqa: E402
 from cellseg.infer.config import InferenceConfig, TypeThresholds  # noqa: E402
 from cellseg.infer.merge import merge_seams, vote  # noqa: E402
-from cellseg.instances import Instances  # noqa: E402
+from cellseg.core.instances import Instances  # noqa: E402
 
 
 class Linear(torch.nn.Module):

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg import metrics
+    from cellseg.core import metrics
     from cellseg.io import write_json
 
     records = _select(_load_truth(args.truth, args.split), args)
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                                                            for r in records}, shape=shapes)
     result = report.to_dict()
     if not args.no_coco:
-        from cellseg.metrics_coco import coco_metrics
+        from cellseg.core.metrics_coco import coco_metrics
 
         result["coco"] = coco_metrics(truth, preds, {k: scores[k] for k in preds},
                                       shape=shapes, backend=args.coco_backend)
@@ -129,7 +129,7 @@ def _select(records: list, args: argparse.Namespace) -> list:
 
 
 def _keep(runs: Any, keep: np.ndarray) -> Any:
-    from cellseg.metrics import Runs
+    from cellseg.core.metrics import Runs
 
     idx = np.flatnonzero(keep)
     new_id = np.full(runs.n, -1, np.int64)
@@ -146,11 +146,11 @@ def load_predictions(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
         ``(runs, scores, extras)``: image id -> ``metrics.Runs``; image id -> (P,) float64
         scores (1.0 for submission rows); name -> all values of ``pred_iou`` / ``stability``.
     """
-    from cellseg import metrics
+    from cellseg.core import metrics
 
     shapes = {r.image_id: r.shape for r in records}
     if path.suffix.lower() == ".csv":
-        from cellseg.submission import read_submission
+        from cellseg.core.submission import read_submission
 
         runs, scores = {}, {}
         for image_id, rles in read_submission(path).items():
@@ -168,7 +168,7 @@ def load_predictions(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
 
 
 def _load_coco_results(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
-    from cellseg.metrics_coco import coco_to_runs
+    from cellseg.core.metrics_coco import coco_to_runs
 
     with open(path) as fh:
         data = json.load(fh)

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.submission import ids_from_csv, read_submission, validate_submission
+    from cellseg.core.submission import ids_from_csv, read_submission, validate_submission
 
     if not args.submission.is_file():
         print(f"error: {args.submission} not found", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 from cellseg.data.record import ImageRecord
 
 

@@ -4,7 +4,7 @@
     data = coco.records_to_coco(records)                 # dict, json.dump-able
     records = coco.coco_to_records(data, "data/sartorius/train")
 
-COCO JSON written here uses compressed COCO RLE segmentations (``cellseg.rle.rle_to_coco``,
+COCO JSON written here uses compressed COCO RLE segmentations (``cellseg.core.rle.rle_to_coco``,
 identical to pycocotools' own encoding), one category (``cell``, id 1), ``iscrowd`` 0, tight
 ``bbox`` [x, y, w, h] and integer ``area`` in pixels. Image entries carry ``file_name``,
 ``width``, ``height`` and, beyond the COCO standard, ``cell_type``, ``sample_id``, ``source``
@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 from cellseg.data.record import ImageRecord
 
 CATEGORY = {"id": 1, "name": "cell", "supercategory": "cell"}

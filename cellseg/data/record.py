@@ -1,6 +1,6 @@
 """The one per-image record every loader returns.
 
-Instances are stored as competition RLE strings (row-major, 1-indexed; see ``cellseg.rle``):
+Instances are stored as competition RLE strings (row-major, 1-indexed; see ``cellseg.core.rle``):
 compact, picklable for data-loader workers, and exactly what the metric and submission need.
 Masks may overlap (competition training masks do); ``label_image`` resolves overlaps
 deterministically, ``masks`` keeps them.
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 
 
 @dataclass(frozen=True)

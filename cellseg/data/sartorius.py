@@ -5,7 +5,7 @@
     test = sartorius.list_test("data/sartorius")                         # no annotations
 
 ``train.csv`` has one row per CELL: ``id`` (the image id, file ``train/<id>.png``),
-``annotation`` (competition RLE, see ``cellseg.rle``), ``width``, ``height``, ``cell_type``,
+``annotation`` (competition RLE, see ``cellseg.core.rle``), ``width``, ``height``, ``cell_type``,
 ``plate_time``, ``sample_date``, ``sample_id``, ``elapsed_timedelta``. Every row is validated:
 errors name the file, the 1-based data row (its line in the file is row + 1, after the header)
 and the image id, e.g. ``train.csv row 17 (line 18, id 0030fd0e6378): overlapping runs ...``.
@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 from cellseg.data.record import ImageRecord
 
 COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type", "plate_time",

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 from cellseg.data.synth_shapes import (MORPHOLOGIES, Morphology, _uniform, draw_debris,
                                        draw_neurite, draw_shape, draw_sheet, phase_height)
 from cellseg.io import atomic_open, atomic_path, write_json, write_png

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 
 def box_pairs(a: np.ndarray, b: np.ndarray | None = None, *, block: int = 1024

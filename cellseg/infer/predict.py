@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from cellseg import rle
+from cellseg.core import rle
 from cellseg.infer import tiling
 from cellseg.infer.config import InferenceConfig
 from cellseg.infer.merge import merge_seams, vote
 from cellseg.infer.postprocess import placeholder, postprocess
 from cellseg.infer.tta import flip, passes, unflip_instances
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -347,7 +347,7 @@ def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageR
     """
     from tqdm import tqdm
 
-    from cellseg.submission import SubmissionWriter, validate_submission
+    from cellseg.core.submission import SubmissionWriter, validate_submission
 
     timer = timer or _NO_TIMER
     failed: list[str] = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import numpy as np
 
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -32,7 +32,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from cellseg.data.targets import crops_from_masks
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 DEFAULT_ANCHORS: tuple[tuple[int, ...], ...] = ((4, 6), (9, 13), (17, 24), (31, 45), (64, 127))
 _RESNET_WIDTH = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256, "resnet152": 256}

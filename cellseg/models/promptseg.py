@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 from cellseg.models.paste import paste_masks
 from cellseg.models.promptseg_crop import CropDecoder, stability_score  # noqa: F401 (API)
 

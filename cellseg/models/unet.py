@@ -26,7 +26,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from cellseg.data.targets import UNET_CHANNELS, unet_maps
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 from cellseg.models.local_weights import load_into, load_state_file  # noqa: F401  (re-export)
 
 STRIDE = 32  # smp UNet with depth 5 needs H and W divisible by 2**5

@@ -1,7 +1,7 @@
 """The competition metric, computed sparsely: one implementation shared by training validation,
 ``cellseg score`` and tuning.
 
-    from cellseg.metrics import score, match_image
+    from cellseg.core.metrics import score, match_image
     report = score({"0030fd0e6378": truth_rles}, {"0030fd0e6378": pred_rles},
                    cell_types={"0030fd0e6378": "shsy5y"})
     report.score, report.per_cell_type, report.per_threshold, report.counts
@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 
 if TYPE_CHECKING:
     from cellseg.data.record import ImageRecord
-    from cellseg.instances import Instances
+    from cellseg.core.instances import Instances
 
 # t = k / 20 for k = 10..19: the integer form keeps "IoU > t" exact
 _K = np.arange(10, 20, dtype=np.int64)
@@ -137,7 +137,7 @@ def runs_from_labels(labels: np.ndarray) -> Runs:
 
 
 def runs_from_instances(inst: "Instances") -> Runs:
-    """Runs of ``cellseg.instances.Instances`` (crop masks placed at their boxes)."""
+    """Runs of ``cellseg.core.instances.Instances`` (crop masks placed at their boxes)."""
     h, w = inst.image_shape
     starts, lengths, owner = [], [], []
     for i, ((x0, y0, x1, y1), m) in enumerate(zip(inst.boxes, inst.masks)):
@@ -470,7 +470,7 @@ def score_instances(records: Sequence["ImageRecord"],
 
 def coco_metrics(*args: Any, **kwargs: Any) -> dict[str, float]:
     """COCO mask AP/AR at maxDets 2000 with LIVECell size bins: see
-    ``cellseg.metrics_coco.coco_metrics`` (imported lazily: it needs pycocotools)."""
-    from cellseg.metrics_coco import coco_metrics as _coco_metrics
+    ``cellseg.core.metrics_coco.coco_metrics`` (imported lazily: it needs pycocotools)."""
+    from cellseg.core.metrics_coco import coco_metrics as _coco_metrics
 
     return _coco_metrics(*args, **kwargs)

@@ -28,11 +28,11 @@ from typing import IO, TYPE_CHECKING, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 from cellseg.io import atomic_path
 
 if TYPE_CHECKING:
-    from cellseg.instances import Instances
+    from cellseg.core.instances import Instances
 
 HEADER = ("id", "predicted")
 EMPTY_POLICIES = ("row", "skip")
@@ -43,7 +43,7 @@ Cells = Union[Sequence[str], "Instances"]
 
 def instance_rles(inst: "Instances") -> list[str]:
     """Competition RLE of each non-empty instance, encoded from its crop (no dense image)."""
-    from cellseg.metrics import runs_from_instances
+    from cellseg.core.metrics import runs_from_instances
 
     runs = runs_from_instances(inst)
     out: list[str] = []
@@ -125,7 +125,7 @@ class SubmissionWriter:
             r.strip() for r in cells if r and r.strip()]
         shp = shape or (tuple(cells.image_shape) if hasattr(cells, "image_shape") else self.shape)
         if self.check_overlap and rles:
-            from cellseg.metrics import runs_from_rles
+            from cellseg.core.metrics import runs_from_rles
 
             try:
                 runs = runs_from_rles(rles, shp)
@@ -246,7 +246,7 @@ def validate_submission(path: str | os.PathLike, *, images: str | os.PathLike | 
     image; every expected image present. Expected ids come from ``images`` (a folder, whose
     image sizes are used) or ``ids``; with neither, the id checks are skipped.
     """
-    from cellseg.metrics import Runs
+    from cellseg.core.metrics import Runs
 
     shapes: dict[str, tuple[int, int]] | None = None
     if images is not None:

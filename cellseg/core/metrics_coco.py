@@ -1,6 +1,6 @@
 """COCO-style mask AP/AR as LIVECell reports it: maxDets 2000 and LIVECell's size bins.
 
-    from cellseg.metrics_coco import coco_metrics
+    from cellseg.core.metrics_coco import coco_metrics
     m = coco_metrics(truth, pred, scores)   # image id -> RLE strings / label image / Instances
     m["AP"], m["AP50"], m["AP75"], m["AR"], m["AP_small"], ...
 
@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.metrics import SHAPE, MaskInput, Runs, as_runs
+from cellseg.core.metrics import SHAPE, MaskInput, Runs, as_runs
 
 MAX_DETS: tuple[int, ...] = (100, 500, 2000)
 # LIVECell size bins in px^2 (small < 18^2, large > 31^2)
@@ -43,8 +43,8 @@ SUMMARY_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "AP_small", "AP_medium", 
 
 def runs_to_coco(runs: Runs) -> list[Any]:
     """COCO compressed RLE (``counts`` str) of every NON-EMPTY instance of ``runs`` (the kit's
-    one converter, ``cellseg.rle.runs_to_coco``); empty instances give ``None``."""
-    from cellseg import rle
+    one converter, ``cellseg.core.rle.runs_to_coco``); empty instances give ``None``."""
+    from cellseg.core import rle
 
     order = np.lexsort((runs.starts, runs.owner))  # group runs by instance, pixel order within
     n_pairs = np.bincount(runs.owner, minlength=runs.n)
@@ -54,7 +54,7 @@ def runs_to_coco(runs: Runs) -> list[Any]:
 
 def coco_to_runs(segmentations: Sequence[dict], shape: tuple[int, int] = SHAPE) -> Runs:
     """``Runs`` (C order) of COCO RLE dicts (compressed str/bytes or uncompressed list counts)."""
-    from cellseg import rle
+    from cellseg.core import rle
 
     h, w = int(shape[0]), int(shape[1])
     for i, seg in enumerate(segmentations):

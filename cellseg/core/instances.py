@@ -116,7 +116,7 @@ class Instances:
 
     def to_rles(self) -> list[str]:
         """Competition RLE of each instance (may be "" for an empty mask)."""
-        from cellseg import rle
+        from cellseg.core import rle
 
         return [rle.encode(self.dense(i)) for i in range(len(self))]
 
