@@ -34,6 +34,7 @@ def make_image(seed: int) -> tuple[list[str], list[str]]:
     import cv2
 
     from cellseg.core import rle
+    from cellseg.core.masks import encode_labels
 
     rng = np.random.default_rng(seed)
     gy, gx = np.meshgrid(np.arange(15), np.arange(20), indexing="ij")
@@ -58,7 +59,7 @@ def make_image(seed: int) -> tuple[list[str], list[str]]:
         k += 1
         cv2.circle(pred, (int(rng.integers(0, 704)), int(rng.integers(0, 520))),
                    int(rng.integers(3, 8)), k, -1)
-    return rle.encode_labels(truth), rle.encode_labels(pred)
+    return encode_labels(truth), encode_labels(pred)
 
 
 def reference_image_score(truth: list[str], pred: list[str]) -> float:

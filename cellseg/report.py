@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.core.metrics import THRESHOLDS, ImageResult, Runs
+from cellseg.core.masks import Runs, runs_to_indices
+from cellseg.core.metrics import THRESHOLDS, ImageResult
 
 if TYPE_CHECKING:
     from cellseg.core.metrics import ScoreReport
@@ -42,9 +43,7 @@ def outline(runs: Runs, which: Sequence[int] | np.ndarray, thickness: int = 1) -
     if which.size == 0 or runs.starts.size == 0:
         return out
     chosen = np.isin(runs.owner, which)
-    from cellseg.core.metrics import expand_runs
-
-    pix = expand_runs(runs.starts[chosen], runs.lengths[chosen])
+    pix = runs_to_indices(runs.starts[chosen], runs.lengths[chosen])
     owner = np.repeat(runs.owner[chosen], runs.lengths[chosen])
     order = np.argsort(owner, kind="stable")
     pix, owner = pix[order], owner[order]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cellseg.core import metrics
+from cellseg.core import masks, metrics
 from cellseg.cli import main
 from cellseg.core.submission import write_submission
 from test_metrics import _read_truth, perturb
@@ -62,16 +62,14 @@ def test_score_perfect_and_ids(tmp_path, shared_sartorius, capsys):
 
 def test_score_coco_results_with_extras_and_fold(tmp_path, shared_livecell, capsys):
     from cellseg.data.loaders import load_records
-    from cellseg.core.metrics_coco import runs_to_coco
-
     records = load_records(shared_livecell, "val")
     records = [r for r in records if r.rles]
     assert len(records) == 5
     rng = np.random.default_rng(0)
     results = []
     for r in records:
-        lab = metrics.runs_from_rles(r.rles, r.shape)
-        for seg in runs_to_coco(lab)[: max(1, lab.n - 10)]:
+        lab = masks.runs_from_rles(r.rles, r.shape)
+        for seg in lab.to_coco()[: max(1, lab.n - 10)]:
             if seg is not None:
                 results.append({"image_id": r.meta.get("livecell_id", r.image_id),
                                 "category_id": 1, "segmentation": seg,

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.core import metrics
+    from cellseg.core import masks, metrics
     from cellseg.io import write_json
 
     records = _select(_load_truth(args.truth, args.split), args)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: no truth image selected", file=sys.stderr)
         return 2
     shapes = {r.image_id: r.shape for r in records}
-    truth = {r.image_id: metrics.runs_from_rles(r.rles, r.shape) for r in records}
+    truth = {r.image_id: masks.runs_from_rles(r.rles, r.shape) for r in records}
     preds, scores, extras = load_predictions(args.pred, records)
     ignored = [k for k in preds if k not in truth]
     if ignored:
@@ -129,7 +129,7 @@ def _select(records: list, args: argparse.Namespace) -> list:
 
 
 def _keep(runs: Any, keep: np.ndarray) -> Any:
-    from cellseg.core.metrics import Runs
+    from cellseg.core.masks import Runs
 
     idx = np.flatnonzero(keep)
     new_id = np.full(runs.n, -1, np.int64)
@@ -143,10 +143,10 @@ def load_predictions(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
     """Read predictions for the images of ``records``.
 
     Returns:
-        ``(runs, scores, extras)``: image id -> ``metrics.Runs``; image id -> (P,) float64
+        ``(runs, scores, extras)``: image id -> ``masks.Runs``; image id -> (P,) float64
         scores (1.0 for submission rows); name -> all values of ``pred_iou`` / ``stability``.
     """
-    from cellseg.core import metrics
+    from cellseg.core import masks, metrics
 
     shapes = {r.image_id: r.shape for r in records}
     if path.suffix.lower() == ".csv":
@@ -156,7 +156,7 @@ def load_predictions(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
         for image_id, rles in read_submission(path).items():
             shp = shapes.get(image_id, metrics.SHAPE)
             try:
-                runs[image_id] = metrics.runs_from_rles(rles, shp)
+                runs[image_id] = masks.runs_from_rles(rles, shp)
             except ValueError as err:
                 raise SystemExit(f"error: {path} image {image_id}: {err}") from None
             scores[image_id] = np.ones(len(rles))
@@ -168,7 +168,7 @@ def load_predictions(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
 
 
 def _load_coco_results(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
-    from cellseg.core.metrics_coco import coco_to_runs
+    from cellseg.core.masks import runs_from_coco
 
     with open(path) as fh:
         data = json.load(fh)
@@ -214,7 +214,7 @@ def _load_coco_results(path: Path, records: Sequence) -> tuple[dict, dict, dict]
     runs = {}
     for k, v in segs.items():
         try:
-            runs[k] = coco_to_runs(v, shapes[k])
+            runs[k] = runs_from_coco(v, shapes[k])
         except ValueError as err:
             raise SystemExit(f"error: {path} image {k}: {err}") from None
     return runs, {k: np.asarray(v) for k, v in scores.items()}, extras

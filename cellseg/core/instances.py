@@ -9,15 +9,101 @@ A model can emit up to ~2000 candidate cells per 520x704 image; a dense (N, H, W
     labels: (N,) int64 class index (0 = cell, or a cell-type index for per-type heads)
     extra:  name -> (N,) array of per-instance values (e.g. "mask_prob", "pred_iou", "stability")
 
-Postprocessing, overlap removal, RLE encoding and the metric all work on this one type.
+Postprocessing, overlap removal, RLE encoding and the metric all work on this one type. The crop
+geometry lives here too: ``tighten`` (shrink a crop to its mask), ``union_box``, ``add_crop``
+(accumulate a crop into a larger one), ``crop_intersection`` / ``box_pairs`` /
+``pair_intersections`` (mask overlaps, only for pairs whose boxes meet) and the ``clip`` /
+``rescale`` methods used by tiling and test-time resizing. Conversions to runs, RLE and label
+images go through ``cellseg.core.masks``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from cellseg.core.masks import runs_from_instances
+
+
+def tighten(box: np.ndarray | Sequence[int], mask: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Shrink a crop mask and its (4,) box to the mask's extent: the one tight-box helper.
+
+    Returns ``(box (4,) int32, mask (h, w) bool contiguous)``, or None when the mask is empty.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    new_box = np.array([box[0] + c0, box[1] + r0, box[0] + c1, box[1] + r1], np.int32)
+    return new_box, np.ascontiguousarray(mask[r0:r1, c0:c1])
+
+
+def union_box(boxes: np.ndarray) -> np.ndarray:
+    """(4,) int32 box enclosing (K, 4) boxes."""
+    return np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()],
+                    dtype=np.int32)
+
+
+def add_crop(box: np.ndarray, acc: np.ndarray, inner_box: np.ndarray, mask: np.ndarray,
+             value: float = 1.0) -> None:
+    """acc (the crop of ``box``) += value inside ``mask`` (the crop of ``inner_box``, inside ``box``)."""
+    x0, y0, x1, y1 = (int(v) for v in inner_box)
+    acc[y0 - box[1]:y1 - box[1], x0 - box[0]:x1 - box[0]] += value * mask
+
+
+def crop_intersection(box_a: np.ndarray, mask_a: np.ndarray, box_b: np.ndarray,
+                      mask_b: np.ndarray) -> int:
+    """Pixel count of the intersection of two crop masks given their (4,) boxes."""
+    x0, y0 = max(box_a[0], box_b[0]), max(box_a[1], box_b[1])
+    x1, y1 = min(box_a[2], box_b[2]), min(box_a[3], box_b[3])
+    if x1 <= x0 or y1 <= y0:
+        return 0
+    ca = mask_a[y0 - box_a[1]:y1 - box_a[1], x0 - box_a[0]:x1 - box_a[0]]
+    cb = mask_b[y0 - box_b[1]:y1 - box_b[1], x0 - box_b[0]:x1 - box_b[0]]
+    return int(np.count_nonzero(ca & cb))
+
+
+def box_pairs(a: np.ndarray, b: np.ndarray | None = None, *, block: int = 1024
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs of boxes that intersect with positive area.
+
+    Args:
+        a: (N, 4) int boxes x0, y0, x1, y1 (exclusive upper bounds).
+        b: (M, 4) boxes, or None to pair ``a`` with itself (then only i < j is returned).
+    Returns:
+        (i, j): two (P,) int64 arrays.
+    """
+    a = np.asarray(a).reshape(-1, 4)
+    self_pairs = b is None
+    b = a if b is None else np.asarray(b).reshape(-1, 4)
+    out_i, out_j = [], []
+    for s in range(0, len(a), block):  # blocks bound the (block, M) temporaries
+        blk = a[s:s + block]
+        w = np.minimum(blk[:, None, 2], b[None, :, 2]) - np.maximum(blk[:, None, 0], b[None, :, 0])
+        h = np.minimum(blk[:, None, 3], b[None, :, 3]) - np.maximum(blk[:, None, 1], b[None, :, 1])
+        hit = (w > 0) & (h > 0)
+        if self_pairs:
+            hit &= np.arange(s, s + len(blk))[:, None] < np.arange(len(b))[None, :]
+        ii, jj = np.nonzero(hit)
+        out_i.append(ii + s)
+        out_j.append(jj)
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)
+
+
+def pair_intersections(a: "Instances", i: np.ndarray, b: "Instances | None" = None,
+                       j: np.ndarray | None = None) -> np.ndarray:
+    """(P,) int64 mask intersections of pairs (a[i[k]], b[j[k]]) (b defaults to a)."""
+    b = a if b is None else b
+    j = i if j is None else j
+    return np.array([crop_intersection(a.boxes[p], a.masks[p], b.boxes[q], b.masks[q])
+                     for p, q in zip(i.tolist(), j.tolist())], dtype=np.int64)
 
 
 @dataclass
@@ -70,10 +156,7 @@ class Instances:
     def to_label_image(self) -> np.ndarray:
         """(H, W) int32 label image, instance i -> i + 1; where masks overlap the LATER one wins
         (sort by ascending score first to let the best instance win)."""
-        out = np.zeros(self.image_shape, dtype=np.int32)
-        for i, ((x0, y0, x1, y1), m) in enumerate(zip(self.boxes, self.masks)):
-            out[y0:y1, x0:x1][m] = i + 1
-        return out
+        return runs_from_instances(self).label_image()
 
     @classmethod
     def from_label_image(cls, labels: np.ndarray, scores: np.ndarray | None = None) -> "Instances":
@@ -103,22 +186,79 @@ class Instances:
         boxes = np.zeros((n, 4), np.int32)
         crops = []
         for i in range(n):
-            ys = np.flatnonzero(masks[i].any(axis=1))
-            xs = np.flatnonzero(masks[i].any(axis=0))
-            if ys.size == 0:
+            tight = tighten((0, 0, w, h), masks[i])
+            if tight is None:
                 crops.append(np.zeros((0, 0), bool))
                 continue
-            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
-            crops.append(masks[i, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].copy())
+            boxes[i], crop = tight
+            crops.append(crop)
         return cls((h, w), boxes, crops,
                    np.ones(n, np.float32) if scores is None else scores,
                    np.zeros(n, np.int64) if labels is None else labels, dict(extra))
 
     def to_rles(self) -> list[str]:
-        """Competition RLE of each instance (may be "" for an empty mask)."""
-        from cellseg.core import rle
+        """Competition RLE of each instance (may be "" for an empty mask), from the crops."""
+        return runs_from_instances(self).to_rles()
 
-        return [rle.encode(self.dense(i)) for i in range(len(self))]
+    def clip(self, shape: tuple[int, int]) -> "Instances":
+        """Crop instances to [0, H) x [0, W) (drops those left empty); image_shape becomes
+        ``shape``."""
+        h, w = shape
+        boxes, masks, keep = [], [], []
+        for k, (box, m) in enumerate(zip(self.boxes, self.masks)):
+            x0, y0, x1, y1 = (int(v) for v in box)
+            cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+            if cx1 <= cx0 or cy1 <= cy0:
+                continue
+            crop = m[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+            tight = tighten((cx0, cy0, cx1, cy1), crop)
+            if tight is None:
+                continue
+            boxes.append(tight[0])
+            masks.append(tight[1])
+            keep.append(k)
+        return self._rebuilt(shape, boxes, masks, keep)
+
+    def rescale(self, shape: tuple[int, int]) -> "Instances":
+        """Map instances of an image resized to ``image_shape`` back to ``shape`` (native).
+
+        Each crop is pasted into the scaled extent of its native box and area-resized, a pixel
+        is inside when at least half covered. Instances that vanish are dropped.
+        """
+        if tuple(self.image_shape) == tuple(shape):
+            return self
+        import cv2  # lazy: only test-time resizing needs it
+
+        sh, sw = self.image_shape
+        h, w = shape
+        fy, fx = sh / h, sw / w  # scaled pixels per native pixel
+        boxes, masks, keep = [], [], []
+        for k, (box, m) in enumerate(zip(self.boxes, self.masks)):
+            x0, y0, x1, y1 = (int(v) for v in box)
+            nx0, ny0 = int(math.floor(x0 / fx)), int(math.floor(y0 / fy))
+            nx1, ny1 = min(int(math.ceil(x1 / fx)), w), min(int(math.ceil(y1 / fy)), h)
+            # the native box's extent in scaled pixels (rounded), then paste the crop into it
+            ex0, ey0 = int(round(nx0 * fx)), int(round(ny0 * fy))
+            ex1, ey1 = max(int(round(nx1 * fx)), x1), max(int(round(ny1 * fy)), y1)
+            ex0, ey0 = min(ex0, x0), min(ey0, y0)
+            canvas = np.zeros((ey1 - ey0, ex1 - ex0), np.float32)
+            canvas[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = m
+            small = cv2.resize(canvas, (nx1 - nx0, ny1 - ny0), interpolation=cv2.INTER_AREA)
+            tight = tighten((nx0, ny0, nx1, ny1), small >= 0.5)
+            if tight is None:
+                continue
+            boxes.append(tight[0])
+            masks.append(tight[1])
+            keep.append(k)
+        return self._rebuilt(shape, boxes, masks, keep)
+
+    def _rebuilt(self, shape: tuple[int, int], boxes: list, masks: list[np.ndarray],
+                 keep: list[int]) -> "Instances":
+        """Instances ``keep`` with new boxes/masks on an image of ``shape``."""
+        idx = np.array(keep, np.int64)
+        return Instances(shape, np.array(boxes, np.int32).reshape(-1, 4), masks,
+                         self.scores[idx], self.labels[idx],
+                         {k: np.asarray(v)[idx] for k, v in self.extra.items()})
 
     @classmethod
     def concatenate(cls, parts: Sequence["Instances"]) -> "Instances":

@@ -4,7 +4,7 @@
     data = coco.records_to_coco(records)                 # dict, json.dump-able
     records = coco.coco_to_records(data, "data/sartorius/train")
 
-COCO JSON written here uses compressed COCO RLE segmentations (``cellseg.core.rle.rle_to_coco``,
+COCO JSON written here uses compressed COCO RLE segmentations (``cellseg.core.coco_rle.rle_to_coco``,
 identical to pycocotools' own encoding), one category (``cell``, id 1), ``iscrowd`` 0, tight
 ``bbox`` [x, y, w, h] and integer ``area`` in pixels. Image entries carry ``file_name``,
 ``width``, ``height`` and, beyond the COCO standard, ``cell_type``, ``sample_id``, ``source``
@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.core import rle as rle_codec
+from cellseg.core import coco_rle
 from cellseg.data.record import ImageRecord
 
 CATEGORY = {"id": 1, "name": "cell", "supercategory": "cell"}
@@ -62,7 +62,7 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> str:
     is left (the caller drops the instance).
     """
     coco = _to_coco_rle(segmentation, height, width)
-    return "" if coco is None else rle_codec.from_coco(coco)
+    return "" if coco is None else coco_rle.from_coco(coco)
 
 
 def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: int
@@ -84,12 +84,12 @@ def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: in
     keep = [i for i, c in enumerate(cocos) if c is not None]
     out = [""] * len(cocos)
     try:
-        for i, r in zip(keep, rle_codec.coco_to_rles([cocos[i] for i in keep])):
+        for i, r in zip(keep, coco_rle.coco_to_rles([cocos[i] for i in keep])):
             out[i] = r
     except (ValueError, TypeError):  # find the culprit(s), one at a time
         for i in keep:
             try:
-                out[i] = rle_codec.from_coco(cocos[i])
+                out[i] = coco_rle.from_coco(cocos[i])
             except (ValueError, TypeError) as err:
                 problems.append((annotations[i].get("id"), f"bad segmentation ({err})"))
     return out, problems
@@ -97,7 +97,7 @@ def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: in
 
 def bbox_area(rle: str, shape: tuple[int, int]) -> tuple[list[int], int]:
     """Tight ``[x, y, w, h]`` box and pixel area of one competition RLE (as pycocotools toBbox)."""
-    boxes, areas = rle_codec.boxes_and_areas([rle], shape)
+    boxes, areas = coco_rle.boxes_and_areas([rle], shape)
     return boxes[0].tolist(), int(areas[0])
 
 
@@ -130,8 +130,8 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
         images.append(entry)
         rles = [r for r in rec.rles if r.strip()]
         # one vectorised pass per image for segmentations, boxes and areas
-        segs = rle_codec.rles_to_coco(rles, rec.shape)
-        boxes, areas = rle_codec.boxes_and_areas(rles, rec.shape)
+        segs = coco_rle.rles_to_coco(rles, rec.shape)
+        boxes, areas = coco_rle.boxes_and_areas(rles, rec.shape)
         for seg, box, area in zip(segs, boxes.tolist(), areas.tolist()):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": img_id, "category_id": CATEGORY["id"],

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from cellseg.core import rle as rle_codec
+from cellseg.core.masks import decode_labels
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class ImageRecord:
 
     def label_image(self) -> np.ndarray:
         """(H, W) int32 label image, instance i -> i + 1; overlaps go to the later instance."""
-        return rle_codec.decode_labels(self.rles, self.shape)
+        return decode_labels(self.rles, self.shape)
 
     def masks(self) -> np.ndarray:
         """(N, H, W) bool stack of instance masks, overlaps kept (costs N*H*W bytes)."""

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cellseg.infer.merge import box_pairs, pair_intersections, tighten
-from cellseg.core.instances import Instances
+from cellseg.core.instances import Instances, box_pairs, pair_intersections, tighten
 
 if TYPE_CHECKING:
     from cellseg.infer.config import InferenceConfig

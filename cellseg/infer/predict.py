@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from cellseg.core import rle
+from cellseg.core import coco_rle
+from cellseg.core.masks import encode_labels
 from cellseg.infer import tiling
 from cellseg.infer.config import InferenceConfig
 from cellseg.infer.merge import merge_seams, vote
@@ -228,8 +229,8 @@ def _instance_passes(model: "torch.nn.Module", family: "ModelFamily",
                 tiles = np.array([(x0, y0, x0 + tw, y0 + th) for y0, x0 in p.origins])
                 inst = merge_seams(inst, np.concatenate(ids), np.concatenate(cuts),
                                    iou=cfg.seam_iou, containment=cfg.seam_containment, tiles=tiles)
-                inst = tiling.clip_instances(inst, p.scaled)
-                merged.append(tiling.rescale_instances(inst, p.native))
+                inst = inst.clip(p.scaled)
+                merged.append(inst.rescale(p.native))
             out.append(merged)
     return out
 
@@ -366,7 +367,7 @@ def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageR
                 with timer("write"):
                     # one label image serves the RLEs (one pass), the mask PNG and the overlay
                     labels = inst.to_label_image()
-                    rles = rle.encode_labels(labels)
+                    rles = encode_labels(labels)
                     writer.add(rec.image_id, rles, shape=inst.image_shape)
                     if results is not None:
                         coco_results.extend(_coco_results(rec.image_id, inst, labels, rles))
@@ -401,7 +402,7 @@ def _coco_results(image_id: str, inst: Instances, labels: np.ndarray, rles: list
     """COCO results entries of one image's final instances (label k <-> instance k - 1)."""
     ids = np.unique(labels[labels > 0]) - 1  # encode_labels order; instances emptied are absent
     out = []
-    for k, coco in zip(ids, rle.rles_to_coco(rles, inst.image_shape)):
+    for k, coco in zip(ids, coco_rle.rles_to_coco(rles, inst.image_shape)):
         entry = {"image_id": image_id, "category_id": 1, "segmentation": coco,
                  "score": float(inst.scores[k])}
         entry.update({name: float(np.asarray(v)[k]) for name, v in inst.extra.items()

@@ -110,7 +110,7 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
         (tuned config, report) with report = {"before", "after", "per_type": {type: {"n_images",
         "before", "after", "thresholds"}}}. Images without a type tune ``default``.
     """
-    from cellseg.core.metrics import runs_from_rles
+    from cellseg.core.masks import runs_from_rles
 
     if grids is None:
         grids = dict(GRIDS)

@@ -1,0 +1,251 @@
+"""Masks of one image as runs: the one run representation, overlap test and label paint.
+
+    from cellseg.core import masks
+    runs = masks.runs_from_rles(rles, (520, 704))    # or runs_from_labels / _instances / _coco
+    runs.areas, runs.overlapping(), runs.label_image(), runs.to_rles(), runs.to_coco()
+    rles = masks.encode_labels(label_image)          # (H, W) ints -> one RLE per label
+    labels = masks.decode_labels(rles, (520, 704))   # RLE strings -> (H, W) label image
+
+Every format the kit meets converts to and from ``Runs`` here: competition RLE strings
+(``cellseg.core.rle`` parses and formats them), (H, W) label images, ``Instances`` (crop masks
+in boxes) and COCO RLE dicts (``cellseg.core.coco_rle``). A run is ``[start, start + length)``
+over the C-order flat image; a cell of ~300 px is ~20 runs, so a whole image is a few thousand
+runs instead of an (N, H, W) stack. Pure numpy, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence, Union
+
+import numpy as np
+
+from cellseg.core import coco_rle, rle
+
+if TYPE_CHECKING:
+    from cellseg.core.instances import Instances
+
+SHAPE = rle.SHAPE
+runs_to_indices = rle.runs_to_indices  # flat pixel indices of runs (the codec's one expansion)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The instances of one image as runs over its C-order flat pixel array.
+
+    Attributes:
+        starts: (R,) int64 0-indexed run starts; the runs of one instance are ascending.
+        lengths: (R,) int64 run lengths (>= 1).
+        owner: (R,) int64 instance index of each run, in [0, n).
+        n: number of instances (an instance may have no run: an empty mask).
+        shape: (height, width) of the image.
+    """
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    owner: np.ndarray
+    n: int
+    shape: tuple[int, int]
+
+    @property
+    def areas(self) -> np.ndarray:
+        """(n,) int64 pixel count of each instance."""
+        return np.bincount(self.owner, weights=self.lengths, minlength=self.n).astype(np.int64)
+
+    def sorted_disjoint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(starts, ends, owner) of all runs sorted by start, or None when two instances share
+        a pixel (the one overlap test of the kit; runs of one instance never overlap)."""
+        order = np.argsort(self.starts, kind="stable")  # radix sort: faster than quicksort here
+        s = self.starts[order]
+        e = s + self.lengths[order]
+        if (s[1:] < e[:-1]).any():
+            return None
+        return s, e, self.owner[order]
+
+    def overlapping(self) -> bool:
+        """True when two instances share a pixel."""
+        return self.starts.size > 1 and self.sorted_disjoint() is None
+
+    def overlap_pairs(self) -> np.ndarray:
+        """(K, 2) int64 instance pairs ``(a, b)``, a < b, that share a pixel, sorted; a pair
+        is found through the run of the earlier-ending instance that a later run starts in."""
+        order = np.argsort(self.starts, kind="stable")
+        s, e, o = self.starts[order], (self.starts + self.lengths)[order], self.owner[order]
+        if s.size < 2:
+            return np.zeros((0, 2), np.int64)
+        # a run that starts before the running max end of earlier runs overlaps the run
+        # holding that max (first occurrence)
+        best_end = np.maximum.accumulate(e)
+        is_new = np.concatenate(([True], e[1:] > best_end[:-1]))
+        best_idx = np.maximum.accumulate(np.where(is_new, np.arange(e.size), 0))
+        clash = np.flatnonzero(s[1:] < best_end[:-1]) + 1
+        a, b = o[best_idx[clash - 1]], o[clash]
+        pairs = np.stack((np.minimum(a, b), np.maximum(a, b)), axis=1)[a != b]
+        return np.unique(pairs, axis=0) if pairs.size else np.zeros((0, 2), np.int64)
+
+    def pixels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat pixel indices and their instance index: two (sum(lengths),) int64 arrays."""
+        return runs_to_indices(self.starts, self.lengths), np.repeat(self.owner, self.lengths)
+
+    def grouped(self) -> "Runs":
+        """The same runs ordered by (owner, start): what the formatters need."""
+        if self.starts.size < 2 or (np.all(np.diff(self.owner) >= 0)
+                                    and _ascending_within(self)):
+            return self
+        order = np.lexsort((self.starts, self.owner))
+        return Runs(self.starts[order], self.lengths[order], self.owner[order], self.n,
+                    self.shape)
+
+    def label_image(self, dtype: np.dtype | type = np.int32) -> np.ndarray:
+        """(H, W) label image, instance i -> label i + 1: the one label paint of the kit.
+
+        Where instances overlap (competition training masks do), the pixel goes to the
+        instance listed LAST, deterministically.
+        """
+        h, w = self.shape
+        n_pixels = h * w
+        dtype = np.dtype(dtype)
+        if self.starts.size == 0:
+            return np.zeros(self.shape, dtype=dtype)
+        labels = self.owner + 1
+        if not self.overlapping():
+            # no overlap: a difference array (+label at run start, -label at run end) and one
+            # in-place cumulative sum paint every run. Starts are distinct and so are ends (an
+            # end may equal another run's start: start assignment first, then subtract).
+            # Working in a signed 32-bit array in place avoids fresh int64 temporaries, which
+            # cost ~5 ms of page faults on a 520x704 image.
+            work = np.int32 if self.n < 2**31 - 1 else np.int64
+            delta = np.zeros(n_pixels + 1, dtype=work)
+            delta[self.starts] = labels
+            delta[self.starts + self.lengths] -= labels.astype(work)
+            np.cumsum(delta, out=delta)
+            return delta[:-1].astype(dtype, copy=False).reshape(self.shape)
+        # overlaps: the largest label (the instance listed last) wins each contested pixel
+        out = np.zeros(n_pixels, dtype=dtype)
+        idx, owner = self.pixels()
+        np.maximum.at(out, idx, (owner + 1).astype(dtype))
+        return out.reshape(self.shape)
+
+    def to_rles(self) -> list[str]:
+        """One competition RLE string per instance ("" for an empty one), in instance order."""
+        g = self.grouped()
+        return rle.format_runs(g.starts, g.lengths, g.owner, self.n)
+
+    def to_coco(self) -> list[Any]:
+        """One COCO compressed RLE dict per instance; ``None`` for an empty instance (COCO cannot
+        rate it)."""
+        g = self.grouped()
+        n_pairs = np.bincount(g.owner, minlength=self.n)
+        cocos = coco_rle.runs_to_coco(g.starts, g.lengths, n_pairs, self.shape)
+        return [c if k else None for c, k in zip(cocos, n_pairs)]
+
+
+def _ascending_within(runs: Runs) -> bool:
+    same = runs.owner[1:] == runs.owner[:-1]
+    return bool(np.all(runs.starts[1:][same] > runs.starts[:-1][same]))
+
+
+def runs_from_rles(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> Runs:
+    """Parse and validate all RLE strings of one image in one go (``rle.parse_many``).
+
+    Args:
+        rles: competition RLE strings (``"start length ..."``, 1-indexed, C order); "" is an
+            empty instance.
+        shape: (height, width) of the image.
+    Raises:
+        rle.RLEError: naming the instance index and the broken rule.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    starts, lengths, n_pairs = rle.parse_many(rles, shape)
+    owner = np.repeat(np.arange(len(n_pairs), dtype=np.int64), n_pairs)
+    return Runs(starts, lengths, owner, len(n_pairs), shape)
+
+
+def runs_from_labels(labels: np.ndarray) -> Runs:
+    """Runs of an (H, W) integer label image (0 = background); instance order = ascending label."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"label image must be (H, W), got shape {labels.shape}")
+    shape = (int(labels.shape[0]), int(labels.shape[1]))
+    starts, lengths, values = rle.label_runs(labels)
+    if values.size == 0:
+        z = np.zeros(0, np.int64)
+        return Runs(z, z.copy(), z.copy(), 0, shape)
+    # a stable sort by label keeps each instance's runs in ascending pixel order
+    order = np.argsort(values, kind="stable")
+    values = values[order]
+    owner = np.concatenate(([0], np.cumsum(values[1:] != values[:-1]))).astype(np.int64)
+    return Runs(starts[order], lengths[order], owner, int(owner[-1]) + 1, shape)
+
+
+def runs_from_instances(inst: "Instances") -> Runs:
+    """Runs of ``Instances`` (crop masks placed at their boxes), in instance order."""
+    h, w = inst.image_shape
+    starts, lengths, owner = [], [], []
+    for i, ((x0, y0, x1, y1), m) in enumerate(zip(inst.boxes, inst.masks)):
+        m = np.asarray(m, dtype=bool)
+        if m.size == 0 or not m.any():
+            continue
+        if m.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"instance {i}: mask shape {m.shape} does not fit box "
+                             f"{(int(x0), int(y0), int(x1), int(y1))}")
+        pad = np.zeros((m.shape[0], m.shape[1] + 2), dtype=np.int8)
+        pad[:, 1:-1] = m
+        d = np.diff(pad, axis=1)
+        r0, c0 = np.nonzero(d == 1)  # row-major order: ascending flat position
+        _, c1 = np.nonzero(d == -1)
+        s = (r0.astype(np.int64) + int(y0)) * w + c0 + int(x0)
+        starts.append(s)
+        lengths.append((c1 - c0).astype(np.int64))
+        owner.append(np.full(s.size, i, np.int64))
+    if not starts:
+        z = np.zeros(0, np.int64)
+        return Runs(z, z.copy(), z.copy(), len(inst), (h, w))
+    return Runs(np.concatenate(starts), np.concatenate(lengths), np.concatenate(owner),
+                len(inst), (h, w))
+
+
+def runs_from_coco(segmentations: Sequence[dict], shape: tuple[int, int] = SHAPE) -> Runs:
+    """``Runs`` (C order) of COCO RLE dicts (compressed str/bytes or uncompressed list counts)."""
+    h, w = int(shape[0]), int(shape[1])
+    for i, seg in enumerate(segmentations):
+        size = [int(v) for v in seg["size"]]
+        if size != [h, w]:
+            raise ValueError(f"segmentation {i} is {size[0]}x{size[1]}, expected {h}x{w}")
+    starts, lengths, owner, _ = coco_rle.coco_runs(segmentations)
+    return Runs(starts, lengths, owner, len(segmentations), (h, w))
+
+
+MaskInput = Union[Runs, Sequence[str], np.ndarray, "Instances"]
+
+
+def as_runs(masks: MaskInput, shape: tuple[int, int] | None = None) -> Runs:
+    """Runs from RLE strings, an (H, W) label image, ``Instances`` or ``Runs``."""
+    if isinstance(masks, Runs):
+        return masks
+    if isinstance(masks, np.ndarray):
+        if masks.ndim == 2 and masks.dtype != object:
+            return runs_from_labels(masks)
+        masks = masks.tolist()
+    if hasattr(masks, "boxes") and hasattr(masks, "image_shape"):
+        return runs_from_instances(masks)  # type: ignore[arg-type]
+    return runs_from_rles(list(masks), SHAPE if shape is None else shape)
+
+
+def encode_labels(labels: np.ndarray) -> list[str]:
+    """Encode every instance of an (H, W) label image (0 = background) in one pass.
+
+    Returns one RLE string per distinct nonzero label, in ascending label order (the order of
+    ``np.unique(labels[labels > 0])``).
+    """
+    return runs_from_labels(labels).to_rles()
+
+
+def decode_labels(rles: Sequence[str], shape: tuple[int, int] = SHAPE,
+                  dtype: np.dtype | type = np.int32) -> np.ndarray:
+    """Decode RLE strings into one (H, W) label image, instance i -> label i + 1.
+
+    Where masks overlap, the pixel goes to the instance listed LAST. Raises ``RLEError``
+    naming the instance index on a bad string.
+    """
+    return runs_from_rles(rles, shape).label_image(dtype)
