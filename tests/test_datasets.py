@@ -185,7 +185,8 @@ def _one_step(family, model, ds, batch_size=1):
 
 
 def test_real_sartorius_crop_trains_both_families(shared_sartorius, tmp_path):
-    sartorius = pytest.importorskip("cellseg.data.sartorius")
+    from cellseg.data import sartorius
+
     records = sartorius.load_train(shared_sartorius)
     assert records and records[0].n_instances == 395
     torch.manual_seed(0)
@@ -200,7 +201,8 @@ def test_real_sartorius_crop_trains_both_families(shared_sartorius, tmp_path):
 
 
 def test_real_livecell_crop_trains_unet(shared_livecell):
-    livecell = pytest.importorskip("cellseg.data.livecell")
+    from cellseg.data import livecell
+
     records = livecell.load(shared_livecell, split="val")[:1]
     torch.manual_seed(0)
     family = get_family("unet")

@@ -30,25 +30,14 @@ def _tiny_maskrcnn_checkpoint(path: Path) -> Path:
     from cellseg.checkpoint import save_checkpoint
     from cellseg.models import get_family
 
-    try:
-        fam = get_family("maskrcnn")
-    except (ImportError, AttributeError, KeyError) as exc:
-        pytest.skip(f"maskrcnn family not available yet: {exc}")
+    fam = get_family("maskrcnn")
     torch.manual_seed(0)
-    model = fam.build(**_maskrcnn_tiny_args(fam))
-    args = getattr(model, "cellseg_args", None) or _maskrcnn_tiny_args(fam)
-    save_checkpoint(path, model=model.state_dict(), family="maskrcnn", model_args=args)
+    model = fam.build(backbone="resnet18", fpn_channels=32, box_head_dim=64, mask_head_channels=16,
+                      detections_per_img=50, rpn_pre_nms_top_n_test=200,
+                      rpn_post_nms_top_n_test=100)
+    save_checkpoint(path, model=model.state_dict(), family="maskrcnn",
+                    model_args=model.cellseg_args)
     return path
-
-
-def _maskrcnn_tiny_args(fam) -> dict:
-    import inspect
-
-    params = inspect.signature(fam.build).parameters
-    wanted = {"backbone": "resnet18", "fpn_channels": 32, "box_head_dim": 64,
-              "mask_head_channels": 16, "detections_per_img": 50, "rpn_pre_nms_top_n_test": 200,
-              "rpn_post_nms_top_n_test": 100}
-    return {k: v for k, v in wanted.items() if k in params}
 
 
 def _rows(path: Path) -> dict[str, list[str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -16,13 +15,6 @@ from cellseg.models.promptseg import FAMILY, expand_boxes, stability_score  # no
 TINY_SAM = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
                 window_size=2, prompt_dim=32, mlp_dim=64, decoder_heads=2, iou_head_hidden_dim=32)
 TINY_CROP = dict(crop_size=32, base_channels=8, levels=2)
-
-
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def ellipse_image(seed: int, shape=(96, 96), n: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -51,15 +43,13 @@ def ellipse_image(seed: int, shape=(96, 96), n: int = 6) -> tuple[np.ndarray, np
 
 
 def synthetic_image(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """H2's realistic synthetic renderer when present (else ellipses), at 128x128."""
-    if _has("cellseg.data.synthetic"):
-        from cellseg.data import synthetic
+    """The kit's synthetic renderer at 128x128 (ellipses when a seed gives < 2 usable cells)."""
+    from cellseg.data import synthetic
 
-        if hasattr(synthetic, "render"):
-            img, masks = synthetic.render("shsy5y", seed, shape=(128, 128))
-            masks = np.array([m for m in masks if m.sum() >= 10]).reshape(-1, 128, 128)
-            if len(masks) >= 2:
-                return img, masks
+    img, masks = synthetic.render("shsy5y", seed, shape=(128, 128))
+    masks = np.array([m for m in masks if m.sum() >= 10]).reshape(-1, 128, 128)
+    if len(masks) >= 2:
+        return img, masks
     return ellipse_image(seed, (128, 128), n=8)
 
 
@@ -274,17 +264,18 @@ def test_predict_instances_without_detector_explains():
 
 def test_rebuild_from_model_args_loads_state_dict():
     """What a checkpoint stores (model_args + state_dict) rebuilds the same model."""
+    torch.manual_seed(0)
     model = FAMILY.build(neighbours=False, **TINY_CROP)
     again = FAMILY.build(**model.cellseg_args)
+    # strict load: every key and shape of the original must exist in the rebuilt model
     again.load_state_dict(model.state_dict())
-    assert model.decoder.head.out_channels == 1
+    assert again.cellseg_args == model.cellseg_args
+    assert again.decoder.head.out_channels == 1
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, msg=k)
 
 
 # ----------------------------------------------------------------------------- with a detector
-
-
-needs_maskrcnn = pytest.mark.skipif(not _has("cellseg.models.maskrcnn"),
-                                    reason="H4's cellseg.models.maskrcnn is not there yet")
 
 
 def _tiny_detector_args() -> dict:
@@ -294,13 +285,9 @@ def _tiny_detector_args() -> dict:
                 box_score_thresh=0.0)
 
 
-@needs_maskrcnn
 def test_predict_instances_with_tiny_detector():
     torch.manual_seed(0)
-    try:
-        model = FAMILY.build(detector=_tiny_detector_args(), **TINY_CROP).eval()
-    except TypeError as exc:
-        pytest.skip(f"maskrcnn.build signature differs: {exc}")
+    model = FAMILY.build(detector=_tiny_detector_args(), **TINY_CROP).eval()
     img, _ = ellipse_image(1, (96, 96))
     x = FAMILY.preprocess(model, img[None])
     dets = FAMILY.detect(model, x)
@@ -316,7 +303,6 @@ def test_predict_instances_with_tiny_detector():
     again.load_state_dict(model.state_dict())
 
 
-@needs_maskrcnn
 def test_detector_from_checkpoint_is_embedded(tmp_path):
     """detector_checkpoint loads a trained maskrcnn checkpoint; the promptseg model's own args
     then rebuild it WITHOUT that file (its weights travel in the promptseg state_dict)."""
@@ -339,8 +325,6 @@ def test_detector_from_checkpoint_is_embedded(tmp_path):
         FAMILY.build(detector_checkpoint=str(path), **TINY_CROP)
 
 
-@pytest.mark.skipif(not _has("cellseg.infer.predict"),
-                    reason="H6's cellseg.infer.predict is not there yet")
 @pytest.mark.parametrize("boxes_from", ["gt_oracle", "gt_oracle_sam", "tiny_maskrcnn"])
 def test_predict_to_submission_with_promptseg(tmp_path, monkeypatch, boxes_from):
     """The inference pipeline (tiling, postprocess, RLE writer) accepts this family. The box
@@ -348,10 +332,6 @@ def test_predict_to_submission_with_promptseg(tmp_path, monkeypatch, boxes_from)
     path deterministically, an oracle ``detect`` returning the ground-truth boxes."""
     from cellseg.infer import predict
 
-    if not hasattr(predict, "predict_to_submission") or not _has("cellseg.core.submission"):
-        pytest.skip("predict_to_submission / cellseg.core.submission not there yet")
-    if boxes_from == "tiny_maskrcnn" and not _has("cellseg.models.maskrcnn"):
-        pytest.skip("H4's cellseg.models.maskrcnn is not there yet")
     from cellseg.config import from_dict
     from cellseg.data.record import ImageRecord
     from cellseg.infer.config import InferenceConfig
@@ -385,12 +365,9 @@ def test_predict_to_submission_with_promptseg(tmp_path, monkeypatch, boxes_from)
     assert rows[0].startswith("id,") and len(rows) >= 2
 
 
-@needs_maskrcnn
 def test_tiny_config_trains_with_cellseg_train(tmp_path):
     """`cellseg train --config promptseg_tiny` runs stage 2 end to end (H5's loop, H6's validation
     through the attached detector) and the checkpoint alone rebuilds the model."""
-    if not (_has("cellseg.train") and _has("cellseg.data.synthetic")):
-        pytest.skip("cellseg.train / cellseg.data.synthetic not there yet")
     from cellseg.checkpoint import load_checkpoint, load_model
     from cellseg.config import load_train_config
     from cellseg.data.synthetic import generate

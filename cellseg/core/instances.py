@@ -275,3 +275,15 @@ class Instances:
                    np.concatenate([p.scores for p in parts]),
                    np.concatenate([p.labels for p in parts]),
                    {k: np.concatenate([np.asarray(p.extra[k]) for p in parts]) for k in keys})
+
+
+def filter_extra(inst: Instances, *, min_pred_iou: float = 0.0,
+                 min_stability: float = 0.0) -> Instances:
+    """Drop instances whose ``extra["pred_iou"]`` / ``extra["stability"]`` fall below the limits
+    (0 = off; instances of a model that does not provide the extra are kept)."""
+    keep = np.ones(len(inst), bool)
+    if min_pred_iou > 0 and "pred_iou" in inst.extra:
+        keep &= np.asarray(inst.extra["pred_iou"]) >= min_pred_iou
+    if min_stability > 0 and "stability" in inst.extra:
+        keep &= np.asarray(inst.extra["stability"]) >= min_stability
+    return inst if keep.all() else inst.select(keep)

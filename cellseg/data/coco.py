@@ -30,6 +30,18 @@ from cellseg.data.record import ImageRecord
 CATEGORY = {"id": 1, "name": "cell", "supercategory": "cell"}
 
 
+# LIVECell's cell types and file-name convention live here, not in ``livecell``, because any COCO
+# file with LIVECell-style names gets its cell type from them (and livecell imports this module)
+CELL_TYPES: tuple[str, ...] = ("A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SkBr3", "SKOV3")
+
+
+def cell_type_of(file_name: str) -> str:
+    """Cell type from a LIVECell file name prefix, canonical spelling (``shsy5y_...`` -> SHSY5Y)."""
+    prefix = Path(file_name).name.split("_", 1)[0]
+    canonical = {t.lower(): t for t in CELL_TYPES}
+    return canonical.get(prefix.lower(), prefix)
+
+
 def annotations_list(coco: Mapping[str, Any]) -> list[dict]:
     """``coco["annotations"]`` as a list; the Kaggle LIVECell mirror stores a dict keyed by id
     (pycocotools crashes on it)."""
@@ -178,8 +190,6 @@ def _cell_type(img: Mapping[str, Any]) -> str | None:
     """The entry's ``cell_type``, else a LIVECell name prefix (``MCF7_Phase_...`` -> MCF7)."""
     if img.get("cell_type"):
         return str(img["cell_type"])
-    from cellseg.data.livecell import CELL_TYPES, cell_type_of
-
     guess = cell_type_of(str(img.get("file_name", "")))
     return guess if guess in CELL_TYPES else None
 

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cellseg.core.instances import Instances
+from cellseg.core.instances import Instances, filter_extra
 from cellseg.models.paste import paste_masks
 from cellseg.models.promptseg_crop import CropDecoder, stability_score  # noqa: F401 (API)
 
@@ -117,9 +117,8 @@ def pixel_iou(probs: torch.Tensor, regions: torch.Tensor, masks: torch.Tensor,
 
 def filter_instances(inst: Instances, *, min_pred_iou: float = 0.0,
                      min_stability: float = 0.0) -> Instances:
-    """The model's own filter: the one implementation in ``cellseg.infer.postprocess``."""
-    from cellseg.infer.postprocess import filter_extra
-
+    """The model's own filter: the one implementation, ``cellseg.core.instances.filter_extra``
+    (also used by ``cellseg.infer.postprocess``)."""
     return filter_extra(inst, min_pred_iou=min_pred_iou, min_stability=min_stability)
 
 
@@ -439,9 +438,14 @@ class PromptSegFamily:
         from cellseg.models import get_family
 
         fam = get_family(model.detector_family)
-        norm = model.cellseg_norm
-        raw = (images[:, 0] * norm["std"][0] + norm["mean"][0]).round().clamp(0, 255)
-        det_in = fam.preprocess(model.detector, raw.to(torch.uint8).cpu().numpy())
+        # re-normalise the tensor for the detector in place of a uint8 round trip (host copy,
+        # rounding, and the detector's preprocess normalising it again): one affine map on the
+        # device, raw = x * std + mean, then (raw - mean_d) / std_d per detector channel
+        norm, det_norm = model.cellseg_norm, model.detector.cellseg_norm
+        raw = images[:, :1] * float(norm["std"][0]) + float(norm["mean"][0])
+        mean_d = torch.tensor(det_norm["mean"], dtype=raw.dtype, device=raw.device)
+        std_d = torch.tensor(det_norm["std"], dtype=raw.dtype, device=raw.device)
+        det_in = (raw - mean_d[None, :, None, None]) / std_d[None, :, None, None]
         if hasattr(model.detector, "roi_heads") and hasattr(model.detector, "transform"):
             return _torchvision_boxes(model.detector, det_in)
         return fam.predict_instances(model.detector, det_in)
