@@ -57,13 +57,9 @@ class CropMask:
         return out
 
     def rle(self, shape: tuple[int, int]) -> str:
-        """Competition RLE over the frame, encoded from full-width rows of the crop only."""
-        h, w = self.mask.shape
-        rows = np.zeros((h, shape[1]), bool)
-        rows[:, self.x0:self.x0 + w] = self.mask
-        pairs = np.array(rle_codec.encode(rows).split(), np.int64).reshape(-1, 2)
-        pairs[:, 0] += self.y0 * shape[1]  # shift the crop's rows to their place in the frame
-        return " ".join(map(str, pairs.ravel().tolist()))
+        """Competition RLE over the frame, from the crop's pixels only (no frame-sized mask)."""
+        ys, xs = np.nonzero(self.mask)  # row-major: flat indices come out ascending
+        return rle_codec.encode_indices((ys + self.y0).astype(np.int64) * shape[1] + xs + self.x0)
 
 
 def _morphology(cell_type: str) -> Morphology:
