@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from cellseg.core import coco_rle
-from cellseg.core.masks import encode_labels
+from cellseg.core.masks import encode_labels, runs_from_labels
 from cellseg.infer import tiling
 from cellseg.infer.config import InferenceConfig
 from cellseg.infer.merge import merge_seams, vote
@@ -464,17 +464,9 @@ def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
 
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
-    """Write the (H, W) uint8 image with each label's outline in a distinct colour (PNG)."""
+    """Write the (H, W) uint8 image with each label's outline in a distinct colour (PNG), drawn
+    by ``cellseg.report.instance_overlay`` (the kit's one overlay)."""
     from cellseg.io import write_png
+    from cellseg.report import instance_overlay
 
-    edge = np.zeros(labels.shape, bool)
-    edge[:-1] |= labels[:-1] != labels[1:]
-    edge[1:] |= labels[1:] != labels[:-1]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge &= labels > 0
-    rng = np.random.default_rng(0)
-    palette = rng.integers(64, 256, size=(int(labels.max(initial=0)) + 1, 3), dtype=np.uint8)
-    out = np.repeat(np.asarray(image, np.uint8)[..., None], 3, axis=2)
-    out[edge] = palette[labels[edge]]
-    write_png(path, out)
+    write_png(path, instance_overlay(image, runs_from_labels(labels)))
