@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from cellseg.core import coco_rle, rle
 
-from cellseg.core.masks import decode_labels, encode_labels
+from cellseg.core.masks import decode_labels, encode_labels, mask_boxes, runs_from_rles
 
 SMALL = dict(max_examples=60, deadline=None)
 
@@ -107,11 +107,17 @@ def test_batch_coco_conversions_match_pycocotools(stack):
     assert [o["counts"] for o in ours] == [r["counts"].decode() for r in refs]
     assert coco_rle.coco_to_rles(refs) == texts
     assert coco_rle.coco_to_rles([_uncompressed(m) for m in stack]) == texts
-    boxes, areas = coco_rle.boxes_and_areas(texts, (5, 7))
-    assert areas.tolist() == [int(mask_utils.area(r)) for r in refs]
-    for box, ref, m in zip(boxes.tolist(), refs, stack):
+    runs = runs_from_rles(texts, (5, 7))
+    assert runs.areas.tolist() == [int(mask_utils.area(r)) for r in refs]
+    boxes = runs.boxes()
+    # one tight box: from the runs and from the dense masks alike
+    np.testing.assert_array_equal(boxes, mask_boxes(np.stack(stack)))
+    np.testing.assert_array_equal(boxes, [mask_boxes(m) for m in stack])  # one-mask path
+    for (x0, y0, x1, y1), ref, m in zip(boxes.tolist(), refs, stack):
         if m.any():
-            assert box == mask_utils.toBbox(ref).astype(int).tolist()
+            assert [x0, y0, x1 - x0, y1 - y0] == mask_utils.toBbox(ref).astype(int).tolist()
+        else:
+            assert [x0, y0, x1, y1] == [0, 0, 0, 0]
 
 
 def test_decode_labels_dtype_and_empty():

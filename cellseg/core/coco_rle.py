@@ -3,15 +3,14 @@
     from cellseg.core import coco_rle
     segs = coco_rle.rles_to_coco(rles, (520, 704))      # competition RLE -> COCO RLE dicts
     rles = coco_rle.coco_to_rles(segs)                  # and back
-    boxes, areas = coco_rle.boxes_and_areas(rles)       # COCO [x, y, w, h] boxes, pixel areas
 
 COCO RLE is a different format from the competition's: column-major (Fortran order), counts
 alternate background / foreground starting with a (possibly zero) background run, and the
 "compressed" form packs the counts in a 5-bits-per-character text with deltas from the fourth
 count on. ``to_coco`` encodes a dense mask with pycocotools (the reference); every other
 function here works on runs in O(area), vectorised over all cells of an image, and is tested to
-give pycocotools' exact strings, boxes and areas. ``cellseg.core.masks.Runs`` has ``to_coco`` /
-``runs_from_coco`` on top of this module.
+give pycocotools' exact strings. ``cellseg.core.masks.Runs`` has ``to_coco`` / ``runs_from_coco``
+on top of this module, and the boxes and areas (``Runs.boxes`` / ``Runs.areas``).
 """
 
 from __future__ import annotations
@@ -115,38 +114,6 @@ def _encode_values(values: np.ndarray) -> tuple[str, np.ndarray]:
     chars = (values[owner] >> (5 * group)) & 0x1F  # arithmetic shift, as C on a signed long
     chars[group < n_chars[owner] - 1] |= 0x20
     return (chars + 48).astype(np.uint8).tobytes().decode("ascii"), n_chars
-
-
-def boxes_and_areas(rles: Sequence[str], shape: tuple[int, int] = SHAPE
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Tight boxes and pixel areas of many RLE strings, vectorised.
-
-    Returns:
-        ``(boxes, areas)``: (N, 4) int64 COCO ``[x, y, w, h]`` (as pycocotools ``toBbox``;
-        zeros for an empty string) and (N,) int64 pixel counts.
-    """
-    h, w = int(shape[0]), int(shape[1])
-    starts, lengths, n_pairs = parse_many(rles, (h, w))
-    n = len(n_pairs)
-    boxes = np.zeros((n, 4), dtype=np.int64)
-    owner = np.repeat(np.arange(n), n_pairs)
-    areas_ = np.bincount(owner, weights=lengths, minlength=n).astype(np.int64)
-    if starts.size == 0:
-        return boxes, areas_
-    ends = starts + lengths - 1  # inclusive
-    r0, c0 = np.divmod(starts, w)
-    r1, c1 = np.divmod(ends, w)
-    wraps = r1 > r0  # a run spilling over a row end covers every column in between
-    x_lo = np.where(wraps, 0, c0)
-    x_hi = np.where(wraps, w - 1, c1)
-    nonempty = n_pairs > 0
-    seg = (np.cumsum(n_pairs) - n_pairs)[nonempty]
-    x0 = np.minimum.reduceat(x_lo, seg)
-    x1 = np.maximum.reduceat(x_hi, seg)
-    y0 = np.minimum.reduceat(r0, seg)
-    y1 = np.maximum.reduceat(r1, seg)
-    boxes[nonempty] = np.stack((x0, y0, x1 - x0 + 1, y1 - y0 + 1), axis=1)
-    return boxes, areas_
 
 
 def coco_counts(coco: dict) -> tuple[np.ndarray, tuple[int, int]]:

@@ -25,20 +25,18 @@ from typing import Sequence
 
 import numpy as np
 
-from cellseg.core.masks import runs_from_instances
+from cellseg.core.masks import mask_boxes, runs_from_instances
 
 
 def tighten(box: np.ndarray | Sequence[int], mask: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Shrink a crop mask and its (4,) box to the mask's extent: the one tight-box helper.
+    """Shrink a crop mask and its (4,) box to the mask's extent (``masks.mask_boxes``).
 
     Returns ``(box (4,) int32, mask (h, w) bool contiguous)``, or None when the mask is empty.
     """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    c0, r0, c1, r1 = mask_boxes(mask).tolist()
+    if c1 == 0:
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     new_box = np.array([box[0] + c0, box[1] + r0, box[0] + c1, box[1] + r1], np.int32)
     return new_box, np.ascontiguousarray(mask[r0:r1, c0:c1])
 
@@ -183,15 +181,9 @@ class Instances:
         """From an (N, H, W) bool stack; empty masks are kept with a zero-size box."""
         masks = np.asarray(masks, dtype=bool)
         n, h, w = masks.shape
-        boxes = np.zeros((n, 4), np.int32)
-        crops = []
-        for i in range(n):
-            tight = tighten((0, 0, w, h), masks[i])
-            if tight is None:
-                crops.append(np.zeros((0, 0), bool))
-                continue
-            boxes[i], crop = tight
-            crops.append(crop)
+        boxes = mask_boxes(masks).astype(np.int32)
+        crops = [np.ascontiguousarray(m[y0:y1, x0:x1])
+                 for m, (x0, y0, x1, y1) in zip(masks, boxes)]
         return cls((h, w), boxes, crops,
                    np.ones(n, np.float32) if scores is None else scores,
                    np.zeros(n, np.int64) if labels is None else labels, dict(extra))

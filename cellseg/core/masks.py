@@ -2,9 +2,10 @@
 
     from cellseg.core import masks
     runs = masks.runs_from_rles(rles, (520, 704))    # or runs_from_labels / _instances / _coco
-    runs.areas, runs.overlapping(), runs.label_image(), runs.to_rles(), runs.to_coco()
+    runs.areas, runs.boxes(), runs.overlapping(), runs.label_image(), runs.to_rles(), runs.to_coco()
     rles = masks.encode_labels(label_image)          # (H, W) ints -> one RLE per label
     labels = masks.decode_labels(rles, (520, 704))   # RLE strings -> (H, W) label image
+    boxes = masks.mask_boxes(stack)                  # (N, H, W) bool -> (N, 4) tight boxes
 
 Every format the kit meets converts to and from ``Runs`` here: competition RLE strings
 (``cellseg.core.rle`` parses and formats them), (H, W) label images, ``Instances`` (crop masks
@@ -51,6 +52,27 @@ class Runs:
     def areas(self) -> np.ndarray:
         """(n,) int64 pixel count of each instance."""
         return np.bincount(self.owner, weights=self.lengths, minlength=self.n).astype(np.int64)
+
+    def boxes(self) -> np.ndarray:
+        """(n, 4) int64 tight boxes ``x0, y0, x1, y1`` (exclusive upper bounds), zeros for an
+        empty instance: the tight box of runs, O(runs), no mask drawn (``mask_boxes`` is the
+        same box of a dense mask; the two are tested equal)."""
+        h, w = self.shape
+        boxes = np.zeros((self.n, 4), dtype=np.int64)
+        if self.starts.size == 0:
+            return boxes
+        g = self.grouped()
+        r0, c0 = np.divmod(g.starts, w)
+        r1, c1 = np.divmod(g.starts + g.lengths - 1, w)  # inclusive ends
+        wraps = r1 > r0  # a run spilling over a row end covers every column in between
+        x_lo = np.where(wraps, 0, c0)
+        x_hi = np.where(wraps, w - 1, c1)
+        first = np.flatnonzero(np.concatenate(([True], g.owner[1:] != g.owner[:-1])))
+        boxes[g.owner[first]] = np.stack((np.minimum.reduceat(x_lo, first),
+                                          np.minimum.reduceat(r0, first),
+                                          np.maximum.reduceat(x_hi, first) + 1,
+                                          np.maximum.reduceat(r1, first) + 1), axis=1)
+        return boxes
 
     def sorted_disjoint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(starts, ends, owner) of all runs sorted by start, or None when two instances share
@@ -138,6 +160,37 @@ class Runs:
         n_pairs = np.bincount(g.owner, minlength=self.n)
         cocos = coco_rle.runs_to_coco(g.starts, g.lengths, n_pairs, self.shape)
         return [c if k else None for c, k in zip(cocos, n_pairs)]
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of dense masks: the kit's one dense tight-box helper (``Runs.boxes`` is the
+    same box of runs; ``instances.tighten`` crops with it).
+
+    Args:
+        masks: (N, H, W) bool stack, or one (H, W) mask.
+    Returns:
+        (N, 4) int64 (or (4,) for one mask) ``x0, y0, x1, y1``, exclusive upper bounds; zeros
+        for an empty mask.
+    """
+    m = np.asarray(masks, dtype=bool)
+    if m.ndim not in (2, 3):
+        raise ValueError(f"masks must be (H, W) or (N, H, W), got shape {m.shape}")
+    if m.ndim == 2:  # one mask (tighten's case, called per crop): skip the stack bookkeeping
+        rows = np.flatnonzero(m.any(axis=1))
+        if rows.size == 0:
+            return np.zeros(4, dtype=np.int64)
+        cols = np.flatnonzero(m.any(axis=0))
+        return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.int64)
+    rows, cols = m.any(axis=2), m.any(axis=1)  # (N, H), (N, W) projections
+    boxes = np.zeros((len(m), 4), dtype=np.int64)
+    full = rows.any(axis=1)
+    if full.any():
+        rows, cols = rows[full], cols[full]
+        # argmax finds the first True; on the reversed projection, the last one
+        boxes[full] = np.stack((cols.argmax(1), rows.argmax(1),
+                                cols.shape[1] - cols[:, ::-1].argmax(1),
+                                rows.shape[1] - rows[:, ::-1].argmax(1)), axis=1)
+    return boxes
 
 
 def _ascending_within(runs: Runs) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cellseg.core import coco_rle
+from cellseg.core.masks import runs_from_rles
 from cellseg.data.record import ImageRecord
 
 CATEGORY = {"id": 1, "name": "cell", "supercategory": "cell"}
@@ -109,8 +110,17 @@ def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: in
 
 def bbox_area(rle: str, shape: tuple[int, int]) -> tuple[list[int], int]:
     """Tight ``[x, y, w, h]`` box and pixel area of one competition RLE (as pycocotools toBbox)."""
-    boxes, areas = coco_rle.boxes_and_areas([rle], shape)
+    boxes, areas = _bboxes_areas([rle], shape)
     return boxes[0].tolist(), int(areas[0])
+
+
+def _bboxes_areas(rles: Sequence[str], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) int64 COCO ``[x, y, w, h]`` boxes (zeros when empty) and (N,) int64 pixel areas of
+    competition RLE strings, from their runs (``Runs.boxes``: no mask drawn)."""
+    runs = runs_from_rles(rles, shape)
+    boxes = runs.boxes()
+    boxes[:, 2:] -= boxes[:, :2]
+    return boxes, runs.areas
 
 
 def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.PathLike | None = None
@@ -143,7 +153,7 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
         rles = [r for r in rec.rles if r.strip()]
         # one vectorised pass per image for segmentations, boxes and areas
         segs = coco_rle.rles_to_coco(rles, rec.shape)
-        boxes, areas = coco_rle.boxes_and_areas(rles, rec.shape)
+        boxes, areas = _bboxes_areas(rles, rec.shape)
         for seg, box, area in zip(segs, boxes.tolist(), areas.tolist()):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": img_id, "category_id": CATEGORY["id"],

@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cellseg.core.instances import Instances, filter_extra
+from cellseg.core.masks import mask_boxes
 from cellseg.models.paste import paste_masks
 from cellseg.models.promptseg_crop import CropDecoder, stability_score  # noqa: F401 (API)
 
@@ -261,16 +262,10 @@ class PromptSegFamily:
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 3:
             raise ValueError(f"make_target expects (N, H, W) masks, got shape {masks.shape}")
-        rows, cols = masks.any(2), masks.any(1)
-        keep = rows.any(1)
-        rows, cols, masks = rows[keep], cols[keep], masks[keep]
+        boxes = mask_boxes(masks)
+        keep = boxes[:, 2] > 0  # x1 > 0 exactly when the mask has a pixel
+        boxes, masks = boxes[keep].astype(np.float32), masks[keep]
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)[keep]
-        boxes = np.zeros((len(masks), 4), np.float32)
-        if len(masks):
-            boxes[:, 0] = cols.argmax(1)
-            boxes[:, 1] = rows.argmax(1)
-            boxes[:, 2] = cols.shape[1] - cols[:, ::-1].argmax(1)
-            boxes[:, 3] = rows.shape[1] - rows[:, ::-1].argmax(1)
         return {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
                 "masks": torch.from_numpy(masks.astype(np.uint8))}
 
