@@ -167,7 +167,10 @@ def unet_source(encoder_name: str, tag: str) -> Source:
         model, _, own_tag = encoder_name[3:].partition(".")
         full = f"{model}.{own_tag}" if own_tag and tag == "imagenet" else (
             model if tag == "imagenet" else f"{model}.{tag}")
-        cfg = timm.models.get_pretrained_cfg(full)
+        try:
+            cfg = timm.models.get_pretrained_cfg(full)
+        except RuntimeError:  # timm: "Invalid pretrained tag"
+            cfg = None
         if cfg is None or not cfg.hf_hub_id:
             tags = [n.split(".", 1)[-1] for n in timm.list_pretrained(f"{model}.*")]
             raise UserError(f"encoder {encoder_name}: timm publishes no weights tagged {tag!r} on "
