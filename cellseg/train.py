@@ -181,6 +181,12 @@ def main(args: argparse.Namespace) -> int:
     from cellseg.train_log import TrainLog
 
     cfg = config_from_args(args)
+    # pretrained names (encoder_weights: imagenet, weights: coco, sam_checkpoint: vit_b) are fetched
+    # or found offline now, before any data is read; --init-from drops them from the config
+    from cellseg.models.pretrained import check_pretrained_available
+
+    cfg = check_pretrained_available(cfg, offline=getattr(args, "offline", False),
+                                     weights_cache=getattr(args, "weights_cache", None))
     tc = cfg.train
     dist = D.init(tc.device)
     progress = dist.is_main and not getattr(args, "no_progress", False)

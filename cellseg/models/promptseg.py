@@ -37,7 +37,7 @@ with ``InferenceConfig.rescore``: use one of the two, not both); ``min_pred_iou`
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -187,12 +187,14 @@ class PromptSegFamily:
               max_train_instances: int = 64, mask_threshold: float = 0.5,
               stability_offset: float = 1.0, rescore: bool = False, min_pred_iou: float = 0.0,
               min_stability: float = 0.0, iou_weight: float = 1.0, neighbour_weight: float = 0.5,
-              decode_chunk: int | None = 256) -> PromptSegModel:
-        """Build a promptseg model (never downloads weights).
+              decode_chunk: int | None = 256,
+              pretrained_origin: Sequence[Mapping[str, Any]] | None = None) -> PromptSegModel:
+        """Build a promptseg model.
 
         decoder: "crop" (UNet on roi crops; ``base_channels``, ``levels``, ``neighbours`` adds the
             neighbour channel) or "sam" (``sam``: ``SamPromptDecoder`` size kwargs, e.g.
-            ``promptseg_sam.SAM_VIT_B``; ``sam_checkpoint``: a local SAM/CellSAM .pth).
+            ``promptseg_sam.SAM_VIT_B``; ``sam_checkpoint``: "vit_b" | "vit_l" | "vit_h", Meta's
+            official SAM file (its sizes fill ``sam``), or a local SAM/CellSAM .pth).
         mean, std: input normalisation on the 0-255 scale; in_channels: gray repeated C times.
         crop_size: S of the (S, S) mask crops; margin: context added around each box (fraction of
             its size per side); min_region: smallest region side in pixels.
@@ -205,6 +207,7 @@ class PromptSegFamily:
         rescore: instance score = box score x mask_prob (else the box score);
             min_pred_iou / min_stability: drop masks below; decode_chunk: boxes per decoder call
             (bounds memory; None: all boxes of the batch at once).
+        pretrained_origin: where SAM's weights came from (filled in by ``build``); informational.
         """
         from cellseg.data.transforms import resolve_norm
 
@@ -214,10 +217,11 @@ class PromptSegFamily:
                                          base_channels=base_channels, levels=levels,
                                          out_channels=2 if neighbours else 1)
         elif decoder == "sam":
-            from cellseg.models.promptseg_sam import SamPromptDecoder
+            from cellseg.models.promptseg_sam import SamPromptDecoder, sam_sizes
 
+            sam = sam_sizes(sam_checkpoint, sam)
             dec = SamPromptDecoder(mean=mean, std=std, crop_size=crop_size,
-                                   checkpoint=sam_checkpoint, **dict(sam or {}))
+                                   checkpoint=sam_checkpoint, **sam)
         else:
             raise ValueError(f"promptseg decoder={decoder!r}; valid: 'crop', 'sam'")
         det = None
@@ -244,7 +248,9 @@ class PromptSegFamily:
                     max_train_instances=max_train_instances, mask_threshold=mask_threshold,
                     stability_offset=stability_offset, rescore=rescore, min_pred_iou=min_pred_iou,
                     min_stability=min_stability, iou_weight=iou_weight,
-                    neighbour_weight=neighbour_weight, decode_chunk=decode_chunk)
+                    neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
+                    pretrained_origin=[dict(o) for o in pretrained_origin or []]
+                    + ([dec.pretrained_origin] if getattr(dec, "pretrained_origin", None) else []))
         model.cellseg_args = args
         return model
 
