@@ -266,7 +266,7 @@ def main(args: argparse.Namespace) -> int:
         if val_records and dist.is_main:
             from cellseg.infer.config import load_inference_config
 
-            infer_cfg = load_inference_config(dict(cfg.val.infer))
+            infer_cfg = load_inference_config(cfg.val.infer)
 
         def checkpoint_state(epoch: int, metrics: dict, batch_in_epoch: int = 0) -> dict:
             return dict(model=model.state_dict(), family=cfg.model.family,
