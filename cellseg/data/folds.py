@@ -88,6 +88,15 @@ def fold_summary(records: Sequence[ImageRecord], folds: dict[str, int]) -> dict[
     return {f: dict(v) for f, v in sorted(out.items())}
 
 
+def check_fold(fold: int, n_folds: int) -> None:
+    """Raise ``cellseg.errors.UserError`` unless ``0 <= fold < n_folds``."""
+    from cellseg.errors import UserError
+
+    if not 0 <= fold < n_folds:
+        raise UserError(f"fold {fold} is out of range", where=f"{n_folds} folds",
+                        fix=f"pick a fold in 0..{n_folds - 1}")
+
+
 def split_fold(records: Sequence[ImageRecord], fold: int, n_folds: int = 5, seed: int = 0
                ) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """``(the other folds, fold)`` of ``make_folds(records, n_folds, seed)``, in record order.
@@ -98,9 +107,7 @@ def split_fold(records: Sequence[ImageRecord], fold: int, n_folds: int = 5, seed
     """
     from cellseg.errors import UserError
 
-    if not 0 <= fold < n_folds:
-        raise UserError(f"fold {fold} is out of range", where=f"{n_folds} folds",
-                        fix=f"pick a fold in 0..{n_folds - 1}")
+    check_fold(fold, n_folds)
     try:
         folds = make_folds(records, n_folds=n_folds, seed=seed)
     except ValueError as exc:
