@@ -128,6 +128,12 @@ def _os_message(exc: OSError) -> str:
 
 def _one_line(text: str, exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    if "Original Traceback" in text and lines:
+        # torch's DataLoader re-raises a worker's exception as type(exc)(formatted traceback):
+        # the original message is the last line, after "module.ExcType: "
+        last = lines[-1]
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        return last[len(name):] if last.startswith(name) else last
     if len(lines) <= 1:
         return lines[0] if lines else type(exc).__name__
     # a multi-line message (e.g. DataError listing every problem): the summary and the first
