@@ -166,7 +166,11 @@ def load_model(path: str | os.PathLike, device: Any = "cpu", *, ema: bool = True
 
     ckpt = load_checkpoint(path, map_location="cpu", verify=verify)
     family = get_family(ckpt["family"])
-    model = family.build(**dict(ckpt.get("model_args") or {}))
+    try:
+        model = family.build(**dict(ckpt.get("model_args") or {}))
+    except TypeError as exc:  # model_args of another cellseg version (a renamed/moved argument)
+        raise InputError(f"model arguments do not fit family {ckpt['family']!r} ({exc})",
+                         where=str(path), fix="re-train it with this cellseg version") from exc
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     try:
         model.load_state_dict(weights)

@@ -7,6 +7,14 @@ Loaded by the one typed loader, ``cellseg.configlib.load_config`` (unknown keys 
 the nearest valid key, also inside a training config's ``val.infer``).
 Per-cell-type postprocessing lives in ``types``: a mapping ``cell type name -> TypeThresholds``;
 ``default`` applies to any type not listed and to images whose type is unknown.
+
+Thresholds live here, once: models emit raw candidates plus their extras (``mask_prob``,
+``pred_iou``, ``stability``, ``box_score``) and every filter that ``cellseg tune`` searches (score,
+area, NMS, pred_iou, stability, rescoring) is applied by ``cellseg.infer.postprocess`` from this
+config. What stays in a model is what makes a candidate at all, not a filter: the mask binarisation
+``mask_threshold`` of maskrcnn/promptseg, maskrcnn's ``box_score_thresh`` floor (0.05, the
+lowest score ``tune`` tries, so the candidate list stays finite) and the UNet watershed's
+fragment floor ``decode.min_area`` (8 px, set here through ``decode``).
 """
 
 from __future__ import annotations
