@@ -39,9 +39,10 @@ def add_weights_args(parser: argparse.ArgumentParser) -> None:
                         help="one ensembling weight per checkpoint (default: 1 each)")
 
 
-def check_weights(args: argparse.Namespace) -> None:
-    """Every ``--weights`` file exists; ``--model-weights`` has one value per checkpoint."""
-    for w in args.weights:
+def check_weights(args: argparse.Namespace, *, exist: bool = True) -> None:
+    """``--model-weights`` has one value per checkpoint; with ``exist`` every ``--weights`` file
+    exists (tune skips that when its --cache holds the predictions)."""
+    for w in args.weights if exist else ():
         input_path(w, "--weights", kind="file")
     n_w, n_m = len(args.weights), len(args.model_weights or args.weights)
     if n_m != n_w:

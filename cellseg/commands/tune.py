@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from cellseg.io import write_json
 
     cfg = load_inference_config(args.config, args.set)
-    check_weights(args)
+    check_weights(args, exist=False)
     input_path(args.data, "--data")
     output_file(args.out, "--out")
     if args.report:
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     raw = tune.load_cache(args.cache, records) if args.cache else None
     models = None
     if raw is None:
+        check_weights(args)
         device = default_device(args.device)
         models = load_models(args.weights, device=device, weights=args.model_weights)
         raw = tune.collect_raw(models, records, cfg, device=device, progress=not args.no_progress)
