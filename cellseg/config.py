@@ -5,8 +5,8 @@
 
 Every training default lives in the dataclasses below, once. A YAML file only names what differs.
 Loading goes through the one typed loader, ``cellseg.configlib.load_config`` (shared with
-``cellseg.infer.config.InferenceConfig``): unknown keys are rejected with the nearest valid key, so a
-typo (``optim.lrr``, ``val.infer.tta_flips``) fails at load time instead of being ignored or
+``cellseg.infer.config.InferenceConfig``): unknown keys are rejected with the nearest valid key, so
+a typo (``optim.lrr``, ``val.infer.tta_flips``) fails at load time instead of being ignored or
 surfacing after data and model are loaded. The generic helpers are re-exported here under their
 old names (``from_dict``, ``to_dict``, ``apply_overrides``, ``load_yaml``, ``save_yaml``, ...).
 

@@ -33,8 +33,8 @@ from cellseg.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "load_config", "blame", "from_dict", "to_dict", "apply_overrides", "parse_value",
-           "replace", "load_yaml", "save_yaml", "config_names", "read_config_source"]
+__all__ = ["ConfigError", "load_config", "blame", "from_dict", "to_dict", "apply_overrides",
+           "parse_value", "replace", "load_yaml", "save_yaml", "config_names", "read_config_source"]
 
 
 # ----------------------------------------------------------------------------- YAML files

@@ -1,7 +1,8 @@
 """User mistakes, as opposed to bugs: the one exception family the CLI turns into one line.
 
     from cellseg.errors import UserError
-    raise UserError("unknown cell type 'astr'", where="--cell-type", fix="use one of shsy5y, astro, cort")
+    raise UserError("unknown cell type 'astr'", where="--cell-type",
+                    fix="use one of shsy5y, astro, cort")
 
 ``cellseg.cli.main`` is the single error boundary: a ``UserError`` (or a stdlib ``OSError`` such as
 ``FileNotFoundError`` carrying a file name) raised anywhere below a command ends as

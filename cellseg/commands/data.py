@@ -1,6 +1,6 @@
 """``cellseg data``: synthesise, convert and check data sets.
 
-    cellseg data synth --out data/synth --num-images 24 --seed 0 [--num-test 3 --num-semi 4 --num-livecell 8]
+    cellseg data synth --out data/synth --num-images 24 --seed 0 [--num-test 3 --num-semi 4]
     cellseg data convert --csv train.csv --out coco.json
     cellseg data convert --coco coco.json --images data/sartorius/train --out train.csv
     cellseg data convert --livecell data/LIVECell_dataset_2021 --split val --out val.json

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from cellseg.commands.common import (add_config_args, add_device_arg, add_progress_arg,
-                                     add_weights_args, check_weights, default_device, input_path, output_dir,
-                                     output_file)
+                                     add_weights_args, check_weights, default_device, input_path,
+                                     output_dir, output_file)
 from cellseg.errors import UserError
 
 __all__ = ["add_arguments", "run", "default_device"]  # default_device: kept for old imports
