@@ -14,17 +14,24 @@ from cellseg.cli import main, user_message
 from cellseg.errors import ConfigError, InputError, UserError
 
 
-def fails(argv: list[str], capsys: pytest.CaptureFixture[str], *, label: str | None = None) -> str:
-    """Run ``cellseg argv``; assert exit 2, one line on stderr, no traceback; return the line."""
+def fails(argv: list[str], capsys: pytest.CaptureFixture[str], *, label: str | None = None,
+          after_log: bool = False) -> str:
+    """Run ``cellseg argv``; assert exit 2, one line on stderr, no traceback; return the line.
+
+    ``after_log``: the command may log progress to stderr first; the error is then the last line
+    and the only one naming the command."""
     rc = main(argv)
     out, err = capsys.readouterr()
     assert rc == 2, (rc, out, err)
     assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
     label = label or argv[0]
-    assert lines[0].startswith(f"cellseg {label}: "), lines[0]
-    return lines[0]
+    lines = err.strip().splitlines()
+    if after_log:
+        assert [ln for ln in lines if ln.startswith("cellseg ")] == lines[-1:], err
+    else:
+        assert len(lines) == 1, err
+    assert lines[-1].startswith(f"cellseg {label}: "), lines[-1]
+    return lines[-1]
 
 
 @pytest.fixture()
@@ -264,5 +271,5 @@ def test_train_on_truncated_image_is_one_line(tmp_path, capsys):
     line = fails(["train", "--config", "unet_tiny", "--data", str(comp), "--out",
                   str(tmp_path / "run"), "--set", "train.max_steps=1", "--set", "train.epochs=1",
                   "--set", "data.fold=null", "--set", "data.workers=1", "--no-progress",
-                  "--device", "cpu"], capsys)
+                  "--device", "cpu"], capsys, after_log=True)
     assert "cannot read image" in line and ".png" in line
