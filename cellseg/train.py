@@ -97,8 +97,9 @@ def load_data(cfg: DataConfig, log=print) -> tuple[list, list, dict[str, Any]]:
         train = records
         desc["val_split"] = cfg.val_split
     elif cfg.fold is not None:
-        from cellseg.data.folds import make_folds
+        from cellseg.data.folds import check_fold, split_fold
 
+        check_fold(cfg.fold, cfg.n_folds)  # a typo'd fold must not silently train without val
         n_groups = len({r.sample_id or f"image:{r.image_id}" for r in records})
         n_folds = min(cfg.n_folds, n_groups)
         if n_folds < cfg.n_folds:
@@ -108,9 +109,7 @@ def load_data(cfg: DataConfig, log=print) -> tuple[list, list, dict[str, Any]]:
             log("warning: too few sample groups to hold a fold out; training without validation")
             train, val = records, []
         else:
-            folds = make_folds(records, n_folds=n_folds, seed=cfg.fold_seed)
-            val = [r for r in records if folds[r.image_id] == cfg.fold]
-            train = [r for r in records if folds[r.image_id] != cfg.fold]
+            train, val = split_fold(records, cfg.fold, n_folds=n_folds, seed=cfg.fold_seed)
         desc.update(fold=cfg.fold, n_folds=n_folds, fold_seed=cfg.fold_seed)
     else:
         train, val = records, []
@@ -272,7 +271,7 @@ def main(args: argparse.Namespace) -> int:
         if val_records and dist.is_main:
             from cellseg.infer.config import load_inference_config
 
-            infer_cfg = load_inference_config(dict(cfg.val.infer))
+            infer_cfg = load_inference_config(cfg.val.infer)
 
         def checkpoint_state(epoch: int, metrics: dict, batch_in_epoch: int = 0) -> dict:
             return dict(model=model.state_dict(), family=cfg.model.family,

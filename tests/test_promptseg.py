@@ -60,8 +60,7 @@ def gt_mask_iou(model, images_masks) -> float:
     for img, masks in images_masks:
         x = FAMILY.preprocess(model, img[None])
         t = FAMILY.make_target(masks, np.zeros(len(masks)))
-        # keep empty predictions: no area filter here, pair prediction i with GT i
-        model.min_pred_iou = model.min_stability = 0.0
+        # the model emits raw candidates (no filter): pair prediction i with GT i
         out = FAMILY.predict_with_boxes(model, x, [t["boxes"].numpy()])[0]
         pred = np.zeros((len(masks),) + img.shape, bool)
         for i in range(len(out)):
@@ -215,7 +214,9 @@ def test_training_raises_mask_iou_on_gt_boxes():
 
 def test_predict_with_gt_boxes_gives_valid_instances():
     torch.manual_seed(0)
-    model = FAMILY.build(rescore=True, **TINY_CROP).eval()
+    from cellseg.infer.postprocess import filter_extra, rescore
+
+    model = FAMILY.build(**TINY_CROP).eval()
     img, masks = ellipse_image(7, (80, 96))
     x = FAMILY.preprocess(model, np.stack([img, img]))
     t = FAMILY.make_target(masks, np.zeros(len(masks)))
@@ -225,19 +226,21 @@ def test_predict_with_gt_boxes_gives_valid_instances():
     assert len(out) == 2 and len(out[1]) == 0
     _check_instances(out[0], img.shape)
     inst = out[0]
-    # rescoring: score = box score x mean mask probability
-    np.testing.assert_allclose(inst.scores, inst.extra["box_score"] * inst.extra["mask_prob"],
-                               rtol=1e-6)
+    # raw candidates: score = box score; rescoring (box score x mean mask probability) is the
+    # inference config's job
+    np.testing.assert_allclose(inst.scores, inst.extra["box_score"], rtol=1e-6)
+    np.testing.assert_allclose(rescore(inst).scores,
+                               inst.extra["box_score"] * inst.extra["mask_prob"], rtol=1e-6)
     # deterministic, and the decode chunking does not change the result
     model.decode_chunk = 2
     again = FAMILY.predict_with_boxes(model, x[:1], [t["boxes"].numpy()], scores=[scores])[0]
     np.testing.assert_array_equal(again.boxes, inst.boxes)
     np.testing.assert_allclose(again.extra["pred_iou"], inst.extra["pred_iou"], atol=1e-5)
-    # filters use the stored extras
-    model.min_stability = float(np.median(inst.extra["stability"])) + 1e-6
-    filtered = FAMILY.predict_with_boxes(model, x[:1], [t["boxes"].numpy()])[0]
-    assert len(filtered) < len(inst)
-    assert np.all(filtered.extra["stability"] >= model.min_stability)
+    # the inference filters use the stored extras
+    min_stability = float(np.median(inst.extra["stability"])) + 1e-6
+    filtered = filter_extra(inst, min_stability=min_stability)
+    assert 0 < len(filtered) < len(inst)
+    assert np.all(filtered.extra["stability"] >= min_stability)
 
 
 def test_loss_keys_stable_for_a_batch_without_cells():

@@ -56,8 +56,10 @@ def test_score_perfect_and_ids(tmp_path, shared_sartorius, capsys):
                  "--ids", image_id, "--no-coco", "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["score"] == 1.0
     assert json.loads((tmp_path / "s.json").read_text())["coco"] is None
-    with pytest.raises(SystemExit, match="--ids not in the truth"):
-        main(["score", "--truth", str(shared_sartorius), "--pred", str(sub), "--ids", "nope"])
+    assert main(["score", "--truth", str(shared_sartorius), "--pred", str(sub),
+                 "--ids", "nope"]) == 2
+    assert "not in the truth, e.g. ['nope'], --ids, use image ids of --truth" in \
+        capsys.readouterr().err
 
 
 def test_score_coco_results_with_extras_and_fold(tmp_path, shared_livecell, capsys):

@@ -92,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return _ACTIONS[args.action](args)
-    except kapi.CredentialsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except kapi.CredentialsError as exc:  # a user mistake: one line via the CLI boundary
+        from cellseg.errors import UserError
+
+        raise UserError(str(exc)) from exc
     except (ValueError, KeyError, FileNotFoundError, kapi.KaggleError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

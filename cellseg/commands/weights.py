@@ -68,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
                       f"{e.size / 2**20:.1f} MiB")
             return 0
         problems = weights.verify_manifest(args.manifest, args.names or None)
-    except (ValueError, KeyError, FileNotFoundError, UserError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, KeyError) as exc:
+        # the manifest module reports bad manifests/names as ValueError/KeyError: user mistakes
+        # here, shown on one line by the CLI boundary (FileNotFoundError goes there directly)
+        from cellseg.errors import UserError
+
+        raise UserError(str(exc.args[0] if exc.args else exc)) from exc
     for p in problems:
         print(f"FAIL {p}", file=sys.stderr)
     if not problems:

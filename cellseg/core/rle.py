@@ -32,11 +32,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cellseg.errors import InputError
+
 SHAPE: tuple[int, int] = (520, 704)  # (height, width) of every competition image
 
 
-class RLEError(ValueError):
-    """A malformed competition RLE string; the message names the broken rule."""
+class RLEError(InputError):
+    """A malformed competition RLE string; the message names the broken rule.
+
+    An ``InputError`` (hence a ``ValueError``): the CLI reports it on one line."""
 
 
 def encode(mask: np.ndarray) -> str:

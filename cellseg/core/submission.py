@@ -30,6 +30,7 @@ import numpy as np
 
 from cellseg.core import rle as rle_codec
 from cellseg.core.masks import Runs, runs_from_instances, runs_from_rles
+from cellseg.errors import InputError
 from cellseg.io import atomic_path
 
 if TYPE_CHECKING:
@@ -154,11 +155,12 @@ def read_submission(path: str | os.PathLike) -> dict[str, list[str]]:
     for row_no, cells in _rows(path):
         if row_no == 1:
             if tuple(c.strip() for c in cells) != HEADER:
-                raise ValueError(f"{path}: header must be 'id,predicted', got {','.join(cells)!r}")
+                raise InputError(f"header is {','.join(cells)!r}, not 'id,predicted'",
+                                 where=str(path), fix="write the header 'id,predicted'")
             continue
         if len(cells) != 2:
-            raise ValueError(f"{path} row {row_no}: expected 2 fields (id,predicted), "
-                             f"got {len(cells)}")
+            raise InputError(f"row {row_no} has {len(cells)} fields, not 2 (id,predicted)",
+                             where=str(path), fix="`cellseg validate` lists every bad row")
         image_id, pred = cells[0].strip(), cells[1].strip()
         out.setdefault(image_id, [])
         if pred:

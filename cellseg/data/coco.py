@@ -27,6 +27,7 @@ import numpy as np
 from cellseg.core import coco_rle
 from cellseg.core.masks import runs_from_rles
 from cellseg.data.record import ImageRecord
+from cellseg.errors import InputError
 
 CATEGORY = {"id": 1, "name": "cell", "supercategory": "cell"}
 
@@ -206,7 +207,8 @@ def _cell_type(img: Mapping[str, Any]) -> str | None:
 
 def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
                     image_root: str | os.PathLike | None = None, *,
-                    source: str | None = None, min_cells: int = 0) -> list[ImageRecord]:
+                    source: str | None = None, min_cells: int = 0,
+                    notes: list[str] | None = None) -> list[ImageRecord]:
     """COCO JSON (dict or file path) -> records, in the order of ``coco["images"]``.
 
     Args:
@@ -215,19 +217,25 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
             folder when a path is given, else the current folder).
         source: record source; default the image entry's ``source`` or ``"coco"``.
         min_cells: skip images with fewer annotations.
+        notes: receives a warning about annotations of unknown images (orphans are skipped:
+            harmless for training); without it the warning goes through ``warnings.warn``.
     Returns:
         One record per image; ``image_id`` is the entry's ``image_key`` (written by
         ``records_to_coco``) or the file stem; cell type from the entry's ``cell_type`` or a
         LIVECell file-name prefix; images found as ``root/file_name``, ``root/<type>/name`` or
         by name anywhere under ``root``.
     Raises:
-        ValueError: an annotation that points at an unknown image, or a bad segmentation
-            (the message names the annotation id).
+        cellseg.errors.InputError (a ValueError): not JSON, or a bad segmentation (the message
+            names the annotation id).
     """
     if not isinstance(coco, Mapping):
         path = Path(coco)
         with open(path) as fh:
-            coco = json.load(fh)
+            try:
+                coco = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"not valid JSON ({exc})", where=str(path),
+                                 fix="pass a COCO annotation file") from None
         if image_root is None:
             image_root = path.parent
     root = Path(image_root) if image_root is not None else Path(".")
@@ -235,11 +243,21 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
     per_image: dict[Any, list[dict]] = {}
     for img in coco.get("images", []):
         per_image[img["id"]] = []
+    orphans = []
     for ann in annotations_list(coco):
         if ann.get("image_id") not in per_image:
-            raise ValueError(f"annotation {ann.get('id')} refers to unknown image "
-                             f"{ann.get('image_id')!r}")
+            orphans.append(ann)
+            continue
         per_image[ann["image_id"]].append(ann)
+    if orphans:
+        msg = (f"{len(orphans)} annotation(s) refer to images not in the file (e.g. annotation "
+               f"{orphans[0].get('id')} -> image {orphans[0].get('image_id')!r}); skipped")
+        if notes is not None:
+            notes.append(msg)
+        else:
+            import warnings
+
+            warnings.warn(msg, stacklevel=2)
     records = []
     for img in coco.get("images", []):
         anns = sorted(per_image[img["id"]], key=lambda a: a.get("id", 0))
@@ -247,8 +265,10 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
         converted, problems = segmentations_to_rles(anns, h, w)
         if problems:
             ann_id, reason = problems[0]
-            raise ValueError(f"annotation {ann_id} of image {img.get('file_name')}: {reason}"
-                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InputError(f"bad segmentation of annotation {ann_id} of image "
+                             f"{img.get('file_name')}: {reason}{more}",
+                             fix="`cellseg data check` lists every problem")
         rles = [r for r in converted if r]
         if len(rles) < min_cells:
             continue

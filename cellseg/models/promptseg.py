@@ -27,10 +27,11 @@ against the IoU *in image pixels* of the mask pasted back exactly as inference d
 
 Every mask carries ``extra["pred_iou"]`` (the IoU head, clipped to [0, 1]), ``extra["stability"]``
 (SAM's stability score: |logits > +1| / |logits > -1| on the crop logits), ``extra["mask_prob"]``
-(mean probability inside the pasted mask) and ``extra["box_score"]`` (the detector's score). With
-``rescore=True`` the instance score is box score x mask_prob (1st place; inference can do the same
-with ``InferenceConfig.rescore``: use one of the two, not both); ``min_pred_iou`` and
-``min_stability`` drop masks below them. Masks go back to image pixels through
+(mean probability inside the pasted mask) and ``extra["box_score"]`` (the detector's score). The
+model emits raw candidates: the instance score is the box score and nothing is filtered here. Every
+filter lives in the inference config that ``cellseg tune`` searches: ``InferenceConfig.rescore``
+(score = box score x mask_prob, 1st place) and ``TypeThresholds.min_pred_iou`` / ``min_stability``.
+Masks go back to image pixels through
 ``cellseg.models.paste.paste_masks``, the one paste-back helper.
 """
 
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cellseg.core.instances import Instances, filter_extra
+from cellseg.core.instances import Instances
 from cellseg.core.masks import mask_boxes
 from cellseg.models.paste import paste_masks
 from cellseg.models.promptseg_crop import CropDecoder, stability_score  # noqa: F401 (API)
@@ -116,13 +117,6 @@ def pixel_iou(probs: torch.Tensor, regions: torch.Tensor, masks: torch.Tensor,
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def filter_instances(inst: Instances, *, min_pred_iou: float = 0.0,
-                     min_stability: float = 0.0) -> Instances:
-    """The model's own filter: the one implementation, ``cellseg.core.instances.filter_extra``
-    (also used by ``cellseg.infer.postprocess``)."""
-    return filter_extra(inst, min_pred_iou=min_pred_iou, min_stability=min_stability)
-
-
 # ----------------------------------------------------------------------------- the model
 
 
@@ -132,8 +126,7 @@ class PromptSegModel(nn.Module):
 
     def __init__(self, decoder: nn.Module, *, norm: dict[str, Any], margin: float, min_region: float,
                  jitter: float, max_train_instances: int, mask_threshold: float,
-                 stability_offset: float, rescore: bool, min_pred_iou: float, min_stability: float,
-                 iou_weight: float, neighbour_weight: float, decode_chunk: int | None,
+                 stability_offset: float, iou_weight: float, neighbour_weight: float, decode_chunk: int | None,
                  detector: nn.Module | None = None, detector_family: str = "maskrcnn") -> None:
         super().__init__()
         self.decoder = decoder
@@ -145,8 +138,6 @@ class PromptSegModel(nn.Module):
         self.margin, self.min_region, self.jitter = float(margin), float(min_region), float(jitter)
         self.max_train_instances = int(max_train_instances)
         self.mask_threshold, self.stability_offset = float(mask_threshold), float(stability_offset)
-        self.rescore = bool(rescore)
-        self.min_pred_iou, self.min_stability = float(min_pred_iou), float(min_stability)
         self.iou_weight, self.neighbour_weight = float(iou_weight), float(neighbour_weight)
         self.decode_chunk = decode_chunk
 
@@ -185,8 +176,7 @@ class PromptSegFamily:
               detector: dict[str, Any] | None = None, detector_checkpoint: str | None = None,
               detector_family: str = "maskrcnn", jitter: float = 0.1,
               max_train_instances: int = 64, mask_threshold: float = 0.5,
-              stability_offset: float = 1.0, rescore: bool = False, min_pred_iou: float = 0.0,
-              min_stability: float = 0.0, iou_weight: float = 1.0, neighbour_weight: float = 0.5,
+              stability_offset: float = 1.0, iou_weight: float = 1.0, neighbour_weight: float = 0.5,
               decode_chunk: int | None = 256,
               pretrained_origin: Sequence[Mapping[str, Any]] | None = None) -> PromptSegModel:
         """Build a promptseg model.
@@ -204,9 +194,9 @@ class PromptSegFamily:
             image per step; iou_weight / neighbour_weight: loss weights.
         mask_threshold: pasted probability above which a pixel is in the mask;
             stability_offset: SAM's offset (score at logit 0 +- offset).
-        rescore: instance score = box score x mask_prob (else the box score);
-            min_pred_iou / min_stability: drop masks below; decode_chunk: boxes per decoder call
-            (bounds memory; None: all boxes of the batch at once).
+        decode_chunk: boxes per decoder call (bounds memory; None: all boxes of the batch at once).
+        Rescoring and the pred_iou / stability filters are inference settings
+        (``InferenceConfig.rescore``, ``TypeThresholds.min_pred_iou`` / ``min_stability``).
         pretrained_origin: where SAM's weights came from (filled in by ``build``); informational.
         """
         from cellseg.data.transforms import resolve_norm
@@ -234,8 +224,7 @@ class PromptSegFamily:
         model = PromptSegModel(dec, norm=norm, margin=margin, min_region=min_region, jitter=jitter,
                                max_train_instances=max_train_instances,
                                mask_threshold=mask_threshold, stability_offset=stability_offset,
-                               rescore=rescore, min_pred_iou=min_pred_iou,
-                               min_stability=min_stability, iou_weight=iou_weight,
+                               iou_weight=iou_weight,
                                neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
                                detector=det, detector_family=detector_family)
         # Arguments that rebuild this model WITHOUT the external files: the weights of SAM and of
@@ -246,8 +235,7 @@ class PromptSegFamily:
                     detector=getattr(det, "cellseg_args", detector) if det else None,
                     detector_family=detector_family, jitter=jitter,
                     max_train_instances=max_train_instances, mask_threshold=mask_threshold,
-                    stability_offset=stability_offset, rescore=rescore, min_pred_iou=min_pred_iou,
-                    min_stability=min_stability, iou_weight=iou_weight,
+                    stability_offset=stability_offset, iou_weight=iou_weight,
                     neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
                     pretrained_origin=[dict(o) for o in pretrained_origin or []]
                     + ([dec.pretrained_origin] if getattr(dec, "pretrained_origin", None) else []))
@@ -403,7 +391,8 @@ class PromptSegFamily:
                      regions: Sequence[torch.Tensor], image_hw: tuple[int, int],
                      scores: Sequence[Any] | None = None,
                      labels: Sequence[Any] | None = None) -> list[Instances]:
-        """Decoder outputs -> one ``Instances`` per image: stability, paste-back, extras, filters.
+        """Decoder outputs -> one ``Instances`` per image: stability, paste-back, extras (raw
+        candidates: score = box score, no filter; ``cellseg.infer.postprocess`` filters).
         logits (N, S, S) / ious (N,) are the images' boxes concatenated in order."""
         stab = stability_score(logits, 0.0, model.stability_offset).cpu().numpy()
         probs = logits.sigmoid().cpu().numpy()
@@ -421,11 +410,8 @@ class PromptSegFamily:
                    else np.asarray(labels[i], np.int64).reshape(-1))
             extra = {"pred_iou": ious_np[sl], "stability": stab[sl], "mask_prob": mean_prob,
                      "box_score": box_score}
-            score = box_score * mean_prob if model.rescore else box_score
-            inst = Instances(image_hw, pboxes, pmasks, score, lab, extra)
-            inst = inst.select(inst.areas > 0)
-            out.append(filter_instances(inst, min_pred_iou=model.min_pred_iou,
-                                        min_stability=model.min_stability))
+            inst = Instances(image_hw, pboxes, pmasks, box_score, lab, extra)
+            out.append(inst.select(inst.areas > 0))
         return out
 
     @torch.no_grad()
