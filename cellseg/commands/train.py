@@ -14,7 +14,6 @@ weight flags are resolved by ``cellseg.models.pretrained.check_pretrained_availa
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.errors import UserError
     from cellseg.train import main
 
-    try:
-        return main(args)
-    except UserError as exc:  # until cli.py's error boundary catches UserError itself
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return main(args)
