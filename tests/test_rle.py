@@ -113,6 +113,9 @@ def test_batch_coco_conversions_match_pycocotools(stack):
     # one tight box: from the runs and from the dense masks alike
     np.testing.assert_array_equal(boxes, mask_boxes(np.stack(stack)))
     np.testing.assert_array_equal(boxes, [mask_boxes(m) for m in stack])  # one-mask path
+    for (box, crop), m in zip(runs.crops(), stack):  # each crop is the mask inside its box
+        assert np.array_equal(box, mask_boxes(m)) and crop.sum() == m.sum()
+        assert np.array_equal(m[box[1]:box[3], box[0]:box[2]], crop)
     for (x0, y0, x1, y1), ref, m in zip(boxes.tolist(), refs, stack):
         if m.any():
             assert [x0, y0, x1 - x0, y1 - y0] == mask_utils.toBbox(ref).astype(int).tolist()

@@ -74,6 +74,21 @@ class Runs:
                                           np.maximum.reduceat(r1, first) + 1), axis=1)
         return boxes
 
+    def crops(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per instance ``(box (4,) int64 x0, y0, x1, y1, mask (y1 - y0, x1 - x0) bool)``: each
+        mask drawn only inside its tight box (``boxes``); an empty instance gets a zero box and
+        a (0, 0) mask."""
+        h, w = self.shape
+        boxes = self.boxes()
+        out = [(b, np.zeros((b[3] - b[1], b[2] - b[0]), dtype=bool)) for b in boxes]
+        idx, owner = self.pixels()
+        r, c = np.divmod(idx, w)
+        for k in np.unique(owner):
+            sel = owner == k
+            box, mask = out[k]
+            mask[r[sel] - box[1], c[sel] - box[0]] = True
+        return out
+
     def sorted_disjoint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(starts, ends, owner) of all runs sorted by start, or None when two instances share
         a pixel (the one overlap test of the kit; runs of one instance never overlap)."""

@@ -111,25 +111,22 @@ def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: in
 
 def bbox_area(rle: str, shape: tuple[int, int]) -> tuple[list[int], int]:
     """Tight ``[x, y, w, h]`` box and pixel area of one competition RLE (as pycocotools toBbox)."""
-    boxes, areas = _bboxes_areas([rle], shape)
-    return boxes[0].tolist(), int(areas[0])
+    runs = runs_from_rles([rle], shape)
+    x0, y0, x1, y1 = runs.boxes()[0].tolist()
+    return [x0, y0, x1 - x0, y1 - y0], int(runs.areas[0])
 
 
-def _bboxes_areas(rles: Sequence[str], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 4) int64 COCO ``[x, y, w, h]`` boxes (zeros when empty) and (N,) int64 pixel areas of
-    competition RLE strings, from their runs (``Runs.boxes``: no mask drawn)."""
-    runs = runs_from_rles(rles, shape)
-    boxes = runs.boxes()
-    boxes[:, 2:] -= boxes[:, :2]
-    return boxes, runs.areas
-
-
-def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.PathLike | None = None
-                    ) -> dict:
+def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.PathLike | None = None,
+                    image_ids: Sequence[int] | None = None, polygons: bool = False) -> dict:
     """Records -> a COCO JSON dict (images numbered 1.., annotations numbered 1..).
 
     ``file_name`` is the image path relative to ``image_root`` when given (and under it), else
     the bare file name. Empty RLEs are skipped.
+
+    Args:
+        image_ids: the COCO image ids, one per record (default 1..N; LIVECell's are not).
+        polygons: write each cell as its outline polygon (``mask_polygon``, LIVECell's format)
+            instead of compressed COCO RLE; ``bbox`` and ``area`` stay the mask's.
     """
     from tqdm import tqdm
 
@@ -137,7 +134,11 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
     root = Path(image_root).resolve() if image_root is not None else None
     n_cells = sum(r.n_instances for r in records)
     bar = tqdm(total=n_cells, desc="to COCO", unit="cell", disable=n_cells < 5000, leave=False)
-    for img_id, rec in enumerate(records, start=1):
+    if image_ids is not None and len(image_ids) != len(records):
+        raise ValueError(f"records_to_coco got {len(image_ids)} image ids for {len(records)} "
+                         f"records")
+    ids = range(1, len(records) + 1) if image_ids is None else [int(i) for i in image_ids]
+    for img_id, rec in zip(ids, records):
         path = Path(rec.image_path)
         name = path.name
         if root is not None:
@@ -153,8 +154,13 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
         images.append(entry)
         rles = [r for r in rec.rles if r.strip()]
         # one vectorised pass per image for segmentations, boxes and areas
-        segs = coco_rle.rles_to_coco(rles, rec.shape)
-        boxes, areas = _bboxes_areas(rles, rec.shape)
+        runs = runs_from_rles(rles, rec.shape)
+        boxes, areas = runs.boxes(), runs.areas
+        if polygons:
+            segs = [[mask_polygon(box, crop)] for box, crop in runs.crops()]
+        else:
+            segs = coco_rle.rles_to_coco(rles, rec.shape)
+        boxes[:, 2:] -= boxes[:, :2]  # COCO [x, y, w, h]
         for seg, box, area in zip(segs, boxes.tolist(), areas.tolist()):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": img_id, "category_id": CATEGORY["id"],
@@ -163,6 +169,28 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
     bar.close()
     return {"info": {"description": "written by cellseg"}, "images": images,
             "annotations": annotations, "categories": [dict(CATEGORY)]}
+
+
+def mask_polygon(box: Sequence[int], mask: np.ndarray) -> list[float]:
+    """The outline of a crop mask (the (h, w) bool mask of ``box`` x0, y0, x1, y1) as a COCO
+    polygon ``[x1, y1, x2, y2, ...]`` in image coordinates; the largest part's outline when the
+    mask has several.
+
+    Contours are traced on a 4x nearest-neighbour upscale and mapped back, so the polygon follows
+    pixel EDGES (within 1/8 px) rather than pixel centres. pycocotools treats pixel x as the
+    interval [x, x + 1), so rasterising the polygon gives back nearly the same mask even for
+    cells a few pixels wide.
+    """
+    import cv2  # lazy: only polygon output needs it
+
+    up = cv2.resize(np.asarray(mask, np.uint8), None, fx=4, fy=4,
+                    interpolation=cv2.INTER_NEAREST)
+    up = np.pad(up, 1)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    c = max(contours, key=cv2.contourArea)
+    c = cv2.approxPolyDP(c, 2.0, True)[:, 0, :].astype(np.float64)  # 2 px at 4x = 0.5 px
+    xy = (c - 1 + 0.5) / 4 + (int(box[0]), int(box[1]))  # -1: the padding; +0.5: 4x centre
+    return [round(float(v), 2) for v in xy.ravel()]
 
 
 def _plain(value: Any) -> Any:
