@@ -1,6 +1,16 @@
-"""Dense training targets for the UNet family, as pure numpy functions.
+"""Training targets, built per image from label layers, and the ``TargetSpec`` a family hands
+to the data pipeline.
 
-Three maps separate touching cells (``UNET_CHANNELS``):
+    from cellseg.data.targets import TargetSpec, unet_maps_from_layers, instance_target_from_layers
+    spec = family.target_spec(**cfg.model.args)      # frozen: what targets this family needs
+    maps = unet_maps_from_layers(layers, n)          # (K, H, W) uint16 layers -> (3, H, W) float32
+
+**Label layers** are how instances travel through the pipeline: a (K, H, W) uint16 stack where
+instance ``i`` is written as ``i + 1`` into one layer, K being the overlap depth (1 for LIVECell,
+2-3 for competition masks, which overlap on purpose). Decoding, cropping, albumentations and the
+targets all work on these K planes, so a sample costs O(pixels x K), never O(pixels x cells).
+
+Three UNet maps separate touching cells (``UNET_CHANNELS``):
 
 - ``"cell"``:   foreground, the union of all instance masks.
 - ``"border"``: cell pixels within ``width`` pixels (Chebyshev distance, 8-neighbourhood) of a pixel of
@@ -17,6 +27,15 @@ every border pixel of a compact cell touches its own core. A watershed that floo
 (elevation ``1 - centre + border``) therefore gives every border pixel back to its own cell, and the
 decoder recovers a non-overlapping label image exactly from its perfect maps (tested).
 
+How they are computed: ``cell`` and ``border`` are whole-image operations on the layers (the
+label image is the max over layers, later instances win; the 8-neighbour test is one grey
+dilation and one erosion, OpenCV). ``centre`` needs each cell's own distance transform (a
+neighbour's pixels are outline too): it runs OpenCV's exact Euclidean transform on each cell's
+bounding-box crop of its layer (boxes from ``scipy.ndimage.find_objects``), so its cost is the
+sum of box areas, about the image area, not cells x image. (One full-image transform per colour
+of a touching-cells colouring was measured slower: 4-6 colours x a full image.) The numbers are
+bit-identical to the pre-issue-12 builders (``tests/reference_pipeline.py``; tested).
+
     >>> import numpy as np
     >>> lab = np.zeros((1, 6), np.int32); lab[0, 1:3] = 1; lab[0, 3:5] = 2
     >>> unet_maps_from_labels(lab)[1].astype(int).tolist()   # border channel
@@ -25,11 +44,106 @@ decoder recovers a non-overlapping label image exactly from its perfect maps (te
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
 UNET_CHANNELS: tuple[str, ...] = ("cell", "border", "centre")
+MAX_INSTANCES = 65534  # ids live in uint16 layers; 0 is background
+
+
+# ----------------------------------------------------------------------------- target spec
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What the data pipeline must build for one model family (provided by the family from its
+    config: ``family.target_spec(**model_args)``; saved in checkpoints as ``to_dict()``).
+
+    kind: ``"maps"`` -> target ``{"maps": (len(channels), H, W) float32}`` (UNet family);
+        ``"instances"`` -> ``{"boxes": (M, 4) float32 x0, y0, x1, y1 (exclusive upper bounds),
+        "labels": (M,) int64 = class + label_offset, and the masks}`` (Mask R-CNN, promptseg).
+    channels, border_width: UNet maps (see the module docstring).
+    min_mask_area: instances with fewer pixels after augmentation are dropped from the target.
+    mask_format: ``"full"`` -> ``"masks": (M, H, W) uint8``; ``"layers"`` -> ``"layers":
+        (K, H, W) int16/int32 label layers, instance j -> j + 1`` (K planes instead of M: expand on
+        the device with ``masks_from_layers``).
+    label_offset: added to class indices (torchvision detection reserves 0 for background).
+    norm_mean, norm_std: per input channel, 0-255 scale (``cellseg.data.transforms.resolve_norm``).
+    class_map: ``((cell_type, class), ...)`` for per-cell-type heads (case-insensitive); None =
+        every cell is class 0.
+    """
+
+    kind: Literal["maps", "instances"]
+    channels: tuple[str, ...] = UNET_CHANNELS
+    border_width: int = 1
+    min_mask_area: int = 1
+    mask_format: Literal["full", "layers"] = "full"
+    label_offset: int = 0
+    norm_mean: tuple[float, ...] = (123.675, 116.28, 103.53)
+    norm_std: tuple[float, ...] = (58.395, 57.12, 57.375)
+    class_map: tuple[tuple[str, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("maps", "instances"):
+            raise ValueError(f"TargetSpec.kind must be 'maps' or 'instances', got {self.kind!r}")
+        unknown = [c for c in self.channels if c not in UNET_CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown UNet target channel(s) {unknown}; valid: {list(UNET_CHANNELS)}")
+        if self.border_width < 1:
+            raise ValueError(f"border width must be >= 1, got {self.border_width}")
+        if self.mask_format not in ("full", "layers"):
+            raise ValueError(f"mask_format must be 'full' or 'layers', got {self.mask_format!r}")
+        if len(self.norm_mean) != len(self.norm_std) or not self.norm_mean:
+            raise ValueError(f"norm_mean {self.norm_mean} and norm_std {self.norm_std} need one "
+                             "value per input channel")
+
+    @property
+    def norm(self) -> dict[str, Any]:
+        """The norm dict of ``cellseg.data.transforms.normalise``."""
+        return {"mean": list(self.norm_mean), "std": list(self.norm_std),
+                "in_channels": len(self.norm_mean)}
+
+    def class_of(self, cell_type: str | None) -> int:
+        """Class index of a cell type (0 without a class map); KeyError names the known types."""
+        if self.class_map is None:
+            return 0
+        table = {k.lower(): v for k, v in self.class_map}
+        try:
+            return table[str(cell_type).lower()]
+        except KeyError:
+            raise KeyError(f"class_map has no entry for cell type {cell_type!r}; it maps "
+                           f"{sorted(table)}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (checkpoint metadata, ``torch.load(weights_only=True)``-safe)."""
+        return {"kind": self.kind, "channels": list(self.channels),
+                "border_width": self.border_width, "min_mask_area": self.min_mask_area,
+                "mask_format": self.mask_format, "label_offset": self.label_offset,
+                "norm_mean": list(self.norm_mean), "norm_std": list(self.norm_std),
+                "class_map": None if self.class_map is None else [list(p) for p in self.class_map]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TargetSpec":
+        d = dict(data)
+        d["channels"] = tuple(d.get("channels", UNET_CHANNELS))
+        d["norm_mean"] = tuple(float(v) for v in d.get("norm_mean", cls.norm_mean))
+        d["norm_std"] = tuple(float(v) for v in d.get("norm_std", cls.norm_std))
+        if d.get("class_map") is not None:
+            cm = d["class_map"]
+            items = cm.items() if isinstance(cm, Mapping) else cm
+            d["class_map"] = tuple((str(k), int(v)) for k, v in items)
+        return cls(**d)
+
+    @classmethod
+    def with_norm(cls, norm: Mapping[str, Any], **kwargs: Any) -> "TargetSpec":
+        """A spec whose normalisation is a resolved norm dict (``resolve_norm``)."""
+        return cls(norm_mean=tuple(float(v) for v in norm["mean"]),
+                   norm_std=tuple(float(v) for v in norm["std"]), **kwargs)
+
+
+# ----------------------------------------------------------------------------- masks <-> layers
 
 
 def crops_from_masks(masks: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
@@ -52,91 +166,178 @@ def crops_from_masks(masks: np.ndarray) -> list[tuple[tuple[int, int, int, int],
     return out
 
 
-def crops_from_labels(labels: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """(H, W) integer label image (0 = background) -> one crop per distinct label, ascending."""
-    from scipy import ndimage
+def crops_to_layers(crops: Sequence[tuple[Sequence[int], np.ndarray]], shape: tuple[int, int]
+                    ) -> np.ndarray:
+    """Pack possibly overlapping instances into (K, H, W) uint16 label layers, instance i -> i + 1.
 
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
-    ids = np.unique(labels[labels > 0])
-    if ids.size == 0:
-        return []
-    slices = ndimage.find_objects(labels.astype(np.int64), max_label=int(ids[-1]))
-    out = []
-    for k in ids:
-        ys, xs = slices[int(k) - 1]
-        out.append(((xs.start, ys.start, xs.stop, ys.stop), labels[ys, xs] == k))
-    return out
-
-
-def _label_and_count(crops, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) int32 label image (instance i -> i + 1, later wins) and (H, W) uint8 cover count."""
-    lab = np.zeros(shape, np.int32)
-    count = np.zeros(shape, np.uint8)
+    Instances are placed greedily in the first layer where they overlap nothing, so K is the
+    overlap depth (1-3 for real data) instead of N.
+    crops: ``((x0, y0, x1, y1), bool crop)`` per instance (``crops_from_masks``); empty ones skip.
+    """
+    if len(crops) > MAX_INSTANCES:
+        raise ValueError(f"{len(crops)} instances in one image; at most {MAX_INSTANCES} are supported")
+    layers: list[np.ndarray] = []
     for i, ((x0, y0, x1, y1), m) in enumerate(crops):
         if m.size == 0:
             continue
-        lab[y0:y1, x0:x1][m] = i + 1
-        c = count[y0:y1, x0:x1]
-        c[m] = np.minimum(c[m], 254) + 1
-    return lab, count
+        for layer in layers:
+            view = layer[y0:y1, x0:x1]
+            if not view[m].any():
+                view[m] = i + 1
+                break
+        else:
+            layer = np.zeros(shape, np.uint16)
+            layer[y0:y1, x0:x1][m] = i + 1
+            layers.append(layer)
+    return np.stack(layers) if layers else np.zeros((0, *shape), np.uint16)
+
+
+def layers_from_masks(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool masks -> (K, H, W) uint16 label layers (``crops_to_layers``)."""
+    masks = np.asarray(masks, dtype=bool)
+    return crops_to_layers(crops_from_masks(masks), masks.shape[1:])
+
+
+def masks_from_layers(layers: np.ndarray, n: int) -> np.ndarray:
+    """(K, H, W) label layers -> (n, H, W) bool masks (ids absent from the layers stay empty).
+
+    Works on numpy arrays and on torch tensors (then on their device, returning uint8): the
+    Mask R-CNN family expands ``"layers"`` targets this way on the GPU."""
+    if not isinstance(layers, np.ndarray):  # torch tensor
+        import torch
+
+        k, h, w = layers.shape
+        out = torch.zeros((n + 1, h * w), dtype=torch.uint8, device=layers.device)
+        flat = layers.reshape(k, -1).long()
+        cols = torch.arange(h * w, device=layers.device).expand(k, -1)
+        out[flat.reshape(-1), cols.reshape(-1)] = 1
+        return out[1:].reshape(n, h, w)
+    k, h, w = layers.shape
+    out = np.zeros((n + 1, h * w), bool)
+    flat = layers.reshape(k, -1).astype(np.intp)
+    out[flat, np.arange(h * w)[None, :]] = True
+    return out[1:].reshape(n, h, w)
+
+
+def remap_layers(layers: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Relabel layers through ``lut`` (old id -> new id, 0 = drop); planes left empty are removed."""
+    out = lut[layers]
+    if len(out) > 1:
+        out = out[out.reshape(len(out), -1).any(1)]
+    return out
+
+
+def layer_areas(layers: np.ndarray, n: int) -> np.ndarray:
+    """(n + 1,) int64 pixel count per id (index 0: unused)."""
+    return np.bincount(layers.ravel(), minlength=n + 1)[:n + 1] if layers.size else \
+        np.zeros(n + 1, np.int64)
+
+
+def label_and_count(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) label image (max id wins: later instances over earlier) and (H, W) uint8 cover count."""
+    if len(layers) == 0:
+        raise ValueError("label_and_count needs at least one layer")
+    if len(layers) == 1:
+        return layers[0], (layers[0] > 0).view(np.uint8)
+    return layers.max(0), (layers > 0).sum(0, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- UNet maps
 
 
 def contact_border(labels: np.ndarray, count: np.ndarray | None = None, width: int = 1) -> np.ndarray:
     """(H, W) bool: labelled pixels within ``width`` px (8-neighbourhood) of a different label,
     plus pixels whose cover ``count`` is >= 2 (overlaps)."""
-    from scipy import ndimage
+    import cv2
 
     labels = np.asarray(labels)
     if width < 1:
         raise ValueError(f"border width must be >= 1, got {width}")
-    size = 2 * int(width) + 1
+    if labels.size == 0:
+        return np.zeros(labels.shape, bool)
+    top = int(labels.max())
+    # OpenCV's grey morphology takes uint16 (ids up to 65534); larger ids are compressed first
+    if labels.dtype != np.uint16:
+        if top >= 65535 or labels.min() < 0:
+            shape = labels.shape
+            _, labels = np.unique(labels, return_inverse=True)
+            labels = labels.reshape(shape)
+            top = int(labels.max())
+        labels = labels.astype(np.uint16)
+    kernel = np.ones((2 * int(width) + 1,) * 2, np.uint8)
     fg = labels > 0
-    lab = labels.astype(np.int64)
-    big = int(lab.max()) + 1  # stands in for +inf (scipy casts cval through float)
-    # neighbours with another label: the max over the window exceeds the pixel's label, or the min
-    # over the window (background set to +inf) falls below it
-    hi = ndimage.maximum_filter(lab, size=size, mode="constant", cval=0)
-    lo = ndimage.minimum_filter(np.where(fg, lab, big), size=size, mode="constant", cval=big)
-    border = fg & ((hi != lab) | (lo != lab))
+    big = top + 1  # stands in for +inf under the minimum
+    # a neighbour with another label: the max over the window exceeds the pixel's label, or the
+    # min over the window (background set to +inf) falls below it; outside the image is 0 / +inf
+    hi = cv2.dilate(labels, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    lo = cv2.erode(np.where(fg, labels, np.uint16(big)), kernel, borderType=cv2.BORDER_CONSTANT,
+                   borderValue=big)
+    border = fg & ((hi != labels) | (lo != labels))
     if count is not None:
         border |= np.asarray(count) >= 2
     return border
 
 
-def centre_map(crops, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32: per-instance distance to the own outline / its maximum (0 outside cells)."""
+def centre_from_layers(layers: np.ndarray) -> np.ndarray:
+    """(K, H, W) label layers -> (H, W) float32 centre map (module docstring).
+
+    One exact EDT per instance on its box in its layer, grown by one pixel of a once-padded copy
+    so that box and image edges count as outline; boxes come from one ``find_objects`` per layer.
+    Normalisation and OpenCV's last-ulp square-root correction are vectorised over the image."""
+    import cv2
     from scipy import ndimage
 
-    out = np.zeros(shape, np.float32)
-    for (x0, y0, x1, y1), m in crops:
-        if m.size == 0 or not m.any():
-            continue
-        # pad by one so that the crop edge (and the image edge) counts as outline
-        d = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1].astype(np.float32)
-        d /= d.max()
-        view = out[y0:y1, x0:x1]
-        np.maximum(view, np.where(m, d, 0.0), out=view)
-    return out
+    k, h, w = layers.shape
+    n = int(layers.max()) if layers.size else 0
+    padded = np.zeros((k, h + 2, w + 2), layers.dtype)
+    padded[:, 1:-1, 1:-1] = layers
+    dist = np.zeros((k, h + 2, w + 2), np.float32)
+    peak = np.zeros(n + 1, np.float32)
+    precise = cv2.DIST_MASK_PRECISE
+    for layer, dl, lay in zip(padded, dist, layers):
+        for i, box in enumerate(ndimage.find_objects(lay)):
+            if box is None:
+                continue
+            ys, xs = box
+            win = (slice(ys.start, ys.stop + 2), slice(xs.start, xs.stop + 2))
+            m = layer[win] == i + 1
+            d = cv2.distanceTransform(m.view(np.uint8), cv2.DIST_L2, precise)
+            np.copyto(dl[win], d, where=m)
+            peak[i + 1] = d.max()
+    # OpenCV's square root can be one ulp off scipy's float64 one: redo it from the exact square;
+    # only cell pixels are touched (a few layers of mostly background otherwise)
+    peak = np.sqrt(np.rint(peak * peak))
+    out = np.zeros(h * w, np.float32)
+    for lay, dl in zip(layers, dist):
+        idx = np.flatnonzero(lay)
+        d = dl[1:-1, 1:-1].ravel()[idx]
+        d = np.sqrt(np.rint(d * d)) / peak[lay.ravel()[idx]]
+        out[idx] = np.maximum(out[idx], d)
+    return out.reshape(h, w)
 
 
-def unet_maps_from_crops(crops, shape: tuple[int, int], channels: Sequence[str] = UNET_CHANNELS,
-                         border_width: int = 1) -> np.ndarray:
-    """(K, H, W) float32 maps in [0, 1], one per name in ``channels`` (see module docstring)."""
+def unet_maps_from_layers(layers: np.ndarray, channels: Sequence[str] = UNET_CHANNELS,
+                          border_width: int = 1, shape: tuple[int, int] | None = None
+                          ) -> np.ndarray:
+    """(K, H, W) uint16 label layers -> (len(channels), H, W) float32 maps in [0, 1]."""
     unknown = [c for c in channels if c not in UNET_CHANNELS]
     if unknown:
         raise ValueError(f"unknown UNet target channel(s) {unknown}; valid: {list(UNET_CHANNELS)}")
-    shape = (int(shape[0]), int(shape[1]))
-    lab, count = _label_and_count(crops, shape)
-    maps = np.zeros((len(channels), *shape), np.float32)
-    for k, name in enumerate(channels):
+    layers = np.asarray(layers)
+    if layers.ndim != 3:
+        raise ValueError(f"layers must be (K, H, W), got shape {layers.shape}")
+    h, w = layers.shape[1:] if shape is None else shape
+    maps = np.zeros((len(channels), h, w), np.float32)
+    if len(layers) == 0:
+        return maps
+    lab, count = label_and_count(layers)
+    for c, name in enumerate(channels):
         if name == "cell":
-            maps[k] = count > 0
+            maps[c] = count > 0
         elif name == "border":
-            maps[k] = contact_border(lab, count, border_width)
+            maps[c] = contact_border(lab, count, border_width)
         else:
-            maps[k] = centre_map(crops, shape)
+            maps[c] = centre_from_layers(layers)
     return maps
 
 
@@ -146,14 +347,66 @@ def unet_maps(masks: np.ndarray, channels: Sequence[str] = UNET_CHANNELS,
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
-    return unet_maps_from_crops(crops_from_masks(masks), masks.shape[1:], channels, border_width)
+    return unet_maps_from_layers(layers_from_masks(masks), channels, border_width,
+                                 shape=masks.shape[1:])
 
 
 def unet_maps_from_labels(labels: np.ndarray, channels: Sequence[str] = UNET_CHANNELS,
                           border_width: int = 1) -> np.ndarray:
     """(H, W) non-overlapping label image -> (K, H, W) float32 target maps."""
     labels = np.asarray(labels)
-    return unet_maps_from_crops(crops_from_labels(labels), labels.shape, channels, border_width)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
+    # ids in ascending order of the original labels (the later-wins order of ``unet_maps``)
+    ids, inv = np.unique(labels, return_inverse=True)
+    dense = inv.reshape(labels.shape) if ids[0] == 0 else inv.reshape(labels.shape) + 1
+    if len(ids) > MAX_INSTANCES + 1:
+        raise ValueError(f"{len(ids)} labels in one image; at most {MAX_INSTANCES} are supported")
+    return unet_maps_from_layers(dense.astype(np.uint16)[None], channels, border_width)
+
+
+# ----------------------------------------------------------------------------- instances
+
+
+def boxes_from_layers(layers: np.ndarray, n: int) -> np.ndarray:
+    """(K, H, W) label layers -> (n, 4) float32 tight boxes x0, y0, x1, y1 (exclusive upper
+    bounds) of ids 1..n; absent ids get (0, 0, 0, 0). One ``find_objects`` per layer."""
+    from scipy import ndimage
+
+    boxes = np.zeros((n, 4), np.float32)
+    for layer in layers:
+        for i, box in enumerate(ndimage.find_objects(layer, max_label=n)):
+            if box is not None:
+                ys, xs = box
+                boxes[i] = (xs.start, ys.start, xs.stop, ys.stop)
+    return boxes
+
+
+def instance_target_from_layers(layers: np.ndarray, classes: np.ndarray, *,
+                                min_mask_area: int = 1, mask_format: str = "full",
+                                label_offset: int = 0) -> dict[str, np.ndarray]:
+    """(K, H, W) label layers with ids 1..n and (n,) int64 classes -> instance target arrays.
+
+    Ids with fewer than ``min_mask_area`` (>= 1) pixels are dropped; the rest keep their order and
+    are renumbered 1..M. Returns {"boxes": (M, 4) float32, "labels": (M,) int64 classes +
+    label_offset, and "masks": (M, H, W) uint8 (``mask_format="full"``) or "layers": (K', H, W)
+    int16 (< 32767 instances, else int32; ``"layers"``)}."""
+    classes = np.asarray(classes, np.int64).reshape(-1)
+    n = len(classes)
+    k, h, w = layers.shape
+    areas = layer_areas(layers, n)
+    keep = np.flatnonzero(areas[1:] >= max(int(min_mask_area), 1))
+    lut = np.zeros(n + 1, np.uint16)
+    lut[keep + 1] = np.arange(1, len(keep) + 1)
+    kept = remap_layers(layers, lut) if len(keep) < n or not len(layers) else layers
+    m = len(keep)
+    out: dict[str, np.ndarray] = {"boxes": boxes_from_layers(kept, m),
+                                  "labels": classes[keep] + int(label_offset)}
+    if mask_format == "layers":
+        out["layers"] = kept.astype(np.int16 if m < 32767 else np.int32)
+    else:
+        out["masks"] = masks_from_layers(kept, m).view(np.uint8)
+    return out
 
 
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
