@@ -222,7 +222,7 @@ def masks_from_layers(layers: np.ndarray, n: int) -> np.ndarray:
 def remap_layers(layers: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Relabel layers through ``lut`` (old id -> new id, 0 = drop); planes left empty are removed."""
     out = lut[layers]
-    if len(out) > 1:
+    if len(out):
         out = out[out.reshape(len(out), -1).any(1)]
     return out
 

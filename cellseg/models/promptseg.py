@@ -256,6 +256,15 @@ class PromptSegFamily:
 
         return normalise_batch(images, model.cellseg_norm, next(model.parameters()).device)
 
+    def target_spec(self, *, in_channels: int = 1, mean: float = 128.0, std: float = 13.0,
+                    **_build_args: Any) -> "TargetSpec":
+        """What the data pipeline builds for this family, from the ``build`` arguments."""
+        from cellseg.data.targets import TargetSpec
+        from cellseg.data.transforms import resolve_norm
+
+        norm = resolve_norm({"mean": float(mean), "std": float(std)}, in_channels)
+        return TargetSpec.with_norm(norm, kind="instances", mask_format="full")
+
     def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """(N, H, W) bool masks -> {"boxes": (M, 4) float32 tight boxes (x1, y1 exclusive),
         "masks": (M, H, W) uint8, "labels": (M,) int64}; empty masks (cut away by a crop) dropped."""
