@@ -10,7 +10,7 @@ validation records from that split; the others are pooled and split into grouped
 
 Every source is checked first: the path exists, its layout is known, the split exists for it, and
 every image file its annotations name exists. A LIVECell annotation JSON given directly finds its
-images under the LIVECell root it sits in. Problems raise ``SourceError`` (a ValueError) with one
+images under the LIVECell root it sits in. Problems raise ``SourceError`` (a ConfigError) with one
 line naming the file and the fix; ``cellseg train`` calls this before building the model.
 """
 
@@ -20,11 +20,13 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cellseg.config import ConfigError
 from cellseg.data.record import ImageRecord
 
 
-class SourceError(ValueError):
-    """A data source is missing or unusable; the message names the file and the fix."""
+class SourceError(ConfigError):
+    """A data source is missing or unusable; the message names the file and the fix (a
+    ``ConfigError``, hence a ValueError: the CLI prints it as one line)."""
 
 
 def per_source(value: Any, n: int, key: str) -> list[Any]:
