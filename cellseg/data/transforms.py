@@ -54,13 +54,26 @@ def resolve_norm(norm: str | Mapping[str, Any], in_channels: int) -> dict[str, A
 
 
 def normalise(image: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
-    """(H, W) uint8 grayscale -> (C, H, W) float32, channel c = (image - mean[c]) / std[c]."""
+    """(H, W) uint8 grayscale -> (C, H, W) float32, channel c = (image - mean[c]) / std[c].
+
+    uint8 input goes through a 256-entry table per channel (one gather per channel, the same
+    float32 values as the arithmetic form); channels with equal statistics are copied."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"normalise expects an (H, W) grayscale image, got shape {image.shape}")
-    mean = np.asarray(norm["mean"], np.float32)[:, None, None]
-    std = np.asarray(norm["std"], np.float32)[:, None, None]
-    return ((image.astype(np.float32)[None] - mean) / std).astype(np.float32)
+    mean = np.asarray(norm["mean"], np.float32)
+    std = np.asarray(norm["std"], np.float32)
+    if image.dtype != np.uint8:
+        return ((image.astype(np.float32)[None] - mean[:, None, None])
+                / std[:, None, None]).astype(np.float32)
+    out = np.empty((len(mean), *image.shape), np.float32)
+    levels = np.arange(256, dtype=np.float32)
+    for c in range(len(mean)):
+        if c and mean[c] == mean[c - 1] and std[c] == std[c - 1]:
+            out[c] = out[c - 1]
+        else:
+            np.take((levels - mean[c]) / std[c], image, out=out[c])
+    return out
 
 
 def normalise_batch(images: Any, norm: Mapping[str, Any], device: Any = None) -> "torch.Tensor":  # noqa: F821
