@@ -137,7 +137,7 @@ def test_mask_cache_is_used_after_first_access(tmp_path, monkeypatch):
     ds[0]
     ds[0]
     assert ds.decoded == 1
-    files = list(cache.glob("img0-*.layers.npy"))
+    files = list(cache.glob("img0-*.codes.npy"))
     assert len(files) == 1 and len(list(cache.glob("img0-*.image.npy"))) == 1
     # a fresh data set (another worker or run) reads the file and never decodes RLE
     import cellseg.data.datasets as datasets
@@ -155,7 +155,7 @@ def test_mask_cache_is_used_after_first_access(tmp_path, monkeypatch):
     monkeypatch.undo()
     edited = ImageRecord(record.image_id, record.image_path, *record.shape, rles=record.rles[:-1])
     InstanceDataset([edited], spec_of("unet"), cache_dir=cache)[0]
-    assert len(list(cache.glob("img0-*.layers.npy"))) == 2
+    assert len(list(cache.glob("img0-*.codes.npy"))) == 2
 
 
 def test_class_map_labels_and_errors(tmp_path):
@@ -178,7 +178,7 @@ def test_loader_batches_crops_with_a_worker(tmp_path):
     assert len(batches) == 1  # drop_last while shuffling
     images, targets = batches[0]
     assert images.shape == (2, 3, 64, 64) and targets["maps"].shape == (2, 3, 64, 64)
-    assert len(list((tmp_path / "c").glob("*.layers.npy"))) == 2  # written by the worker
+    assert len(list((tmp_path / "c").glob("*.codes.npy"))) == 2  # written by the worker
 
 
 def _one_step(family, model, ds, batch_size=1):
@@ -204,7 +204,7 @@ def test_real_sartorius_crop_trains_both_families(shared_sartorius, tmp_path):
                              cache_dir=tmp_path / "cache")
         _one_step(family, model, ds)
     # the two data sets shared one cache file
-    assert len(list((tmp_path / "cache").glob("*.layers.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.codes.npy"))) == 1
 
 
 def test_real_livecell_crop_trains_unet(shared_livecell):
@@ -232,3 +232,22 @@ def test_image_without_cells_gives_empty_targets(tmp_path, family_name, augment)
     else:
         assert target["boxes"].shape == (0, 4) and target["layers"].shape[1:] == (64, 64)
         assert not target["layers"].any()
+
+
+def test_codes_carry_overlapping_layers_exactly():
+    from cellseg.data.targets import codes_from_layers, layers_from_codes
+
+    rng = np.random.default_rng(1)
+    layers = rng.integers(0, 6, (3, 40, 50)).astype(np.uint16)
+    layers[:, :5] = 0
+    codes, table = codes_from_layers(layers)
+    assert codes.dtype == np.uint16 and not table[0].any()
+    assert np.array_equal(np.moveaxis(table[codes], -1, 0), layers)
+    assert np.array_equal(layers_from_codes(codes, table), layers)
+    # planes with nothing left (here: outside a crop) are skipped
+    assert len(layers_from_codes(codes[:5], table)) == 0
+    # more than 65535 distinct id tuples: the codes widen instead of wrapping
+    yy, xx = np.mgrid[:300, :300]
+    wide = np.stack([yy + 1, xx + 1]).astype(np.uint16)
+    codes, table = codes_from_layers(wide)
+    assert codes.dtype == np.int32 and np.array_equal(layers_from_codes(codes, table), wide)

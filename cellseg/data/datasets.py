@@ -10,13 +10,15 @@ Training code builds dataset AND sampler in one call: ``cellseg.data.sampling.bu
 Per item: the image and its instances come from the per-image cache as (H, W) uint8 and (K, H, W)
 uint16 label layers (instance i -> i + 1, K = overlap depth; ``cellseg.data.targets``); with
 ``crop_size`` a random window a little larger than the crop (room for the random zoom-out) is
-sliced first; albumentations warps image and layers together (nearest-neighbour for the layers);
+sliced first; albumentations warps image and layers together (the K layers as one uint16 plane of
+codes naming each pixel's tuple of ids, nearest-neighbour, so no transpose and 2 bytes a pixel);
 instances with fewer than ``min_visible`` pixels left are dropped; the target is computed from the
 layers by the spec (one pass over K planes, never one full-size mask per cell); the image is
 normalised with the spec's norm.
 
-Cache (what does not change between epochs): the decoded image and its label layers. In memory
-(per process, up to ``cache_mb``) and, with ``cache_dir``, as ``<image_id>-<hash>.{image,layers}.npy``
+Cache (what does not change between epochs): the decoded image and its label layers, stored as
+one plane of codes and a code table (``cellseg.data.targets.codes_from_layers``). In memory (per
+process, up to ``cache_mb``) and, with ``cache_dir``, as ``<image_id>-<hash>.{image,codes,table}.npy``
 files read back memory-mapped (the OS page cache is shared by all workers and runs; a window reads
 only its pages). The hash covers the image file (path, size, mtime), shape and RLEs, so a changed
 image or annotation gets a new file and a stale one is never read.
@@ -40,7 +42,7 @@ from cellseg import rle as rle_codec
 from cellseg.data.record import ImageRecord
 from cellseg.data.targets import MAX_INSTANCES, TargetSpec
 
-CACHE_FORMAT = 2  # bump when the cached arrays change meaning
+CACHE_FORMAT = 3  # bump when the cached arrays change meaning
 
 
 def _cache_key(record: ImageRecord) -> str:
@@ -196,7 +198,8 @@ class InstanceDataset:
         self.min_visible = int(min_visible)
         self.cache_bytes = int(cache_mb * 2**20)
         self.decoded = 0  # RLE decodes done by this process (tests check the cache with it)
-        self._memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._memory: dict[str, tuple[np.ndarray, ...]] = {}
+        self._keys: dict[int, str] = {}
         self._memory_bytes = 0
         if spec.class_map is not None:
             known = {k.lower() for k, _ in spec.class_map}
@@ -209,31 +212,36 @@ class InstanceDataset:
         return len(self.records)
 
     # ------------------------------------------------------------------------- cache
-    def image_and_layers(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W) uint8 image and (K, H, W) uint16 layers of record ``index``, from memory,
-        cache_dir or the files (in that order); cached arrays may be read-only memory maps."""
+    def image_and_codes(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(H, W) uint8 image, (H, W) uint16 codes and (C, K) uint16 code table of record
+        ``index`` (``cellseg.data.targets.codes_from_layers``: ``table[codes]`` = its label
+        layers, last axis), from memory, cache_dir or the files (in that order); cached arrays
+        may be read-only memory maps."""
         record = self.records[index]
-        key = _cache_key(record)
+        key = self._keys.get(index)
+        if key is None:  # hashing every RLE per sample would cost ~1 ms; images do not change
+            key = self._keys[index] = _cache_key(record)
         hit = self._memory.get(key)
         if hit is not None:
             return hit
         hit = None
+        names = ("image", "codes", "table")
         if self.cache_dir is not None:
-            ipath = self.cache_dir / f"{key}.image.npy"
-            lpath = self.cache_dir / f"{key}.layers.npy"
-            if ipath.is_file() and lpath.is_file():
-                hit = (np.load(ipath, mmap_mode="r"), np.load(lpath, mmap_mode="r"))
+            paths = [self.cache_dir / f"{key}.{name}.npy" for name in names]
+            if all(p.is_file() for p in paths):
+                hit = tuple(np.load(p, mmap_mode="r") for p in paths)
         if hit is None:
+            from cellseg.data.targets import codes_from_layers
+
             image = record.read_image()
-            layers = record_layers(record)
+            hit = (image, *codes_from_layers(record_layers(record)))
             self.decoded += 1
-            hit = (image, layers)
             if self.cache_dir is not None:
                 from cellseg.io import atomic_open
 
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                for suffix, arr in (("image", image), ("layers", layers)):
-                    with atomic_open(self.cache_dir / f"{key}.{suffix}.npy", "wb") as fh:
+                for name, arr in zip(names, hit):
+                    with atomic_open(self.cache_dir / f"{key}.{name}.npy", "wb") as fh:
                         np.save(fh, arr)
                 return hit  # later reads map the files; nothing to hold in memory
         size = sum(a.nbytes for a in hit if not isinstance(a, np.memmap))
@@ -241,6 +249,14 @@ class InstanceDataset:
             self._memory[key] = hit
             self._memory_bytes += size
         return hit
+
+    def image_and_layers(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) uint8 image and (K, H, W) uint16 label layers of record ``index`` (cached as
+        codes, ``image_and_codes``)."""
+        from cellseg.data.targets import layers_from_codes
+
+        image, codes, table = self.image_and_codes(index)
+        return image, layers_from_codes(np.asarray(codes), np.asarray(table))
 
     def classes(self, index: int) -> np.ndarray:
         """(N,) int64 class of each instance of record ``index`` (``spec.class_of``)."""
@@ -253,7 +269,9 @@ class InstanceDataset:
 
         Layer ids are instance index + 1 of the record (absent ids were cut away); instances with
         fewer than ``min_visible`` pixels are already removed from the layers."""
-        image, layers = self.image_and_layers(index)
+        from cellseg.data.targets import layers_from_codes
+
+        image, codes, table = self.image_and_codes(index)
         classes = self.classes(index)
         if self.window is not None:
             # cut a random window first: only its pixels are warped
@@ -262,17 +280,20 @@ class InstanceDataset:
             y0 = int(np.random.randint(0, h - wh + 1))
             x0 = int(np.random.randint(0, w - ww + 1))
             image = image[y0:y0 + wh, x0:x0 + ww]
-            layers = layers[:, y0:y0 + wh, x0:x0 + ww]
-            # a plane with nothing inside the window does not travel (and no plane: no mask)
-            if len(layers):
-                layers = layers[layers.reshape(len(layers), -1).any(1)]
+            codes = codes[y0:y0 + wh, x0:x0 + ww]
+        image, codes = np.ascontiguousarray(image), np.ascontiguousarray(codes)
         if self.augment is not None:
-            from cellseg.data.transforms import augment_layers
-
-            image, layers = augment_layers(self.augment, np.ascontiguousarray(image),
-                                           np.ascontiguousarray(layers))
+            # all K layers travel as one plane of codes (nearest-neighbour geometry)
+            out = self.augment(image=image, mask=codes) if table.shape[1] else \
+                self.augment(image=image)
+            image = np.asarray(out["image"])
+            codes = np.asarray(out["mask"]) if table.shape[1] else \
+                np.zeros(image.shape[:2], codes.dtype)
+            if codes.ndim == 3:
+                codes = codes[..., 0]
         else:
-            image, layers = np.array(image), np.array(layers)
+            image = np.array(image)  # never hand out the read-only cached array
+        layers = layers_from_codes(codes, np.asarray(table))
         if self.min_visible > 1 and len(layers):
             from cellseg.data.targets import layer_areas, remap_layers
 

@@ -228,6 +228,50 @@ def remap_layers(layers: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return out
 
 
+def codes_from_layers(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, H, W) label layers -> ((H, W) codes, (C, K) table) with ``table[codes]`` = the layers
+    moved to the last axis; code 0 is "no instance" (table row 0 is all zeros).
+
+    A code names the tuple of ids covering a pixel, so overlaps survive and one uint16 plane
+    (int32 past 65535 distinct tuples) carries all K layers through any nearest-neighbour warp:
+    the warp moves 2 bytes a pixel instead of 2 K, and needs no transpose."""
+    layers = np.asarray(layers)
+    k, h, w = layers.shape
+    if k == 0:
+        return np.zeros((h, w), np.uint16), np.zeros((1, 0), np.uint16)
+    if k == 1:
+        n = int(layers.max()) if layers.size else 0
+        return layers[0].astype(np.uint16), np.arange(n + 1, dtype=np.uint16)[:, None]
+    flat = layers.reshape(k, -1).astype(np.uint64)
+    key = np.zeros(h * w, np.uint64)
+    base = np.uint64(int(layers.max()) + 1)
+    for plane in flat:  # mixed-radix number of the id tuple; 0 = background
+        key = key * base + plane
+    uniq, inverse = np.unique(np.concatenate(([0], key)).astype(np.uint64), return_inverse=True)
+    table = np.zeros((len(uniq), k), np.uint16)
+    rest = uniq.copy()
+    for j in range(k - 1, -1, -1):
+        table[:, j] = rest % base
+        rest //= base
+    dtype = np.uint16 if len(uniq) <= 65536 else np.int32
+    return inverse[1:].reshape(h, w).astype(dtype), table
+
+
+def layers_from_codes(codes: np.ndarray, table: np.ndarray, counts: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """(H, W) codes and (C, K) table (``codes_from_layers``) -> (K', H, W) uint16 label layers,
+    K' <= K: planes with no instance left (e.g. outside a crop) are skipped.
+
+    counts: optional (C,) pixel count per code (``np.bincount(codes.ravel())``), to skip planes
+    without a pass over the image."""
+    h, w = codes.shape
+    if counts is None:
+        counts = np.bincount(codes.ravel(), minlength=len(table))
+    used = table[np.flatnonzero(counts[:len(table)])]
+    planes = [table[:, j][codes] for j in range(table.shape[1]) if used[:, j].any()]
+    return np.stack(planes) if planes else np.zeros((0, h, w), np.uint16)
+
+
 def layer_areas(layers: np.ndarray, n: int) -> np.ndarray:
     """(n + 1,) int64 pixel count per id (index 0: unused)."""
     return np.bincount(layers.ravel(), minlength=n + 1)[:n + 1] if layers.size else \
