@@ -21,7 +21,8 @@ import reference_pipeline as ref  # noqa: E402
 from cellseg import rle  # noqa: E402
 from cellseg.data.datasets import InstanceDataset  # noqa: E402
 from cellseg.data.record import ImageRecord  # noqa: E402
-from cellseg.data.targets import TargetSpec, masks_from_layers, unet_maps  # noqa: E402
+from cellseg.data.targets import (TargetSpec, layers_from_codes, masks_from_layers,  # noqa: E402
+                                  unet_maps)
 from cellseg.io import write_png  # noqa: E402
 
 UNET = TargetSpec(kind="maps")
@@ -62,8 +63,13 @@ def _new(ds: InstanceDataset, seed: int):
     np.random.seed(seed)
     if ds.augment is not None:
         ds.augment.set_random_seed(seed)
-    image, layers, classes = ds.load(0)
-    return image, ds.target(layers, classes, image.shape)
+    image, codes, table, classes = ds.load_codes(0)  # what __getitem__ does
+    target = ds.target_from_codes(codes, table, classes)
+    # the layer form (load + target) gives the same target
+    again = ds.target(layers_from_codes(codes, table), classes, image.shape)
+    assert target.keys() == again.keys()
+    assert all(np.array_equal(target[k], again[k]) for k in target)
+    return image, target
 
 
 def assert_same(record: ImageRecord, spec: TargetSpec, seeds, **kwargs) -> None:

@@ -264,13 +264,12 @@ class InstanceDataset:
         return np.full(record.n_instances, self.spec.class_of(record.cell_type), np.int64)
 
     # ------------------------------------------------------------------------- samples
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Augmented (image (h, w) uint8, layers (K, h, w) uint16, classes (N,) int64).
+    def load_codes(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Augmented (image (h, w) uint8, codes (h, w), code table (C, K) uint16, classes (N,)
+        int64): ``table[codes]`` are the sample's label layers (``load``), last axis.
 
-        Layer ids are instance index + 1 of the record (absent ids were cut away); instances with
-        fewer than ``min_visible`` pixels are already removed from the layers."""
-        from cellseg.data.targets import layers_from_codes
-
+        Ids are instance index + 1 of the record (absent ids were cut away); instances with
+        fewer than ``min_visible`` pixels are already mapped to 0 in the table."""
         image, codes, table = self.image_and_codes(index)
         classes = self.classes(index)
         if self.window is not None:
@@ -281,7 +280,8 @@ class InstanceDataset:
             x0 = int(np.random.randint(0, w - ww + 1))
             image = image[y0:y0 + wh, x0:x0 + ww]
             codes = codes[y0:y0 + wh, x0:x0 + ww]
-        image, codes = np.ascontiguousarray(image), np.ascontiguousarray(codes)
+        image, codes, table = np.ascontiguousarray(image), np.ascontiguousarray(codes), \
+            np.asarray(table)
         if self.augment is not None:
             # all K layers travel as one plane of codes (nearest-neighbour geometry)
             out = self.augment(image=image, mask=codes) if table.shape[1] else \
@@ -292,16 +292,24 @@ class InstanceDataset:
             if codes.ndim == 3:
                 codes = codes[..., 0]
         else:
-            image = np.array(image)  # never hand out the read-only cached array
-        layers = layers_from_codes(codes, np.asarray(table))
-        if self.min_visible > 1 and len(layers):
-            from cellseg.data.targets import layer_areas, remap_layers
-
-            areas = layer_areas(layers, len(classes))
+            image, codes = np.array(image), np.array(codes)  # never hand out cached arrays
+        if self.min_visible > 1 and table.shape[1]:
+            counts = np.bincount(codes.ravel(), minlength=len(table))[:len(table)]
+            areas = np.zeros(len(classes) + 1, np.int64)
+            for j in range(table.shape[1]):
+                np.add.at(areas, table[:, j], counts)
             lut = np.arange(len(classes) + 1, dtype=np.uint16)
             lut[1:][areas[1:] < self.min_visible] = 0
-            layers = remap_layers(layers, lut)
-        return image, layers, classes
+            table = lut[table]
+        return image, codes, table, classes
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Augmented (image (h, w) uint8, layers (K, h, w) uint16, classes (N,) int64)
+        (``load_codes`` with the layers expanded)."""
+        from cellseg.data.targets import layers_from_codes
+
+        image, codes, table, classes = self.load_codes(index)
+        return image, layers_from_codes(codes, table), classes
 
     def target(self, layers: np.ndarray, classes: np.ndarray, shape: tuple[int, int]
                ) -> dict[str, Any]:
@@ -318,14 +326,25 @@ class InstanceDataset:
                                            mask_format=spec.mask_format,
                                            label_offset=spec.label_offset)
 
+    def target_from_codes(self, codes: np.ndarray, table: np.ndarray, classes: np.ndarray
+                          ) -> dict[str, Any]:
+        """The spec's target from ``load_codes`` output (what ``__getitem__`` uses; equal to
+        ``target`` of the expanded layers)."""
+        from cellseg.data.targets import layers_from_codes, unet_maps_from_codes
+
+        if self.spec.kind == "maps":
+            return {"maps": unet_maps_from_codes(codes, table, self.spec.channels,
+                                                 self.spec.border_width)}
+        return self.target(layers_from_codes(codes, table), classes, codes.shape)
+
     def __getitem__(self, index: int) -> tuple["torch.Tensor", dict[str, Any]]:  # noqa: F821
         import torch
 
         from cellseg.data.transforms import normalise
 
-        image, layers, classes = self.load(index)
+        image, codes, table, classes = self.load_codes(index)
         target: dict[str, Any] = {k: torch.from_numpy(np.ascontiguousarray(v))
-                                  for k, v in self.target(layers, classes, image.shape).items()}
+                                  for k, v in self.target_from_codes(codes, table, classes).items()}
         target["image_id"] = self.records[index].image_id
         return torch.from_numpy(normalise(image, self.spec.norm)), target
 

@@ -351,21 +351,31 @@ def centre_from_layers(layers: np.ndarray) -> np.ndarray:
     zero farther out is never nearer than the ring), so the values equal one transform per
     instance without ~200 calls per sample. Boxes, peaks and the max over layers are
     vectorised over pixels (``np.minimum.at`` ...), never looped over instances."""
-    import cv2
-
     k, h, w = layers.shape
-    out = np.zeros(h * w, np.float32)
-    n = int(layers.max()) if layers.size else 0
-    if n == 0:
-        return out.reshape(h, w)
     idx_parts, id_parts = [], []
     for lay in layers:
         flat = lay.ravel()
         idx = np.flatnonzero(flat)
         idx_parts.append(idx)
         id_parts.append(flat[idx])
-    idx = np.concatenate(idx_parts)  # (P,) flat pixel index of each (pixel, instance) pair
-    ids = np.concatenate(id_parts).astype(np.intp)
+    if not idx_parts:
+        return np.zeros((h, w), np.float32)
+    return _centre_from_pairs(np.concatenate(idx_parts), np.concatenate(id_parts), (h, w),
+                              overlapping=k > 1)
+
+
+def _centre_from_pairs(idx: np.ndarray, ids: np.ndarray, shape: tuple[int, int],
+                       overlapping: bool) -> np.ndarray:
+    """The centre map from (P,) flat pixel indices and (P,) instance ids, one pair per pixel
+    and instance covering it (``overlapping``: a pixel may come more than once)."""
+    import cv2
+
+    h, w = shape
+    out = np.zeros(h * w, np.float32)
+    if not idx.size:
+        return out.reshape(h, w)
+    ids = ids.astype(np.intp)
+    n = int(ids.max())
     ys, xs = np.divmod(idx, w)
     y0, x0 = np.full(n + 1, h, np.intp), np.full(n + 1, w, np.intp)
     y1, x1 = np.full(n + 1, -1, np.intp), np.full(n + 1, -1, np.intp)
@@ -387,7 +397,7 @@ def centre_from_layers(layers: np.ndarray) -> np.ndarray:
     peak = np.zeros(n + 1, np.float32)
     np.maximum.at(peak, ids, d)
     d /= peak[ids]
-    if k == 1:
+    if not overlapping:
         out[idx] = d
     else:  # where masks overlap the larger value wins
         np.maximum.at(out, idx, d)
@@ -416,6 +426,49 @@ def unet_maps_from_layers(layers: np.ndarray, channels: Sequence[str] = UNET_CHA
             maps[c] = contact_border(lab, count, border_width)
         else:
             maps[c] = centre_from_layers(layers)
+    return maps
+
+
+def unet_maps_from_codes(codes: np.ndarray, table: np.ndarray,
+                         channels: Sequence[str] = UNET_CHANNELS, border_width: int = 1
+                         ) -> np.ndarray:
+    """(H, W) codes and (C, K) table (``codes_from_layers``) -> (len(channels), H, W) float32
+    maps, equal to ``unet_maps_from_layers`` of the layers they stand for.
+
+    What the data set calls: one pass over the code plane finds the cell pixels, and the label
+    image, cover count and (pixel, instance) pairs are gathered for those pixels only, never
+    expanded to K full planes."""
+    unknown = [c for c in channels if c not in UNET_CHANNELS]
+    if unknown:
+        raise ValueError(f"unknown UNet target channel(s) {unknown}; valid: {list(UNET_CHANNELS)}")
+    h, w = codes.shape
+    maps = np.zeros((len(channels), h, w), np.float32)
+    table = np.asarray(table)
+    k = table.shape[1]
+    if k == 0:
+        return maps
+    flat = codes.ravel()
+    idx = np.flatnonzero(flat)
+    code = flat[idx]
+    count = np.zeros(h * w, np.uint8)
+    count[idx] = (table > 0).sum(1, dtype=np.uint8)[code]
+    count = count.reshape(h, w)
+    for c, name in enumerate(channels):
+        if name == "cell":
+            maps[c] = count > 0
+        elif name == "border":
+            lab = np.zeros(h * w, np.uint16)
+            lab[idx] = table.max(1)[code]  # the max over layers, as ``label_and_count``
+            maps[c] = contact_border(lab.reshape(h, w), count, border_width)
+        else:
+            if k == 1:
+                ids = table[code, 0]
+                keep = np.flatnonzero(ids)
+                maps[c] = _centre_from_pairs(idx[keep], ids[keep], (h, w), overlapping=False)
+                continue
+            per_layer = table[code]  # (P, K)
+            pix, lay = np.nonzero(per_layer)
+            maps[c] = _centre_from_pairs(idx[pix], per_layer[pix, lay], (h, w), overlapping=True)
     return maps
 
 
