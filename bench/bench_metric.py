@@ -33,7 +33,6 @@ def make_image(seed: int) -> tuple[list[str], list[str]]:
     """Truth and predicted RLE strings of one synthetic image (non-overlapping each)."""
     import cv2
 
-    from cellseg.core import rle
     from cellseg.core.masks import encode_labels
 
     rng = np.random.default_rng(seed)

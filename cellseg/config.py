@@ -47,19 +47,24 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where training images come from and how they are cut, augmented and split.
+    """Where training images come from and how they are cut, augmented, split and sampled.
 
     ``sources``: one or more paths accepted by ``cellseg.data.loaders.load_records`` (a competition
-    folder, a train.csv, a LIVECell root, a COCO JSON). ``augment``: keyword arguments of
-    ``cellseg.data.transforms.build_augment`` (``null``: no augmentation). Competition data is
-    split into ``n_folds`` grouped folds and ``fold`` is held out for validation (``fold: null``
-    trains on everything and validates on nothing). When ``val_split`` is set (LIVECell: ``val``)
-    the validation records are instead loaded from the same sources with that split.
+    folder, a train.csv, a LIVECell root, a COCO JSON). ``split`` / ``val_split``: one value for
+    every source, or a list with one entry per source (``split: [val, train]`` trains on LIVECell's
+    annotated val split and a competition folder's train.csv). ``augment``: keyword arguments of
+    ``cellseg.data.transforms.build_augment`` (``null``: no augmentation). Sources without a
+    ``val_split`` are split into ``n_folds`` grouped folds and ``fold`` is held out for validation
+    (``fold: null`` trains on everything and validates on nothing); a source with a ``val_split``
+    (LIVECell: ``val``) gives its validation records from that split instead.
+    ``samples_per_epoch`` (null: one sample per training image) and ``source_weights`` (one per
+    source: the share of each source in an epoch) are explained in ``cellseg.data.sampling``.
+    Every source is checked (path, layout, annotation file, image files) before a model is built.
     """
 
     sources: tuple[str, ...] = ()
-    split: str = "train"
-    val_split: str | None = None
+    split: str | tuple[str, ...] = "train"
+    val_split: str | tuple[str | None, ...] | None = None
     fold: int | None = 0
     n_folds: int = 5
     fold_seed: int = 0
@@ -71,6 +76,8 @@ class DataConfig:
     max_train_images: int | None = None
     max_val_images: int | None = None
     cell_types: tuple[str, ...] | None = None
+    samples_per_epoch: int | None = None
+    source_weights: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

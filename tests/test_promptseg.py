@@ -9,7 +9,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cellseg.core.instances import Instances  # noqa: E402
-from cellseg.models import promptseg  # noqa: E402
 from cellseg.models.promptseg import FAMILY, expand_boxes, stability_score  # noqa: E402
 
 TINY_SAM = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),

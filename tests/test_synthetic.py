@@ -6,7 +6,6 @@ import csv
 import filecmp
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

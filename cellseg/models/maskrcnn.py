@@ -35,7 +35,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.data.targets import crops_from_masks
+from cellseg.data.targets import TargetSpec, crops_from_masks, masks_from_layers
 from cellseg.core.instances import Instances
 
 DEFAULT_ANCHORS: tuple[tuple[int, ...], ...] = ((4, 6), (9, 13), (17, 24), (31, 45), (64, 127))
@@ -326,6 +326,20 @@ class MaskRCNNFamily:
         return normalise_batch(images, model.cellseg_norm, _device(model))
 
     # ----------------------------------------------------------------------------- training
+    def target_spec(self, *, in_channels: int = 3, norm: str | Mapping[str, Any] = "imagenet",
+                    class_per_cell_type: bool = False,
+                    cell_types: Sequence[str] = ("shsy5y", "astro", "cort"),
+                    **_build_args: Any) -> TargetSpec:
+        """What the data pipeline builds for this family, from the ``build`` arguments: boxes,
+        labels + 1 and masks as label layers (expanded on the device in ``loss``)."""
+        from cellseg.data.transforms import resolve_norm
+
+        cmap = (tuple((str(t), i) for i, t in enumerate(cell_types)) if class_per_cell_type
+                else None)
+        return TargetSpec.with_norm(resolve_norm(norm, in_channels), kind="instances",
+                                    min_mask_area=self.min_mask_area, mask_format="layers",
+                                    label_offset=1, class_map=cmap)
+
     def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """(N, H, W) bool masks, (N,) class labels -> torchvision target {"boxes": (M, 4) float32
         x0, y0, x1, y1 (exclusive upper bounds), "labels": (M,) int64 = class + 1, "masks":
@@ -361,8 +375,7 @@ class MaskRCNNFamily:
         if isinstance(images, torch.Tensor):
             images = list(images)
         images = [img.to(device, non_blocking=True) for img in images]
-        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()
-                    if k in ("boxes", "labels", "masks")} for t in targets]
+        targets = [_device_target(t, device) for t in targets]
         losses = model(images, targets)
         out = {"loss": sum(losses.values())}
         out.update({k: v.detach() for k, v in losses.items()})
@@ -421,6 +434,15 @@ def paste_head_masks(probs: np.ndarray, boxes: np.ndarray, image_shape: tuple[in
 
 def _device(model: "torch.nn.Module") -> "torch.device":  # noqa: F821
     return next(model.parameters()).device
+
+
+def _device_target(t: Mapping[str, Any], device: Any) -> dict[str, Any]:
+    """A torchvision target on ``device``; "layers" targets (the data pipeline's compact form)
+    are expanded to (M, H, W) uint8 masks there."""
+    out = {k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks") if k in t}
+    if "masks" not in out and "layers" in t:
+        out["masks"] = masks_from_layers(t["layers"].to(device, non_blocking=True), len(t["boxes"]))
+    return out
 
 
 FAMILY = MaskRCNNFamily()

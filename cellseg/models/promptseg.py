@@ -38,7 +38,7 @@ Masks go back to image pixels through
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ from cellseg.core.instances import Instances
 from cellseg.core.masks import mask_boxes
 from cellseg.models.paste import paste_masks
 from cellseg.models.promptseg_crop import CropDecoder, stability_score  # noqa: F401 (API)
+
+if TYPE_CHECKING:
+    from cellseg.data.targets import TargetSpec
 
 # ----------------------------------------------------------------------------- pure helpers
 
@@ -249,6 +252,15 @@ class PromptSegFamily:
         from cellseg.data.transforms import normalise_batch
 
         return normalise_batch(images, model.cellseg_norm, next(model.parameters()).device)
+
+    def target_spec(self, *, in_channels: int = 1, mean: float = 128.0, std: float = 13.0,
+                    **_build_args: Any) -> "TargetSpec":
+        """What the data pipeline builds for this family, from the ``build`` arguments."""
+        from cellseg.data.targets import TargetSpec
+        from cellseg.data.transforms import resolve_norm
+
+        norm = resolve_norm({"mean": float(mean), "std": float(std)}, in_channels)
+        return TargetSpec.with_norm(norm, kind="instances", mask_format="full")
 
     def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """(N, H, W) bool masks -> {"boxes": (M, 4) float32 tight boxes (x1, y1 exclusive),

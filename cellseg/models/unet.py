@@ -28,7 +28,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.data.targets import UNET_CHANNELS, unet_maps
+from cellseg.data.targets import UNET_CHANNELS, TargetSpec, unet_maps
 from cellseg.core.instances import Instances
 from cellseg.models.pretrained import load_into, load_state_file  # noqa: F401  (re-export)
 
@@ -119,6 +119,14 @@ class UNetFamily:
         return normalise_batch(images, model.cellseg_norm, _device(model))
 
     # ----------------------------------------------------------------------------- training
+    def target_spec(self, *, in_channels: int = 3, norm: str | Mapping[str, Any] = "imagenet",
+                    **_build_args: Any) -> TargetSpec:
+        """What the data pipeline builds for this family, from the ``build`` arguments."""
+        from cellseg.data.transforms import resolve_norm
+
+        return TargetSpec.with_norm(resolve_norm(norm, in_channels), kind="maps",
+                                    channels=tuple(self.channels), border_width=self.border_width)
+
     def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """(N, H, W) bool masks -> {"maps": (K, H, W) float32 tensor}; labels are not used."""
         import torch
