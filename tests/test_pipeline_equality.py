@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_pipeline as ref  # noqa: E402
 
-from cellseg import rle  # noqa: E402
+from cellseg.core import rle  # noqa: E402
 from cellseg.data.datasets import InstanceDataset  # noqa: E402
 from cellseg.data.record import ImageRecord  # noqa: E402
 from cellseg.data.targets import (TargetSpec, layers_from_codes, masks_from_layers,  # noqa: E402
