@@ -81,7 +81,7 @@ def test_bad_inference_override(tmp_path, capsys, tiny_truth):
 def test_train_on_missing_folder(tmp_path, capsys):
     line = fails(["train", "--config", "unet_tiny", "--data", str(tmp_path / "missing"),
                   "--out", str(tmp_path / "run")], capsys)
-    assert str(tmp_path / "missing") in line and "check the path" in line
+    assert str(tmp_path / "missing") in line and "fix the path" in line
 
 
 def test_score_missing_truth_and_pred(tmp_path, capsys, tiny_truth):

@@ -92,6 +92,10 @@ def load_data(cfg: Any, log: Callable[[str], None] = print
     if not cfg.sources:
         raise SourceError("no training data: pass --data PATH (competition folder, train.csv, "
                           "LIVECell root or COCO JSON) or set data.sources in the config")
+    if cfg.fold is not None:  # a typo'd fold must not silently train without validation
+        from cellseg.data.folds import check_fold
+
+        check_fold(cfg.fold, cfg.n_folds)
     n = len(cfg.sources)
     splits = per_source(cfg.split, n, "split")
     val_splits = per_source(cfg.val_split, n, "val_split")
@@ -112,9 +116,8 @@ def load_data(cfg: Any, log: Callable[[str], None] = print
     if any(val_splits):
         desc["val_split"] = val_splits
     if pooled and cfg.fold is not None:
-        from cellseg.data.folds import check_fold, make_folds
+        from cellseg.data.folds import make_folds
 
-        check_fold(cfg.fold, cfg.n_folds)  # a typo'd fold must not silently train without val
         records = [r for r, _ in pooled]
         n_groups = len({r.sample_id or f"image:{r.image_id}" for r in records})
         n_folds = min(cfg.n_folds, n_groups)
