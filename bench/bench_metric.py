@@ -6,7 +6,7 @@
 240 synthetic 520x704 images x 300 cells (random ellipses on a jittered grid, drawn with
 OpenCV), predictions = the same cells moved, resized, dropped, plus extra cells. Scored by
 
-* the kit: ``cellseg.metrics.score`` on the RLE strings (parse, sparse intersections, match);
+* the kit: ``cellseg.core.metrics.score`` on the RLE strings (parse, sparse intersections, match);
 * a reference that decodes every RLE to a dense mask, encodes it with ``pycocotools.mask``
   and uses ``pycocotools.mask.iou`` per image, then the same greedy matching. The reference is
   timed on a subset and extrapolated linearly to all images (stated in the table).
@@ -33,7 +33,7 @@ def make_image(seed: int) -> tuple[list[str], list[str]]:
     """Truth and predicted RLE strings of one synthetic image (non-overlapping each)."""
     import cv2
 
-    from cellseg import rle
+    from cellseg.core.masks import encode_labels
 
     rng = np.random.default_rng(seed)
     gy, gx = np.meshgrid(np.arange(15), np.arange(20), indexing="ij")
@@ -58,14 +58,14 @@ def make_image(seed: int) -> tuple[list[str], list[str]]:
         k += 1
         cv2.circle(pred, (int(rng.integers(0, 704)), int(rng.integers(0, 520))),
                    int(rng.integers(3, 8)), k, -1)
-    return rle.encode_labels(truth), rle.encode_labels(pred)
+    return encode_labels(truth), encode_labels(pred)
 
 
 def reference_image_score(truth: list[str], pred: list[str]) -> float:
     """pycocotools IoU per image (dense decode + encode), then greedy one-to-one matching."""
     from pycocotools import mask as mask_utils
 
-    from cellseg import rle
+    from cellseg.core import rle
 
     def encode(rles: list[str]) -> list[dict]:
         return [mask_utils.encode(np.asfortranarray(rle.decode(r, SHAPE).astype(np.uint8)))
@@ -94,7 +94,7 @@ def reference_image_score(truth: list[str], pred: list[str]) -> float:
 
 
 def main() -> None:
-    from cellseg import metrics
+    from cellseg.core import metrics
 
     t0 = time.perf_counter()
     data = [make_image(seed) for seed in range(N_IMAGES)]
@@ -137,7 +137,7 @@ def main() -> None:
     print("| implementation | images timed | wall s (all images) | CPU s (all images) "
           "| CPU ms / image | peak MB (tracemalloc) |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(f"| cellseg.metrics.score, best of 3 | {len(truth)} | {kit_s:.2f} | {kit_cpu:.2f} | "
+    print(f"| cellseg.core.metrics.score, best of 3 | {len(truth)} | {kit_s:.2f} | {kit_cpu:.2f} | "
           f"{1000 * kit_cpu / len(truth):.2f} | {kit_peak / 2**20:.1f} |")
     print(f"| pycocotools mask.iou reference | {len(ids)}, extrapolated x{scale:.0f} | "
           f"{ref_s:.1f} | {ref_cpu:.1f} | {1000 * ref_sub_cpu / len(ids):.1f} | "

@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from cellseg import rle
+from cellseg.core import rle
+from cellseg.core.masks import decode_labels, encode_labels
 
 SHAPE = (520, 704)
 
@@ -56,7 +57,7 @@ def main() -> None:
 
     labels = make_labels()
     n = int(labels.max())
-    rles = rle.encode_labels(labels)
+    rles = encode_labels(labels)
     ids = np.arange(1, n + 1)
 
     def coco_encode() -> list:
@@ -77,17 +78,17 @@ def main() -> None:
         return out
 
     # the three decoders must agree before their speed means anything
-    ours = rle.decode_labels(rles)
+    ours = decode_labels(rles)
     assert np.array_equal(ours, labels) and np.array_equal(coco_decode(), labels)
     assert np.array_equal(per_mask_decode(), labels)
 
     rows = [
-        ("encode", "cellseg.rle.encode_labels (one pass)", _median_ms(lambda: rle.encode_labels(labels)),
+        ("encode", "cellseg.core.masks.encode_labels (one pass)", _median_ms(lambda: encode_labels(labels)),
          "pycocotools encode, loop over masks", _median_ms(coco_encode, 5)),
-        ("decode", "cellseg.rle.decode_labels (one pass)", _median_ms(lambda: rle.decode_labels(rles)),
+        ("decode", "cellseg.core.masks.decode_labels (one pass)", _median_ms(lambda: decode_labels(rles)),
          "pycocotools decode, loop + paint", _median_ms(coco_decode, 5)),
-        ("decode", "cellseg.rle.decode_labels (one pass)", _median_ms(lambda: rle.decode_labels(rles)),
-         "cellseg.rle.decode, loop + paint", _median_ms(per_mask_decode, 5)),
+        ("decode", "cellseg.core.masks.decode_labels (one pass)", _median_ms(lambda: decode_labels(rles)),
+         "cellseg.core.rle.decode, loop + paint", _median_ms(per_mask_decode, 5)),
     ]
     print(f"520x704 label image, {n} cells, {sum(len(r.split()) // 2 for r in rles)} runs\n")
     print("| op | ours | ms | baseline | ms | speedup |")

@@ -27,13 +27,13 @@ def _loader_rate(cfg, family, model, records, n_images: int,
                  workers: int = 0, cache_dir: Path | None = None) -> tuple[float, list]:
     from cellseg.data.datasets import InstanceDataset, build_loader
 
-    ds = InstanceDataset(records, family, augment=cfg.data.augment, crop_size=cfg.data.crop_size,
-                         norm=model.cellseg_norm, cache_dir=cache_dir)
+    ds = InstanceDataset(records, family.target_spec(**cfg.model.args), augment=cfg.data.augment,
+                         crop_size=cfg.data.crop_size, cache_dir=cache_dir)
     if cache_dir is not None:
-        for i in range(len(ds)):  # steady state: epoch 1 decodes each image's RLEs into the cache
-            ds.sparse_masks(i)
+        for i in range(len(ds)):  # steady state: epoch 1 decodes each image into the cache
+            ds.image_and_layers(i)
     loader = build_loader(ds, cfg.train.batch_size, shuffle=True, workers=workers,
-                          drop_last=False, pin_memory=False)
+                          collate_fn=family.collate, drop_last=False, pin_memory=False)
     batches, seen = [], 0
     t0 = time.perf_counter()
     while seen < n_images:

@@ -29,6 +29,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from cellseg.errors import InputError
 from cellseg.io import atomic_open, atomic_path
 
 FORMAT_VERSION = 1
@@ -138,15 +139,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if verify and verify_checkpoint(path) is False:
-        raise ValueError(f"checkpoint {path} does not match {path.name}.sha256: the file is "
-                         "corrupt or was replaced; re-download or re-train it")
+        raise InputError(f"checkpoint does not match {path.name}.sha256 (corrupt or replaced)",
+                         where=str(path), fix="re-download or re-train it")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError subclasses
-        raise ValueError(f"cannot load checkpoint {path}: {exc}") from exc
+        first = " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot load checkpoint ({type(exc).__name__}: {first})",
+                         where=str(path), fix="re-download or re-train it (the file is corrupt, "
+                         "truncated or not a torch checkpoint)") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "family" not in ckpt:
-        raise ValueError(f"{path} is not a cellseg checkpoint (expected a dict with 'model' and "
-                         "'family'); bare state_dicts are not self-describing")
+        raise InputError("not a cellseg checkpoint (expected a dict with 'model' and 'family')",
+                         where=str(path), fix="pass a checkpoint written by `cellseg train` "
+                         "(bare state_dicts are not self-describing)")
     return ckpt
 
 
@@ -161,12 +166,19 @@ def load_model(path: str | os.PathLike, device: Any = "cpu", *, ema: bool = True
 
     ckpt = load_checkpoint(path, map_location="cpu", verify=verify)
     family = get_family(ckpt["family"])
-    model = family.build(**dict(ckpt.get("model_args") or {}))
+    try:
+        model = family.build(**dict(ckpt.get("model_args") or {}))
+    except TypeError as exc:  # model_args of another cellseg version (a renamed/moved argument)
+        raise InputError(f"model arguments do not fit family {ckpt['family']!r} ({exc})",
+                         where=str(path), fix="re-train it with this cellseg version") from exc
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path}: weights do not fit family {ckpt['family']!r} built "
-                         f"with {ckpt.get('model_args')}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise InputError(f"weights do not fit family {ckpt['family']!r} built with "
+                         f"{ckpt.get('model_args')} ({first})", where=str(path),
+                         fix="the checkpoint is corrupt or from another cellseg version; "
+                         "re-train it") from exc
     model.to(device).eval()
     return model, family, ckpt

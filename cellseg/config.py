@@ -1,13 +1,14 @@
-"""Frozen dataclass configs loaded from YAML, with ``--set a.b=c`` overrides.
+"""Training configuration: frozen dataclasses, every default once, loaded from YAML.
 
     from cellseg.config import load_train_config
     cfg = load_train_config("unet_tiny", ["optim.lr=1e-3", "train.epochs=2"])
 
 Every training default lives in the dataclasses below, once. A YAML file only names what differs.
-``from_dict`` builds (nested) frozen dataclasses from plain dicts and rejects unknown keys with the
-list of valid ones, so a typo (``optim.lr_rate``) fails loudly instead of being ignored. Other modules
-(``cellseg.infer.config``) reuse the generic helpers: ``from_dict``, ``to_dict``, ``apply_overrides``,
-``load_yaml``, ``save_yaml``.
+Loading goes through the one typed loader, ``cellseg.configlib.load_config`` (shared with
+``cellseg.infer.config.InferenceConfig``): unknown keys are rejected with the nearest valid key, so
+a typo (``optim.lrr``, ``val.infer.tta_flips``) fails at load time instead of being ignored or
+surfacing after data and model are loaded. The generic helpers are re-exported here under their
+old names (``from_dict``, ``to_dict``, ``apply_overrides``, ``load_yaml``, ``save_yaml``, ...).
 
 Bare config names (``unet_tiny``) resolve to YAML files shipped inside the package in
 ``cellseg/configs/<name>.yaml``; anything that looks like a path is read from disk.
@@ -15,225 +16,22 @@ Bare config names (``unet_tiny``) resolve to YAML files shipped inside the packa
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Mapping
 
-T = TypeVar("T")
+from cellseg.configlib import (ConfigError, apply_overrides, blame, config_names, from_dict,
+                               load_config, load_yaml, parse_value, read_config_source, replace,
+                               save_yaml, to_dict)
+from cellseg.infer.config import InferenceConfig
 
+__all__ = ["ConfigError", "TrainConfig", "ModelConfig", "DataConfig", "OptimConfig",
+           "ScheduleConfig", "TrainSection", "ValConfig", "load_train_config", "check_model_args",
+           "apply_overrides", "config_names", "from_dict", "load_config", "load_yaml",
+           "parse_value", "read_config_source", "replace", "save_yaml", "to_dict"]
 
-class ConfigError(ValueError):
-    """A config file or override is malformed; the message names the key and the fix."""
-
-
-# ----------------------------------------------------------------------------- generic helpers
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping from ``path`` (an empty file gives ``{}``)."""
-    import yaml  # lazy: keeps `import cellseg.config` cheap
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at top level, "
-                          f"got {type(data).__name__}")
-    return data
-
-
-def save_yaml(path: str | os.PathLike, data: Any) -> None:
-    """Atomically write a dataclass or plain mapping as YAML."""
-    import yaml
-
-    from cellseg.io import atomic_open
-
-    if dataclasses.is_dataclass(data):
-        data = to_dict(data)
-    with atomic_open(path, "w") as fh:
-        yaml.safe_dump(data, fh, sort_keys=False)
-
-
-def to_dict(obj: Any) -> Any:
-    """A dataclass (or nested containers of them) as plain YAML/JSON/pickle-safe types.
-
-    Tuples become lists and paths become strings, so the result survives ``yaml.safe_dump``,
-    ``json.dump`` and ``torch.load(weights_only=True)``.
-    """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
-def parse_value(text: str) -> Any:
-    """Type an override value the way YAML would: ``3`` -> int, ``1e-3`` -> float, ``null`` -> None,
-    ``[1, 2]`` -> list, ``true`` -> bool, anything else -> str."""
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        # YAML 1.1 (PyYAML) reads "5e-4" as a string: it wants a dot in floats. Nobody means that.
-        try:
-            return float(value) if _looks_float(value) else value
-        except ValueError:
-            return value
-    return value
-
-
-def _looks_float(text: str) -> bool:
-    t = text.strip().lower()
-    return any(c.isdigit() for c in t) and all(c in "0123456789.e+-" for c in t)
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a deep copy of ``data`` with ``"a.b.c=value"`` overrides applied.
-
-    Values are typed with ``parse_value``. Missing intermediate mappings are created; whether a key
-    is valid is decided later by ``from_dict`` (which lists the valid keys).
-    """
-    out = copy.deepcopy(dict(data))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value "
-                              f"(e.g. optim.lr=1e-3)")
-        parts = key.split(".")
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is a value "
-                                  f"({child!r}), not a section")
-            node = child
-        node[parts[-1]] = parse_value(raw)
-    return out
-
-
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") -> T:
-    """Build the frozen dataclass ``cls`` from a plain mapping, recursing into nested dataclasses.
-
-    Unknown keys raise ``ConfigError`` listing the valid ones; values are checked against the field
-    types (ints are accepted for floats, lists for tuples, numeric strings such as ``"5e-4"`` for
-    floats). ``where`` prefixes key paths in messages (e.g. the file name).
-    """
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    data = {} if data is None else data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping of "
-                          f"{cls.__name__} fields, got {type(data).__name__} {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)} in "
-                          f"{cls.__name__}; valid keys: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        path = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(hints[name], value, path)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    """Check/convert one value against a type hint; raise ConfigError naming ``path``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{path} must not be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{path}={value!r} matches none of {tp}")
-    if origin is typing.Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{path}={value!r}; valid values: {', '.join(map(repr, allowed))}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where=path)
-    if origin in (tuple, list):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            # a single value where a list is expected: wrap it (``--set data.sources=path``)
-            value = [value]
-        args = typing.get_args(tp)
-        elem = args[0] if args else Any
-        items = [_coerce(elem, v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        return dict(value)
-    if value is None:
-        raise ConfigError(f"{path} must not be null (expected {getattr(tp, '__name__', tp)})")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}={value!r} must be true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{path}={value!r} must be an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}={value!r} must be a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. a fold name or path given as a bare number
-        raise ConfigError(f"{path}={value!r} must be a string")
-    return value
-
-
-def replace(cfg: T, overrides: Iterable[str]) -> T:
-    """A copy of dataclass ``cfg`` with ``a.b=c`` overrides applied (validated by ``from_dict``)."""
-    return from_dict(type(cfg), apply_overrides(to_dict(cfg), overrides))
+_read_config_source = read_config_source  # old private name, still imported by some callers
 
 
 # ----------------------------------------------------------------------------- training config
@@ -249,19 +47,24 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where training images come from and how they are cut, augmented and split.
+    """Where training images come from and how they are cut, augmented, split and sampled.
 
     ``sources``: one or more paths accepted by ``cellseg.data.loaders.load_records`` (a competition
-    folder, a train.csv, a LIVECell root, a COCO JSON). ``augment``: keyword arguments of
-    ``cellseg.data.transforms.build_augment`` (``null``: no augmentation). Competition data is
-    split into ``n_folds`` grouped folds and ``fold`` is held out for validation (``fold: null``
-    trains on everything and validates on nothing). When ``val_split`` is set (LIVECell: ``val``)
-    the validation records are instead loaded from the same sources with that split.
+    folder, a train.csv, a LIVECell root, a COCO JSON). ``split`` / ``val_split``: one value for
+    every source, or a list with one entry per source (``split: [val, train]`` trains on LIVECell's
+    annotated val split and a competition folder's train.csv). ``augment``: keyword arguments of
+    ``cellseg.data.transforms.build_augment`` (``null``: no augmentation). Sources without a
+    ``val_split`` are split into ``n_folds`` grouped folds and ``fold`` is held out for validation
+    (``fold: null`` trains on everything and validates on nothing); a source with a ``val_split``
+    (LIVECell: ``val``) gives its validation records from that split instead.
+    ``samples_per_epoch`` (null: one sample per training image) and ``source_weights`` (one per
+    source: the share of each source in an epoch) are explained in ``cellseg.data.sampling``.
+    Every source is checked (path, layout, annotation file, image files) before a model is built.
     """
 
     sources: tuple[str, ...] = ()
-    split: str = "train"
-    val_split: str | None = None
+    split: str | tuple[str, ...] = "train"
+    val_split: str | tuple[str | None, ...] | None = None
     fold: int | None = 0
     n_folds: int = 5
     fold_seed: int = 0
@@ -273,6 +76,8 @@ class DataConfig:
     max_train_images: int | None = None
     max_val_images: int | None = None
     cell_types: tuple[str, ...] | None = None
+    samples_per_epoch: int | None = None
+    source_weights: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -320,9 +125,10 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class ValConfig:
-    """Validation: ``infer`` is passed to ``cellseg.infer.config.InferenceConfig`` via ``from_dict``."""
+    """Validation during training: ``infer`` is the typed inference config (tiling, TTA,
+    thresholds) used to predict the validation images, checked when the config is loaded."""
 
-    infer: dict[str, Any] = field(default_factory=dict)
+    infer: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 @dataclass(frozen=True)
@@ -336,33 +142,6 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
 
 
-def config_names() -> list[str]:
-    """Names of the configs shipped inside the package (``cellseg/configs/*.yaml``)."""
-    from importlib import resources
-
-    root = resources.files("cellseg") / "configs"
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def _read_config_source(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
-    text = os.fspath(name_or_path)
-    looks_like_path = (os.sep in text or "/" in text or text.endswith((".yaml", ".yml"))
-                       or Path(text).exists())
-    if looks_like_path:
-        return load_yaml(text), text
-    from importlib import resources
-
-    res = resources.files("cellseg") / "configs" / f"{text}.yaml"
-    if not res.is_file():
-        raise ConfigError(f"no shipped config named {text!r}; shipped configs: "
-                          f"{', '.join(config_names())} (or pass a path to a YAML file)")
-    with resources.as_file(res) as p:
-        return load_yaml(p), f"{text} ({p})"
-
-
-read_config_source = _read_config_source  # public name: (data, origin) of a config name or path
-
-
 def load_train_config(name_or_path: str | os.PathLike, overrides: Iterable[str] = (), *,
                       check_model: bool = True) -> TrainConfig:
     """Load a shipped config by name (``unet_tiny``) or a YAML path, apply ``a.b=c`` overrides.
@@ -370,14 +149,14 @@ def load_train_config(name_or_path: str | os.PathLike, overrides: Iterable[str] 
     With ``check_model`` the model arguments are checked against the family builder's signature
     (this imports the family module, hence torch).
     """
-    data, origin = _read_config_source(name_or_path)
-    data = apply_overrides(data, overrides)
-    try:
-        cfg = from_dict(TrainConfig, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
+    overrides = list(overrides)
+    cfg = load_config(TrainConfig, name_or_path, overrides)
     if check_model:
-        check_model_args(cfg.model.family, cfg.model.args)
+        try:
+            check_model_args(cfg.model.family, cfg.model.args)
+        except ConfigError as exc:
+            where = blame(exc.key, overrides, str(name_or_path))
+            raise ConfigError(exc.what, where=where, fix=exc.fix, key=exc.key) from None
     return cfg
 
 
@@ -396,5 +175,10 @@ def check_model_args(family: str, args: Mapping[str, Any]) -> None:
              and n != "self"]
     unknown = sorted(set(args) - set(valid))
     if unknown:
-        raise ConfigError(f"unknown model.args for family {family!r}: {', '.join(unknown)}; "
-                          f"valid: {', '.join(valid)}")
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"did you mean model.args.{near[0]}? " if near else ""
+        raise ConfigError(f"unknown model.args for family {family!r}: {', '.join(unknown)}",
+                          where="config model.args", fix=f"{hint}valid: {', '.join(valid)}",
+                          key=f"model.args.{unknown[0]}")

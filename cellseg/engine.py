@@ -9,7 +9,7 @@ CUDA; plain fp32 on CPU), accumulates gradients over ``grad_accum`` batches, cli
 optimiser and the per-step LR schedule (linear warmup + cosine, ``lr_factor``) and updates the EMA.
 A non-finite loss stops the run with every loss term in the message. ``evaluate`` scores held-out
 images with the competition metric through the same code path as inference
-(``cellseg.infer.predict.predict_image`` then ``cellseg.metrics.score_instances``).
+(``cellseg.infer.predict.predict_image`` then ``cellseg.core.metrics.score_instances``).
 """
 
 from __future__ import annotations
@@ -264,13 +264,13 @@ def evaluate(model: nn.Module, family: Any, records: Sequence[Any], infer_cfg: A
 
     Predicts each image with ``cellseg.infer.predict.predict_image`` (tiling, postprocessing and
     overlap removal exactly as at submission time) and scores with
-    ``cellseg.metrics.score_instances``. Returns ``{"score": float, "n_images": int,
+    ``cellseg.core.metrics.score_instances``. Returns ``{"score": float, "n_images": int,
     "n_pred": int, "n_true": int, "score_<cell_type>": float, ...}``.
     """
     from tqdm import tqdm
 
     from cellseg.infer.predict import predict_image
-    from cellseg.metrics import score_instances
+    from cellseg.core.metrics import score_instances
 
     net = unwrap(model)
     was_training = net.training

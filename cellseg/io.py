@@ -15,6 +15,8 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
+from cellseg.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -73,7 +75,8 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
 
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ValueError(f"cannot read image {path}: missing, empty or not an image file")
+        raise InputError("cannot read image (missing, empty or not an image file)",
+                         where=str(path), fix="replace or remove the file")
     if img.ndim == 3:
         img = img[..., 0] if img.shape[2] >= 1 else img
     if img.dtype != np.uint8:

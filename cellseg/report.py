@@ -20,54 +20,80 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.metrics import THRESHOLDS, ImageResult, Runs
+from cellseg.core.masks import Runs, runs_to_indices
+from cellseg.core.metrics import THRESHOLDS, ImageResult
 
 if TYPE_CHECKING:
-    from cellseg.metrics import ScoreReport
+    from cellseg.core.metrics import ScoreReport
 
 # RGB in 0..1
 GREEN, RED, YELLOW = (0.1, 0.9, 0.2), (1.0, 0.15, 0.15), (1.0, 0.85, 0.0)
 
 
-def outline(runs: Runs, which: Sequence[int] | np.ndarray, thickness: int = 1) -> np.ndarray:
-    """(H, W) bool: the inner boundary pixels of the chosen instances (overlaps allowed).
+def outline_labels(runs: Runs, which: Sequence[int] | np.ndarray | None = None,
+                   thickness: int = 1) -> np.ndarray:
+    """(H, W) int64: ``i + 1`` on the inner boundary pixels of instance i, 0 elsewhere: the one
+    outline of the kit (score reports and ``cellseg predict --overlay``).
 
-    Each instance is rasterised only inside its bounding box.
+    A boundary pixel is a pixel of the instance with a 4-neighbour outside it (the image border
+    counts as outside, so a cell cut by the border gets a closed outline); ``thickness`` > 1
+    erodes further in. Overlapping instances are allowed: each is rasterised alone inside its
+    bounding box, and where outlines cross the instance listed later in ``which`` wins.
+
+    Args:
+        runs: the instances of one image.
+        which: instance indices to outline (default: all, in index order).
     """
     from scipy import ndimage  # lazy
 
     h, w = runs.shape
-    out = np.zeros((h, w), dtype=bool)
-    which = np.asarray(which, dtype=np.int64)
+    out = np.zeros((h, w), dtype=np.int64)
+    which = np.arange(runs.n) if which is None else np.asarray(which, dtype=np.int64).ravel()
     if which.size == 0 or runs.starts.size == 0:
         return out
     chosen = np.isin(runs.owner, which)
-    from cellseg.metrics import expand_runs
-
-    pix = expand_runs(runs.starts[chosen], runs.lengths[chosen])
+    pix = runs_to_indices(runs.starts[chosen], runs.lengths[chosen])
     owner = np.repeat(runs.owner[chosen], runs.lengths[chosen])
-    order = np.argsort(owner, kind="stable")
+    rank = np.full(runs.n, -1, np.int64)
+    rank[which] = np.arange(which.size)  # drawing order: the order of ``which``
+    order = np.argsort(rank[owner], kind="stable")
     pix, owner = pix[order], owner[order]
     bounds = np.flatnonzero(np.diff(owner)) + 1
     structure = ndimage.generate_binary_structure(2, 1)
-    for p in np.split(pix, bounds):
+    for p, k in zip(np.split(pix, bounds), owner[np.concatenate(([0], bounds))]):
         r, c = p // w, p % w
         r0, c0 = r.min(), c.min()
         crop = np.zeros((r.max() - r0 + 3, c.max() - c0 + 3), dtype=bool)  # 1 px margin
         crop[r - r0 + 1, c - c0 + 1] = True
         inner = ndimage.binary_erosion(crop, structure, iterations=thickness)
-        edge = crop & ~inner
-        er, ec = np.nonzero(edge)
-        out[er + r0 - 1, ec + c0 - 1] = True
+        er, ec = np.nonzero(crop & ~inner)
+        out[er + r0 - 1, ec + c0 - 1] = k + 1
     return out
+
+
+def outline(runs: Runs, which: Sequence[int] | np.ndarray, thickness: int = 1) -> np.ndarray:
+    """(H, W) bool: the inner boundary pixels of the chosen instances (``outline_labels`` > 0)."""
+    return outline_labels(runs, which, thickness) > 0
+
+
+def gray_rgb(image: np.ndarray, *, stretch: bool = True) -> np.ndarray:
+    """(H, W, 3) float64 RGB in [0, 1] of an (H, W) uint8 image.
+
+    ``stretch``: map the 0.5-99.5 percentiles to [0, 0.85] (phase-contrast images are low
+    contrast; the headroom keeps outlines visible); else the plain ``image / 255``.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if stretch:
+        lo, hi = np.percentile(img, (0.5, 99.5))
+        gray = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 0.85
+    else:
+        gray = img / 255.0
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def overlay(image: np.ndarray, truth: Runs, pred: Runs, result: ImageResult) -> np.ndarray:
     """(H, W, 3) float RGB in [0, 1]: ``image`` (H, W) uint8 with TP/FP/FN outlines."""
-    img = np.asarray(image, dtype=np.float64)
-    lo, hi = np.percentile(img, (0.5, 99.5))  # phase-contrast images are low contrast
-    gray = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 0.85
-    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgb = gray_rgb(image)
     matched_t = result.matches[:, 0] if result.matches.size else np.zeros(0, np.int64)
     matched_p = result.matches[:, 1] if result.matches.size else np.zeros(0, np.int64)
     fn = np.setdiff1d(np.arange(truth.n), matched_t)
@@ -75,6 +101,18 @@ def overlay(image: np.ndarray, truth: Runs, pred: Runs, result: ImageResult) -> 
     for which, runs, color in ((fn, truth, YELLOW), (fp, pred, RED), (matched_p, pred, GREEN)):
         rgb[outline(runs, which)] = color
     return rgb
+
+
+def instance_overlay(image: np.ndarray, runs: Runs) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the (H, W) uint8 ``image`` as is, each instance outlined in its own
+    colour (a fixed palette: instance i always gets the same colour)."""
+    edge = outline_labels(runs)
+    rng = np.random.default_rng(0)
+    palette = rng.integers(64, 256, size=(runs.n + 1, 3), dtype=np.uint8)
+    out = np.repeat(np.asarray(image, np.uint8)[..., None], 3, axis=2)
+    hit = edge > 0
+    out[hit] = palette[edge[hit]]
+    return out
 
 
 def write_report(out_dir: str | os.PathLike, report: "ScoreReport",

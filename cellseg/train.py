@@ -83,66 +83,12 @@ def _yaml_str(text: str) -> str:
 
 
 def load_data(cfg: DataConfig, log=print) -> tuple[list, list, dict[str, Any]]:
-    """(train records, validation records, description for the checkpoint)."""
-    from cellseg.data.loaders import load_records
+    """(train records, validation records, description for the checkpoint); the checks and the
+    per-source splits live in ``cellseg.data.sources.load_data``."""
+    from cellseg.data.sources import load_data as _load
 
-    if not cfg.sources:
-        raise ConfigError("no training data: pass --data PATH (competition folder, train.csv, "
-                          "LIVECell root or COCO JSON) or set data.sources in the config")
-    records = [r for src in cfg.sources for r in load_records(src, split=cfg.split)]
-    records = _filter(records, cfg)
-    desc: dict[str, Any] = {"sources": list(cfg.sources), "split": cfg.split}
-    if cfg.val_split:
-        val = _filter([r for src in cfg.sources for r in load_records(src, split=cfg.val_split)], cfg)
-        train = records
-        desc["val_split"] = cfg.val_split
-    elif cfg.fold is not None:
-        from cellseg.data.folds import make_folds
-
-        n_groups = len({r.sample_id or f"image:{r.image_id}" for r in records})
-        n_folds = min(cfg.n_folds, n_groups)
-        if n_folds < cfg.n_folds:
-            log(f"warning: only {n_groups} sample group(s) for {cfg.n_folds} folds; "
-                f"using {n_folds} folds")
-        if n_folds < 2 or cfg.fold >= n_folds:
-            log("warning: too few sample groups to hold a fold out; training without validation")
-            train, val = records, []
-        else:
-            folds = make_folds(records, n_folds=n_folds, seed=cfg.fold_seed)
-            val = [r for r in records if folds[r.image_id] == cfg.fold]
-            train = [r for r in records if folds[r.image_id] != cfg.fold]
-        desc.update(fold=cfg.fold, n_folds=n_folds, fold_seed=cfg.fold_seed)
-    else:
-        train, val = records, []
-    if cfg.max_train_images is not None:
-        train = train[:cfg.max_train_images]
-    if cfg.max_val_images is not None:
-        val = _spread(val, cfg.max_val_images)
-    if not train:
-        raise ConfigError(f"no training images left from {list(cfg.sources)} (split "
-                          f"{cfg.split!r}, min_cells {cfg.min_cells}, cell_types {cfg.cell_types})")
-    desc.update(n_train=len(train), n_val=len(val),
-                n_train_cells=sum(r.n_instances for r in train),
-                val_ids=[r.image_id for r in val], train_ids=[r.image_id for r in train],
-                cell_types=sorted({str(r.cell_type) for r in train}))
+    train, val, desc, _ = _load(cfg, log)
     return train, val, desc
-
-
-def _filter(records: list, cfg: DataConfig) -> list:
-    if cfg.min_cells:
-        records = [r for r in records if r.n_instances >= cfg.min_cells]
-    if cfg.cell_types:
-        keep = {t.lower() for t in cfg.cell_types}
-        records = [r for r in records if str(r.cell_type).lower() in keep]
-    return records
-
-
-def _spread(records: list, n: int) -> list:
-    """``n`` records evenly spaced over the list (covers every cell type of a sorted list)."""
-    if len(records) <= n:
-        return list(records)
-    step = len(records) / n
-    return [records[int(i * step)] for i in range(n)]
 
 
 def _init_weights(model: Any, path: str, family: str, log=print) -> None:
@@ -181,6 +127,12 @@ def main(args: argparse.Namespace) -> int:
     from cellseg.train_log import TrainLog
 
     cfg = config_from_args(args)
+    # pretrained names (encoder_weights: imagenet, weights: coco, sam_checkpoint: vit_b) are fetched
+    # or found offline now, before any data is read; --init-from drops them from the config
+    from cellseg.models.pretrained import check_pretrained_available
+
+    cfg = check_pretrained_available(cfg, offline=getattr(args, "offline", False),
+                                     weights_cache=getattr(args, "weights_cache", None))
     tc = cfg.train
     dist = D.init(tc.device)
     progress = dist.is_main and not getattr(args, "no_progress", False)
@@ -204,6 +156,13 @@ def main(args: argparse.Namespace) -> int:
             else:
                 log(f"--resume: no {resume_path} yet, starting from scratch")
 
+        # every data source is checked (paths, splits, image files) before a model is built
+        from cellseg.data.sources import load_data as load_sources
+
+        train_records, val_records, data_desc, train_sources = load_sources(cfg.data, log)
+        log(f"data: {len(train_records)} training images ({data_desc['n_train_cells']} cells), "
+            f"{len(val_records)} validation images")
+
         engine.seed_all(tc.seed)
         from cellseg.models import get_family
 
@@ -218,11 +177,9 @@ def main(args: argparse.Namespace) -> int:
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
 
-        train_records, val_records, data_desc = load_data(cfg.data, log)
-        log(f"data: {len(train_records)} training images ({data_desc['n_train_cells']} cells), "
-            f"{len(val_records)} validation images")
-
-        loader, sampler, dataset = _make_loader(cfg, family, train_records, dist, model)
+        spec = family.target_spec(**cfg.model.args)
+        loader, sampler, dataset = _make_loader(cfg, family, spec, train_records, train_sources,
+                                                dist)
         steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
         # the schedule spans the configured epochs; max_steps only cuts the run short, so a run
         # stopped by max_steps and resumed follows the same LR curve as an uninterrupted one
@@ -266,14 +223,15 @@ def main(args: argparse.Namespace) -> int:
         if val_records and dist.is_main:
             from cellseg.infer.config import load_inference_config
 
-            infer_cfg = load_inference_config(dict(cfg.val.infer))
+            infer_cfg = load_inference_config(cfg.val.infer)
 
         def checkpoint_state(epoch: int, metrics: dict, batch_in_epoch: int = 0) -> dict:
             return dict(model=model.state_dict(), family=cfg.model.family,
                         model_args=model_args, config=to_dict(cfg), epoch=epoch,
                         step=state.step, batch_in_epoch=batch_in_epoch, metrics=metrics,
                         best_score=best_score, best_metrics=best_metrics, bad_vals=bad_vals,
-                        data=data_desc, optimizer=optimizer.state_dict(),
+                        data=data_desc, target_spec=spec.to_dict(),
+                        optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict() if scaler is not None else None,
                         ema=ema.state_dict() if ema is not None else None,
@@ -299,7 +257,7 @@ def main(args: argparse.Namespace) -> int:
             epoch_loader = loader
             if skip:
                 epoch_loader = _make_loader(
-                    cfg, family, train_records, dist, model, dataset=dataset,
+                    cfg, family, spec, train_records, train_sources, dist, dataset=dataset,
                     sampler=engine.SkipSampler(sampler, skip * tc.batch_size))[0]
 
             def on_step(step: int, losses: dict[str, float], _epoch=epoch) -> None:
@@ -373,31 +331,23 @@ def main(args: argparse.Namespace) -> int:
 _NOT_LOSSES = ("lr", "images", "batches", "seconds")
 
 
-def _make_loader(cfg: TrainConfig, family: Any, records: Sequence, dist: Any, model: Any, *,
-                 dataset: Any = None, sampler: Any = None):
-    """(DataLoader, epoch sampler, dataset) for the training records."""
-    import torch
+def _make_loader(cfg: TrainConfig, family: Any, spec: Any, records: Sequence,
+                 sources: Sequence[int], dist: Any, *, dataset: Any = None, sampler: Any = None):
+    """(DataLoader, epoch sampler, dataset) for the training records
+    (``cellseg.data.sampling.build_train_data``: dataset + sampler from DataConfig and spec)."""
+    from cellseg.data.datasets import build_loader
+    from cellseg.data.sampling import build_train_data
 
-    from cellseg import engine
-    from cellseg.data.datasets import InstanceDataset, build_loader
-
-    if dataset is None:
-        dataset = InstanceDataset(records, family, augment=cfg.data.augment,
-                                  crop_size=cfg.data.crop_size, cache_dir=cfg.data.cache_dir,
-                                  norm=getattr(model, "cellseg_norm", None),
-                                  class_map=getattr(model, "cellseg_class_map", None))
-    base = sampler
-    if base is None:
-        if dist.enabled:
-            base = torch.utils.data.DistributedSampler(dataset, num_replicas=dist.world_size,
-                                                       rank=dist.rank, shuffle=True,
-                                                       seed=cfg.train.seed)
-        else:
-            base = engine.EpochPermutation(len(dataset), cfg.train.seed)
+    if dataset is None or sampler is None:
+        new_dataset, base = build_train_data(cfg.data, spec, records, sources,
+                                             seed=cfg.train.seed, rank=dist.rank,
+                                             world_size=dist.world_size)
+        dataset = dataset or new_dataset
+        sampler = sampler or base
     loader = build_loader(dataset, cfg.train.batch_size, shuffle=False, workers=cfg.data.workers,
-                          sampler=base, drop_last=False,
+                          collate_fn=family.collate, sampler=sampler, drop_last=False,
                           pin_memory=dist.device.type == "cuda")
-    return loader, base, dataset
+    return loader, sampler, dataset
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from cellseg.cli import COMMANDS, main
 
 
 def test_import_is_silent_and_light() -> None:
-    code = ("import sys, cellseg, cellseg.rle, cellseg.instances, cellseg.data.record, cellseg.cli;"
+    code = ("import sys, cellseg, cellseg.core.rle, cellseg.core.instances, cellseg.data.record, cellseg.cli;"
             "heavy = [m for m in ('torch', 'cv2', 'kaggle', 'pandas', 'matplotlib', 'albumentations')"
             " if m in sys.modules]; print(heavy)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -113,13 +113,66 @@ def test_shipped_configs_all_load():
 def test_load_train_config_overrides_and_errors(tmp_path):
     cfg = load_train_config("unet_tiny", ["train.epochs=3", "optim.lr=2e-3"], check_model=False)
     assert cfg.train.epochs == 3 and cfg.optim.lr == 2e-3
-    with pytest.raises(ConfigError, match="unet_tiny.*train.epoch.*valid keys"):
+    with pytest.raises(ConfigError, match="train.epoch, --set train.epoch=3, did you mean "
+                                          "train.epochs\\? valid keys"):
         load_train_config("unet_tiny", ["train.epoch=3"], check_model=False)
-    with pytest.raises(ConfigError, match="shipped configs: .*unet_tiny"):
-        load_train_config("no_such_config")
+    with pytest.raises(ConfigError, match="no config named 'unet_tny'.*did you mean 'unet_tiny'"
+                                          ".*shipped configs: .*unet_tiny"):
+        load_train_config("unet_tny")
     p = tmp_path / "mine.yaml"
     p.write_text("model: {family: unet}\ntrain: {epochs: 1}\n")
     assert load_train_config(p, check_model=False).train.epochs == 1
+    # a typo in the file itself names the file
+    p.write_text("optim: {lrr: 0.1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_train_config(p, check_model=False)
+    assert err.value.key == "optim.lrr" and f"config {p}" in str(err.value)
+    assert "did you mean optim.lr?" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_val_infer_is_typed_and_checked_at_load_time():
+    from cellseg.infer.config import InferenceConfig, TypeThresholds
+
+    cfg = load_train_config("unet_tiny", ["val.infer.tta=[h]",
+                                          "val.infer.types.astro.min_area=50"], check_model=False)
+    assert isinstance(cfg.val.infer, InferenceConfig)
+    assert cfg.val.infer.tta == ("h",)
+    assert cfg.val.infer.types["astro"] == TypeThresholds(min_area=50)
+    assert from_dict(TrainConfig, {}).val.infer == InferenceConfig()
+    with pytest.raises(ConfigError) as err:
+        load_train_config("unet_tiny", ["val.infer.tile_sise=256"], check_model=False)
+    assert err.value.key == "val.infer.tile_sise"
+    assert "did you mean val.infer.tile_size?" in str(err.value)
+    # per-type thresholds are typed too: a typo deep inside fails with its full path
+    with pytest.raises(ConfigError, match="val.infer.types.astro.score_thres,.*did you mean "
+                                          "val.infer.types.astro.score_thresh"):
+        load_train_config("unet_tiny", ["val.infer.types.astro.score_thres=0.4"],
+                          check_model=False)
+    # cross-field rules of InferenceConfig name the nested key
+    with pytest.raises(ConfigError) as err:
+        load_train_config("unet_tiny", ["val.infer.tile_size=64", "val.infer.overlap=96"],
+                          check_model=False)
+    assert err.value.key == "val.infer.overlap" and "--set val.infer.overlap=96" in str(err.value)
+    # a training config round-trips through its plain dict (checkpoints store that)
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+
+
+def test_one_loader_for_both_configs(tmp_path):
+    from cellseg.configlib import load_config
+    from cellseg.infer.config import InferenceConfig, load_inference_config
+
+    p = tmp_path / "tuned.yaml"
+    p.write_text("infer: {scale: 2.0}\n")  # a tuned file nested under "infer"
+    assert load_inference_config(p).scale == 2.0
+    assert load_config(InferenceConfig, p, section="infer") == load_inference_config(p)
+    assert load_config(TrainConfig, "unet_tiny") == load_train_config("unet_tiny",
+                                                                      check_model=False)
+    cfg = load_inference_config(None, ["scale=1.5"])
+    assert load_inference_config(cfg, ["tta=[v]"]) == InferenceConfig(scale=1.5, tta=("v",))
+    with pytest.raises(ConfigError, match="not positive, --set scale=-1") as err:
+        load_inference_config(None, ["scale=-1"])
+    assert err.value.key == "scale"
 
 
 def test_model_args_checked_against_builder_signature():
@@ -129,7 +182,8 @@ def test_model_args_checked_against_builder_signature():
             assert load_train_config(name).model.args
     cfg = load_train_config("unet_tiny")
     assert cfg.model.args
-    with pytest.raises(ConfigError, match="unknown model.args.*not_an_arg.*valid:"):
+    with pytest.raises(ConfigError, match="unknown model.args.*not_an_arg, --set model.args."
+                                          "not_an_arg=1.*valid:"):
         load_train_config("unet_tiny", ["model.args.not_an_arg=1"])
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from cellseg import rle
+from cellseg.core import rle
 from cellseg.cli import main
 from cellseg.data import coco, sartorius
 from cellseg.data.loaders import detect, load_records
@@ -80,7 +81,7 @@ def test_check_lists_every_problem_and_fails(tmp_path, shared_sartorius, capsys)
     out = capsys.readouterr().out
     assert "train.csv row 3 (line 4, id 0030fd0e6378): unsorted starts" in out
     assert "ffffffffffff.png is missing" in out
-    assert "broken.png cannot be read" in out
+    assert "broken.png cannot be decoded" in out
     assert "3 problem(s)" in out and "FAILED" in out
     # the good rows still get summarised
     assert "| shsy5y | 2 | 395 |" in out
@@ -93,8 +94,8 @@ def test_check_unknown_folder(tmp_path, capsys):
 
 def test_synth_then_check_and_load(tmp_path, capsys):
     out = tmp_path / "synth"
-    assert main(["data", "synth", "--out", str(out), "--images", "3", "--seed", "1",
-                 "--test", "1", "--semi", "1", "--livecell", "3"]) == 0
+    assert main(["data", "synth", "--out", str(out), "--num-images", "3", "--seed", "1",
+                 "--num-test", "1", "--num-semi", "1", "--num-livecell", "3"]) == 0
     assert main(["data", "check", str(out)]) == 0
     text = capsys.readouterr().out
     assert "# competition:" in text and "# livecell:" in text
@@ -116,8 +117,76 @@ def test_help(argv, capsys):
     out = capsys.readouterr().out
     assert "usage: cellseg data" in out
     if argv[1] != "--help":
-        assert {"synth": "--images", "convert": "--coco", "check": "path"}[argv[1]] in out
+        assert {"synth": "--num-images", "convert": "--coco", "check": "path"}[argv[1]] in out
 
 
 def test_no_subcommand_is_usage_error(capsys):
     assert main(["data"]) == 2
+
+
+def test_check_decodes_every_image_fully(tmp_path, capsys):
+    import cv2
+
+    root = tmp_path / "comp"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rng = np.random.default_rng(0)
+    ok, buf = cv2.imencode(".png", rng.integers(0, 255, (520, 704), dtype=np.uint8))
+    (root / "test" / "good.png").write_bytes(buf.tobytes())
+    # header (and size) intact, pixel data cut: a header-only check would pass it
+    (root / "test" / "cut.png").write_bytes(buf.tobytes()[:len(buf) // 2])
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "cut.png cannot be decoded (truncated or corrupt)" in out
+    assert "good.png" not in out and "1 problem(s)" in out
+
+
+def test_check_empty_and_header_only_train_csv(tmp_path, capsys):
+    root = tmp_path / "comp"
+    root.mkdir()
+    (root / "train.csv").write_text("")
+    assert main(["data", "check", str(root)]) == 1
+    out, err = capsys.readouterr()
+    assert "train.csv is empty" in out and "Traceback" not in out + err
+    (root / "train.csv").write_text("id,annotation,width,height,cell_type\n")
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "has a header but no rows" in out and "1 problem(s)" in out
+
+
+def test_coco_orphan_annotations_are_a_warning(tmp_path, capsys):
+    data = coco.records_to_coco(load_records(_tiny_csv(tmp_path)), image_root=tmp_path)
+    orphan = dict(data["annotations"][0], id=999, image_id=12345)
+    data["annotations"].append(orphan)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    notes: list[str] = []
+    recs = coco.coco_to_records(path, notes=notes)
+    assert recs[0].n_instances == 2 and len(notes) == 1 and "annotation 999" in notes[0]
+    with pytest.warns(UserWarning, match="refer to images not in the file"):
+        coco.coco_to_records(path)
+    # data check lists it as a note; only the missing image file is a problem
+    main(["data", "check", str(path)])
+    out = capsys.readouterr().out
+    assert "1 annotation(s) refer to images not in the file" in out
+    assert "1 problem(s)" in out and "is missing" in out
+
+
+def test_count_flags_are_named_as_counts():
+    from cellseg.cli import build_parser
+
+    parser = build_parser("data")
+    args = parser.parse_args(["data", "synth", "--out", "x", "--num-images", "5", "--num-test",
+                              "2"])
+    assert (args.num_images, args.num_test, args.num_semi) == (5, 2, None)
+    old = parser.parse_args(["data", "synth", "--out", "x", "--images", "5", "--livecell", "1"])
+    assert (old.num_images, old.num_livecell) == (5, 1)  # deprecated aliases still work
+    demo = build_parser("demo").parse_args(["demo", "--num-images", "4"])
+    assert demo.num_images == 4
+
+
+def _tiny_csv(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("id,annotation,width,height,cell_type\n"
+                    "aaaaaaaaaaaa,1 5,704,520,shsy5y\naaaaaaaaaaaa,705 5,704,520,shsy5y\n")
+    return path

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     """A competition folder of 6 synthetic 128x160 images (small: two processes share 2 cores)."""
-    from cellseg import rle
+    from cellseg.core import rle
     from cellseg.data.record import ImageRecord
     from cellseg.data.sartorius import write_train_csv
     from cellseg.data.synthetic import render

@@ -189,7 +189,7 @@ def test_predict_path_never_imports_faster_coco_eval() -> None:
     """The kernel does not bundle faster-coco-eval: nothing predict imports may need it."""
     code = ("import sys; sys.modules['faster_coco_eval'] = None\n"
             "import cellseg, cellseg.commands.predict, cellseg.commands.validate, "
-            "cellseg.infer.predict, cellseg.submission, cellseg.checkpoint, cellseg.models\n"
+            "cellseg.infer.predict, cellseg.core.submission, cellseg.checkpoint, cellseg.models\n"
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

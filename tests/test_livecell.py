@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg import rle
+from cellseg.core import rle
+from cellseg.core import coco_rle
 from cellseg.data import livecell
 from cellseg.data.coco import segmentation_to_rle
 from cellseg.data.loaders import detect, load_records
@@ -95,7 +96,7 @@ def test_duplicates_min_cells_and_rle_segmentations(tmp_path, shared_livecell, v
     h, w = dup["height"], dup["width"]
     src = [a for a in data["annotations"] if a["image_id"] == data["images"][1]["id"]]
     for k, a in enumerate(src):
-        coco = rle.rle_to_coco(segmentation_to_rle(a["segmentation"], h, w), (h, w))
+        coco = coco_rle.rle_to_coco(segmentation_to_rle(a["segmentation"], h, w), (h, w))
         data["annotations"].append(dict(a, id=10**9 + k, image_id=dup["id"], segmentation=coco))
     # a degenerate polygon (2 points) must be dropped, not read as a box
     data["annotations"].append(dict(src[0], id=2 * 10**9, segmentation=[[1.0, 1.0, 5.0, 5.0]]))

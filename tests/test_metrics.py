@@ -9,11 +9,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cellseg import rle
-from cellseg.instances import Instances
-from cellseg.metrics import (THRESHOLDS, as_runs, intersections, iou_matrix, match_image,
-                             runs_from_instances, runs_from_labels, runs_from_rles, score,
-                             score_instances)
+from cellseg.core import rle
+
+from cellseg.core.masks import decode_labels, encode_labels
+from cellseg.core.instances import Instances
+from cellseg.core.masks import as_runs, runs_from_instances, runs_from_labels, runs_from_rles
+from cellseg.core.metrics import (THRESHOLDS, intersections, iou_matrix, match_image, score,
+                                  score_instances)
 
 SHAPE = (10, 12)
 
@@ -129,7 +131,7 @@ def test_inputs_agree_labels_instances_rles():
     for k in range(1, 12):
         r, c = rng.integers(0, 35), rng.integers(0, 45)
         lab[r:r + rng.integers(2, 8), c:c + rng.integers(2, 8)] = k
-    rles = rle.encode_labels(lab)
+    rles = encode_labels(lab)
     a, b = runs_from_rles(rles, lab.shape), runs_from_labels(lab)
     c = runs_from_instances(Instances.from_label_image(lab))
     for other in (b, c):
@@ -224,7 +226,7 @@ def perturb(truth: list[str], seed: int, shape=(520, 704), overlap: bool = False
     lab = np.zeros(shape, np.int32)
     for k, m in enumerate(masks, start=1):
         lab[m] = k  # later wins: non-overlapping predictions, as a submission must be
-    return rle.encode_labels(lab)
+    return encode_labels(lab)
 
 
 @pytest.mark.parametrize("overlap", [False, True])
@@ -247,7 +249,7 @@ def test_real_sample_perfect_and_instances_path(shared_sartorius):
     # overlapping truth scored against itself: every cell matches itself
     assert match_image(truth, truth).score == 1.0
     pred = perturb(truth, seed=3)
-    lab = rle.decode_labels(pred)
+    lab = decode_labels(pred)
     from cellseg.data.record import ImageRecord
 
     rec = ImageRecord(image_id, shared_sartorius / "train" / f"{image_id}.png", 520, 704,
@@ -272,7 +274,7 @@ def test_intersections_symmetric_paths():
         m[r:r + rng.integers(1, 6), c:c + rng.integers(1, 6)] = True
         rles.append(rle.encode(m))
     over = runs_from_rles(rles, (30, 40))
-    flat = runs_from_labels(rle.decode_labels(rles, (30, 40)))
+    flat = runs_from_labels(decode_labels(rles, (30, 40)))
     ti, pi, inter = intersections(over, flat)
     pj, tj, inter2 = intersections(flat, over)
     o = np.lexsort((pj, tj))
@@ -281,7 +283,7 @@ def test_intersections_symmetric_paths():
     dense = np.zeros((30, 30 * 40), bool)
     for i, r in enumerate(rles):
         dense[i] = rle.decode(r, (30, 40)).ravel()
-    lab = rle.decode_labels(rles, (30, 40)).ravel()
+    lab = decode_labels(rles, (30, 40)).ravel()
     present = np.unique(lab[lab > 0]).tolist()  # runs_from_labels numbers labels 0.. in order
     want = {(i, present.index(int(v))): int(((lab == v) & dense[i]).sum())
             for i in range(30) for v in np.unique(lab[dense[i]]) if v}
@@ -306,9 +308,9 @@ def test_random_small_images_match_naive(seed):
             pred.append(_rect(r0, max(r0 + 1, r + h + d[1]), c0, max(c0 + 1, c + w + d[3]), shape))
     pred += [_rect(r, r + 2, c, c + 3, shape) for r, c in rng.integers(0, 10, (2, 2))]
     if seed % 2:  # non-overlapping truth half of the time
-        truth = rle.encode_labels(rle.decode_labels(truth, shape))
+        truth = encode_labels(decode_labels(truth, shape))
     if seed % 3:  # non-overlapping predictions two thirds of the time
-        pred = rle.encode_labels(rle.decode_labels(pred, shape))
+        pred = encode_labels(decode_labels(pred, shape))
     want_tp, want_scores = naive_image_score(truth, pred, shape)
     got = match_image(truth, pred, shape)
     assert got.tp.tolist() == want_tp.tolist()

@@ -10,10 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from cellseg import rle
-from cellseg.metrics import runs_from_labels, runs_from_rles
-from cellseg.metrics_coco import (SUMMARY_KEYS, build_coco, coco_metrics,
-                                  coco_to_runs, evaluate_coco, runs_to_coco, summarize)
+from cellseg.core import coco_rle, rle
+
+from cellseg.core.masks import decode_labels, encode_labels
+from cellseg.core.masks import runs_from_coco, runs_from_labels, runs_from_rles
+from cellseg.core.metrics_coco import SUMMARY_KEYS, build_coco, coco_metrics, evaluate_coco, summarize
 
 
 def _livecell_truth(folder, n_images: int) -> dict[str, list[str]]:
@@ -43,9 +44,9 @@ def _perturbed(truth: dict[str, list[str]], seed: int = 0):
     rng = np.random.default_rng(seed)
     pred, scores = {}, {}
     for k, rles in truth.items():
-        lab = rle.decode_labels(rles)
+        lab = decode_labels(rles)
         lab = np.roll(lab, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(0, 1))
-        p = rle.encode_labels(lab)
+        p = encode_labels(lab)
         keep = rng.random(len(p)) > 0.1  # drop ~10 %
         p = [r for r, k_ in zip(p, keep) if k_]
         for _ in range(20):  # extra detections, overlapping allowed for COCO
@@ -102,7 +103,7 @@ def test_reads_arrays_at_2000_detections():
         for c in range(15):
             k += 1
             lab[r * 50 + 5:r * 50 + 25, c * 45 + 5:c * 45 + 25] = k  # 400 px: medium
-    rles = rle.encode_labels(lab)
+    rles = encode_labels(lab)
     m = coco_metrics({"x": rles}, {"x": rles})
     assert m["AP"] == pytest.approx(1.0) and m["AR"] == pytest.approx(1.0)
     assert m["AR@100"] == pytest.approx(100 / 150)
@@ -116,7 +117,7 @@ def test_size_bins_and_empty_predictions():
     lab[0:10, 0:30] = 1        # 300 px: small (< 324)
     lab[100:120, 0:25] = 2     # 500 px: medium
     lab[200:240, 0:40] = 3     # 1600 px: large (> 961)
-    truth = rle.encode_labels(lab)
+    truth = encode_labels(lab)
     m = coco_metrics({"x": truth}, {"x": [truth[0]]})
     assert m["AP_small"] == pytest.approx(1.0) and m["AR_small"] == pytest.approx(1.0)
     assert m["AR_medium"] == 0.0 and m["AR_large"] == 0.0
@@ -138,26 +139,26 @@ def test_coco_rle_conversions_round_trip():
     masks.append(big)
     rles = [rle.encode(m) for m in masks]
     runs = runs_from_rles(rles, shape)
-    coco = runs_to_coco(runs)
+    coco = runs.to_coco()
     for m, c in zip(masks, coco):
         ref = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         assert c["counts"] == ref["counts"].decode("ascii") and c["size"] == [37, 53]
         # the counts decoder: alternating zero/one run lengths of the column-major mask
         flat = np.concatenate(([False], m.ravel(order="F"), [not m.ravel(order="F")[-1]]))
         want = np.diff(np.flatnonzero(flat[1:] != flat[:-1]), prepend=0)
-        assert rle.coco_counts(ref)[0].tolist() == want.tolist()
-    back = coco_to_runs(coco, shape)
+        assert coco_rle.coco_counts(ref)[0].tolist() == want.tolist()
+    back = runs_from_coco(coco, shape)
     for f in ("starts", "lengths", "owner"):
         assert np.array_equal(getattr(back, f), getattr(runs, f))
     # uncompressed list counts too
     unc = {"size": list(shape), "counts": [5, 3, 10, 2, shape[0] * shape[1] - 20]}
-    got = coco_to_runs([unc], shape)
+    got = runs_from_coco([unc], shape)
     want = np.zeros(shape[0] * shape[1], bool)
     want[5:8] = want[18:20] = True  # Fortran order
     assert np.array_equal(rle.decode(rle.encode(want.reshape(shape, order="F")), shape),
-                          rle.decode_labels([" ".join(f"{s + 1} {n}" for s, n in
+                          decode_labels([" ".join(f"{s + 1} {n}" for s, n in
                                                       zip(got.starts, got.lengths))],
                                             shape) > 0)
     with pytest.raises(ValueError, match="expected 520x704"):
-        coco_to_runs(coco[:1], (520, 704))
+        runs_from_coco(coco[:1], (520, 704))
     assert runs_from_labels(np.zeros(shape, np.int32)).n == 0

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cellseg.instances import Instances  # noqa: E402
+from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models import get_family  # noqa: E402
 
 TINY = dict(backbone="resnet18", fpn_channels=32, box_head_dim=128, mask_head_channels=32,

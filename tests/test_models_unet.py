@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cellseg.instances import Instances  # noqa: E402
+from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models import FAMILIES, get_family  # noqa: E402
 
 TINY = dict(encoder_name="tu-mobilenetv3_small_050", decoder_channels=(32, 16, 16, 8, 8))
@@ -43,7 +43,7 @@ def test_unknown_family_lists_valid_names():
     assert set(FAMILIES) == {"unet", "maskrcnn", "promptseg"}
 
 
-def test_build_stores_norm_and_rebuild_args(family):
+def test_build_stores_norm_and_rebuild_args(family, monkeypatch, tmp_path):
     model = family.build(**TINY, norm="dataset")
     assert model.cellseg_norm == {"mean": [128.0] * 3, "std": [11.58] * 3, "in_channels": 3}
     assert model.cellseg_channels == ["cell", "border", "centre"]
@@ -53,7 +53,13 @@ def test_build_stores_norm_and_rebuild_args(family):
         {k: v.shape for k, v in model.state_dict().items()}
     gray = family.build(**TINY, in_channels=1)
     assert gray.cellseg_norm["in_channels"] == 1 and len(gray.cellseg_norm["mean"]) == 1
-    with pytest.raises(ValueError, match="download"):
+    # "imagenet" is a pretrained NAME (tests/test_pretrained.py); offline with an empty cache it
+    # stops with one line naming the file and its URL
+    from cellseg.models.pretrained import MissingPretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(MissingPretrained, match="model.safetensors.*huggingface.co/timm/"):
         family.build(**TINY, encoder_weights="imagenet")
     with pytest.raises(ValueError, match="decoder_channels"):
         family.build(encoder_name="tu-mobilenetv3_small_050", decoder_channels=(16, 8))

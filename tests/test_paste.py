@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 from cellseg.models.paste import paste_crop, paste_masks, pixel_extent
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cellseg.infer import postprocess as pp
 from cellseg.infer.config import InferenceConfig, TypeThresholds, load_inference_config
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 SHAPE = (40, 50)
 

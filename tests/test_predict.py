@@ -30,25 +30,14 @@ def _tiny_maskrcnn_checkpoint(path: Path) -> Path:
     from cellseg.checkpoint import save_checkpoint
     from cellseg.models import get_family
 
-    try:
-        fam = get_family("maskrcnn")
-    except (ImportError, AttributeError, KeyError) as exc:
-        pytest.skip(f"maskrcnn family not available yet: {exc}")
+    fam = get_family("maskrcnn")
     torch.manual_seed(0)
-    model = fam.build(**_maskrcnn_tiny_args(fam))
-    args = getattr(model, "cellseg_args", None) or _maskrcnn_tiny_args(fam)
-    save_checkpoint(path, model=model.state_dict(), family="maskrcnn", model_args=args)
+    model = fam.build(backbone="resnet18", fpn_channels=32, box_head_dim=64, mask_head_channels=16,
+                      detections_per_img=50, rpn_pre_nms_top_n_test=200,
+                      rpn_post_nms_top_n_test=100)
+    save_checkpoint(path, model=model.state_dict(), family="maskrcnn",
+                    model_args=model.cellseg_args)
     return path
-
-
-def _maskrcnn_tiny_args(fam) -> dict:
-    import inspect
-
-    params = inspect.signature(fam.build).parameters
-    wanted = {"backbone": "resnet18", "fpn_channels": 32, "box_head_dim": 64,
-              "mask_head_channels": 16, "detections_per_img": 50, "rpn_pre_nms_top_n_test": 200,
-              "rpn_post_nms_top_n_test": 100}
-    return {k: v for k, v in wanted.items() if k in params}
 
 
 def _rows(path: Path) -> dict[str, list[str]]:
@@ -76,7 +65,7 @@ def _image_folder(tmp: Path, sartorius: Path, livecell: Path, *, corrupt: bool) 
 
 def test_predict_to_submission_real_images_tiny_unet(tmp_path, shared_sartorius, shared_livecell):
     from cellseg.data.sartorius import list_images
-    from cellseg.submission import validate_submission
+    from cellseg.core.submission import validate_submission
 
     folder = _image_folder(tmp_path, shared_sartorius, shared_livecell, corrupt=True)
     models = load_models([_tiny_unet_checkpoint(tmp_path / "unet.pt")], device="cpu")
@@ -117,7 +106,7 @@ def test_predict_image_normal_thresholds_never_overlaps(tmp_path, shared_sartori
 
 def test_ensemble_of_dense_and_instance_families(tmp_path, shared_sartorius):
     from cellseg.data.sartorius import list_images
-    from cellseg.submission import validate_submission
+    from cellseg.core.submission import validate_submission
 
     paths = [_tiny_unet_checkpoint(tmp_path / "unet.pt"),
              _tiny_maskrcnn_checkpoint(tmp_path / "mrcnn.pt")]
@@ -139,7 +128,7 @@ def test_ensemble_of_dense_and_instance_families(tmp_path, shared_sartorius):
 
 def test_cli_predict_writes_valid_submission(tmp_path, shared_sartorius):
     from cellseg.cli import main
-    from cellseg.submission import validate_submission
+    from cellseg.core.submission import validate_submission
 
     ckpt = _tiny_unet_checkpoint(tmp_path / "unet.pt")
     out = tmp_path / "sub.csv"
@@ -172,7 +161,7 @@ class _ThresholdFamily:
         return torch.from_numpy(np.ascontiguousarray(images)).float()[:, None]
 
     def predict_instances(self, model, images):
-        from cellseg.instances import Instances
+        from cellseg.core.instances import Instances
 
         out = []
         for img in images[:, 0].numpy():

@@ -11,9 +11,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cellseg import rle  # noqa: E402
+from cellseg.core import rle  # noqa: E402
+from cellseg.core import coco_rle
 from cellseg.cli import main  # noqa: E402
-from cellseg.instances import Instances  # noqa: E402
+from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models.promptseg import FAMILY  # noqa: E402
 from tests.test_promptseg import TINY_CROP, ellipse_image  # noqa: E402
 
@@ -48,7 +49,7 @@ def test_predict_results_json_feeds_score_extras(tmp_path: Path, monkeypatch,
         assert e["image_id"] == "img0" and e["segmentation"]["size"] == [96, 96]
     # the COCO RLEs decode to exactly the submission's masks
     csv_rles = [line.split(",")[1] for line in sub.read_text().strip().splitlines()[1:]]
-    assert sorted(rle.from_coco(e["segmentation"]) for e in entries) == sorted(csv_rles)
+    assert sorted(coco_rle.from_coco(e["segmentation"]) for e in entries) == sorted(csv_rles)
 
     truth = tmp_path / "train.csv"
     truth.write_text("id,annotation,width,height\n" + "".join(

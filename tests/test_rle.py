@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cellseg import rle
+from cellseg.core import coco_rle, rle
+
+from cellseg.core.masks import decode_labels, encode_labels, mask_boxes, runs_from_rles
 
 SMALL = dict(max_examples=60, deadline=None)
 
@@ -44,18 +46,18 @@ def test_encode_decode_round_trip(mask):
 @given(label_images())
 def test_encode_labels_equals_per_mask_encode(labels):
     values = np.unique(labels[labels > 0])
-    assert rle.encode_labels(labels) == [rle.encode(labels == v) for v in values]
+    assert encode_labels(labels) == [rle.encode(labels == v) for v in values]
 
 
 @settings(**SMALL)
 @given(label_images())
 def test_decode_labels_agrees_with_per_mask_decode(labels):
     values = np.unique(labels[labels > 0])
-    texts = rle.encode_labels(labels)
+    texts = encode_labels(labels)
     expected = np.zeros(labels.shape, np.int32)
     for i, t in enumerate(texts):
         expected[rle.decode(t, labels.shape)] = i + 1
-    got = rle.decode_labels(texts, labels.shape)
+    got = decode_labels(texts, labels.shape)
     assert np.array_equal(got, expected)
     # labels renumbered 1..K in ascending order of the original values
     if values.size:
@@ -69,7 +71,7 @@ def test_overlapping_masks_last_listed_wins(stack):
     expected = np.zeros((6, 7), np.int32)
     for i, m in enumerate(stack):
         expected[m] = i + 1
-    assert np.array_equal(rle.decode_labels(texts, (6, 7)), expected)
+    assert np.array_equal(decode_labels(texts, (6, 7)), expected)
 
 
 @settings(**SMALL)
@@ -78,10 +80,10 @@ def test_coco_interop_matches_pycocotools(mask):
     from pycocotools import mask as mask_utils
 
     text = rle.encode(mask)
-    ours = rle.rle_to_coco(text, mask.shape)
-    theirs = rle.to_coco(mask)
+    ours = coco_rle.rle_to_coco(text, mask.shape)
+    theirs = coco_rle.to_coco(mask)
     assert ours == theirs
-    assert rle.from_coco(theirs) == text
+    assert coco_rle.from_coco(theirs) == text
     decoded = mask_utils.decode({"size": ours["size"], "counts": ours["counts"].encode()})
     assert np.array_equal(decoded.astype(bool), mask)
 
@@ -101,20 +103,29 @@ def test_batch_coco_conversions_match_pycocotools(stack):
 
     texts = [rle.encode(m) for m in stack]
     refs = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in stack]
-    ours = rle.rles_to_coco(texts, (5, 7))
+    ours = coco_rle.rles_to_coco(texts, (5, 7))
     assert [o["counts"] for o in ours] == [r["counts"].decode() for r in refs]
-    assert rle.coco_to_rles(refs) == texts
-    assert rle.coco_to_rles([_uncompressed(m) for m in stack]) == texts
-    boxes, areas = rle.boxes_and_areas(texts, (5, 7))
-    assert areas.tolist() == [int(mask_utils.area(r)) for r in refs]
-    for box, ref, m in zip(boxes.tolist(), refs, stack):
+    assert coco_rle.coco_to_rles(refs) == texts
+    assert coco_rle.coco_to_rles([_uncompressed(m) for m in stack]) == texts
+    runs = runs_from_rles(texts, (5, 7))
+    assert runs.areas.tolist() == [int(mask_utils.area(r)) for r in refs]
+    boxes = runs.boxes()
+    # one tight box: from the runs and from the dense masks alike
+    np.testing.assert_array_equal(boxes, mask_boxes(np.stack(stack)))
+    np.testing.assert_array_equal(boxes, [mask_boxes(m) for m in stack])  # one-mask path
+    for (box, crop), m in zip(runs.crops(), stack):  # each crop is the mask inside its box
+        assert np.array_equal(box, mask_boxes(m)) and crop.sum() == m.sum()
+        assert np.array_equal(m[box[1]:box[3], box[0]:box[2]], crop)
+    for (x0, y0, x1, y1), ref, m in zip(boxes.tolist(), refs, stack):
         if m.any():
-            assert box == mask_utils.toBbox(ref).astype(int).tolist()
+            assert [x0, y0, x1 - x0, y1 - y0] == mask_utils.toBbox(ref).astype(int).tolist()
+        else:
+            assert [x0, y0, x1, y1] == [0, 0, 0, 0]
 
 
 def test_decode_labels_dtype_and_empty():
-    assert rle.decode_labels([], (3, 4)).shape == (3, 4)
-    out = rle.decode_labels(["1 2", "5 1"], (2, 3), dtype=np.uint16)
+    assert decode_labels([], (3, 4)).shape == (3, 4)
+    out = decode_labels(["1 2", "5 1"], (2, 3), dtype=np.uint16)
     assert out.dtype == np.uint16 and out.tolist() == [[1, 1, 0], [0, 2, 0]]
 
 
@@ -138,7 +149,7 @@ def test_each_rule_raises(text, rule):
     with pytest.raises(rle.RLEError, match=rule):
         rle.parse(text, (3, 4))
     with pytest.raises(rle.RLEError, match=rf"instance 1: .*{rule}") as info:
-        rle.decode_labels(["1 1", text, "12 1"], (3, 4))
+        decode_labels(["1 1", text, "12 1"], (3, 4))
     assert info.value.index == 1
     assert rle.find_errors(["1 1", text, "2 1", text], (3, 4))[0][0] == 1
     assert [i for i, _ in rle.find_errors(["1 1", text, "2 1", text], (3, 4))] == [1, 3]
@@ -155,7 +166,7 @@ def test_tolerated_whitespace_matches_reference_parser():
 
 def test_from_coco_rejects_wrong_size():
     with pytest.raises(rle.RLEError, match="counts sum"):
-        rle.from_coco({"size": [2, 2], "counts": [1, 2]})
+        coco_rle.from_coco({"size": [2, 2], "counts": [1, 2]})
 
 
 # ---------------------------------------------------------------- goldens on the real train.csv
@@ -185,7 +196,7 @@ def test_real_rows_decode_in_bounds_and_reencode_identically(real_rles):
 def test_real_label_path_agrees_with_per_mask_path(real_rles):
     texts, shape = real_rles
     stack = np.stack([rle.decode(t, shape) for t in texts])
-    labels = rle.decode_labels(texts, shape)
+    labels = decode_labels(texts, shape)
     alone = stack.sum(axis=0) == 1  # pixels covered by exactly one mask
     owner = np.argmax(stack, axis=0) + 1
     assert np.array_equal(labels[alone], owner[alone])
@@ -197,7 +208,7 @@ def test_real_label_path_agrees_with_per_mask_path(real_rles):
     # re-encoding the non-overlapping part from the label image gives the masks back
     non_overlapping = [i for i in range(len(texts)) if not (stack[i] & ~alone).any()]
     assert len(non_overlapping) > 20  # shsy5y train masks overlap a lot: 42 of 395 do not
-    encoded = dict(zip(np.unique(labels[labels > 0]).tolist(), rle.encode_labels(labels)))
+    encoded = dict(zip(np.unique(labels[labels > 0]).tolist(), encode_labels(labels)))
     for i in non_overlapping:
         assert encoded[i + 1] == texts[i]
 
@@ -209,9 +220,9 @@ def test_real_coco_interop_matches_pycocotools(real_rles):
     for t in texts[:80]:
         mask = rle.decode(t, shape)
         ref = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        ours = rle.rle_to_coco(t, shape)
+        ours = coco_rle.rle_to_coco(t, shape)
         assert ours["counts"] == ref["counts"].decode() and ours["size"] == list(ref["size"])
         assert int(mask_utils.area(ref)) == rle.areas([t])[0]
         assert np.array_equal(mask_utils.decode(ref).astype(bool), mask)
-        assert rle.from_coco(ref) == t
-        assert rle.from_coco(ours) == t
+        assert coco_rle.from_coco(ref) == t
+        assert coco_rle.from_coco(ours) == t

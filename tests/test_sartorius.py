@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg import rle
+from cellseg.core import rle
 from cellseg.data import folds as folds_mod
 from cellseg.data import sartorius
 from cellseg.data.record import ImageRecord

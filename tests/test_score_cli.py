@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from cellseg import metrics
+from cellseg.core import masks, metrics
 from cellseg.cli import main
-from cellseg.submission import write_submission
+from cellseg.core.submission import write_submission
 from test_metrics import _read_truth, perturb
 
 
@@ -56,22 +56,22 @@ def test_score_perfect_and_ids(tmp_path, shared_sartorius, capsys):
                  "--ids", image_id, "--no-coco", "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["score"] == 1.0
     assert json.loads((tmp_path / "s.json").read_text())["coco"] is None
-    with pytest.raises(SystemExit, match="--ids not in the truth"):
-        main(["score", "--truth", str(shared_sartorius), "--pred", str(sub), "--ids", "nope"])
+    assert main(["score", "--truth", str(shared_sartorius), "--pred", str(sub),
+                 "--ids", "nope"]) == 2
+    assert "not in the truth, e.g. ['nope'], --ids, use image ids of --truth" in \
+        capsys.readouterr().err
 
 
 def test_score_coco_results_with_extras_and_fold(tmp_path, shared_livecell, capsys):
     from cellseg.data.loaders import load_records
-    from cellseg.metrics_coco import runs_to_coco
-
     records = load_records(shared_livecell, "val")
     records = [r for r in records if r.rles]
     assert len(records) == 5
     rng = np.random.default_rng(0)
     results = []
     for r in records:
-        lab = metrics.runs_from_rles(r.rles, r.shape)
-        for seg in runs_to_coco(lab)[: max(1, lab.n - 10)]:
+        lab = masks.runs_from_rles(r.rles, r.shape)
+        for seg in lab.to_coco()[: max(1, lab.n - 10)]:
             if seg is not None:
                 results.append({"image_id": r.meta.get("livecell_id", r.image_id),
                                 "category_id": 1, "segmentation": seg,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg import rle
-from cellseg.instances import Instances
-from cellseg.submission import (SubmissionWriter, ids_from_csv, instance_rles, read_submission,
+from cellseg.core import rle
+from cellseg.core.masks import decode_labels, encode_labels
+from cellseg.core.instances import Instances
+from cellseg.core.submission import (SubmissionWriter, ids_from_csv, instance_rles, read_submission,
                                 validate_submission, write_submission)
 
 SHAPE = (20, 30)
@@ -44,9 +45,9 @@ def test_writer_streams_and_skips_empty(tmp_path):
         assert not out.exists()  # nothing visible before a clean close
     text = out.read_text().splitlines()
     assert text[0] == "id,predicted" and len(text) == 5 and text[-1] == "c,"
-    assert read_submission(out) == {"a": rle.encode_labels(lab), "b": [_rect(0, 2, 0, 2)],
+    assert read_submission(out) == {"a": encode_labels(lab), "b": [_rect(0, 2, 0, 2)],
                                     "c": []}
-    assert instance_rles(inst) == rle.encode_labels(lab)
+    assert instance_rles(inst) == encode_labels(lab)
     assert validate_submission(out, ids=["a", "b", "c"], shape=SHAPE)[0].severity == "warning"
     assert _errors(validate_submission(out, ids=["a", "b", "c"], shape=SHAPE)) == []
 
@@ -140,10 +141,10 @@ def test_writer_output_on_real_sample_validates(tmp_path, shared_sartorius):
     with open(shared_sartorius / "train.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     image_id = rows[0]["id"]
-    lab = rle.decode_labels([r["annotation"] for r in rows])  # overlaps resolved
+    lab = decode_labels([r["annotation"] for r in rows])  # overlaps resolved
     inst = Instances.from_label_image(lab)
     out = tmp_path / "submission.csv"
     with SubmissionWriter(out) as w:
         w.add(image_id, inst)
     assert validate_submission(out, images=shared_sartorius / "train") == []
-    assert read_submission(out)[image_id] == rle.encode_labels(lab)
+    assert read_submission(out)[image_id] == encode_labels(lab)

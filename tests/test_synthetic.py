@@ -6,12 +6,11 @@ import csv
 import filecmp
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 from cellseg.data import synthetic
 from cellseg.data.synthetic import render, scene
 
@@ -177,6 +176,8 @@ def test_generate_livecell_loads_back(generated):
     ann = data["annotations"][0]
     assert set(ann) == {"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd"}
     assert "/" not in data["images"][0]["file_name"]
+    assert all(isinstance(a["segmentation"], list) for a in data["annotations"])  # polygons
+    assert all(i["id"] >= 100_000 for i in data["images"])  # LIVECell-style ids, not 1..N
     ious = []
     for index, split in enumerate(("train", "val", "test")):
         records = livecell.load(root, split=split)
@@ -188,6 +189,7 @@ def test_generate_livecell_loads_back(generated):
         assert rec.image_path.parent == root / "images" / folder / rec.cell_type
         cell_type, image, cells = synthetic._livecell_scene(0, index)
         assert rec.cell_type == cell_type and (rec.read_image() == image).all()
+        assert rec.meta["livecell_id"] == data["images"][0]["id"] or split != "val"
         for m, c in zip(rec.masks(), cells):
             full = c.full((520, 704))
             ious.append((m & full).sum() / (m | full).sum())

@@ -15,7 +15,7 @@ from scipy import ndimage  # noqa: E402
 from cellseg.infer import predict, tiling  # noqa: E402
 from cellseg.infer.config import InferenceConfig, TypeThresholds  # noqa: E402
 from cellseg.infer.merge import merge_seams, vote  # noqa: E402
-from cellseg.instances import Instances  # noqa: E402
+from cellseg.core.instances import Instances  # noqa: E402
 
 
 class Linear(torch.nn.Module):
@@ -213,3 +213,45 @@ def test_model_class_names_drive_the_cell_type_vote():
     spec = [(model, TypedComponentFamily(), 1.0)]
     assert len(predict.predict_image(spec, img, cfg)) == 0  # voted "astro": all too small
     assert len(predict.predict_image(spec, img, cfg, cell_type="shsy5y")) == 2
+
+
+@pytest.mark.parametrize("src, dst", [((40, 36), (20, 18)), ((45, 33), (30, 22)),
+                                      ((17, 23), (34, 46)), ((12, 10), (21, 17)),
+                                      ((30, 30), (30, 30))])
+def test_area_resize_is_opencvs_inter_area(src, dst):
+    import cv2
+
+    from cellseg.core.instances import area_resize
+
+    img = np.random.default_rng(sum(src)).random(src)
+    ref = cv2.resize(img, dst[::-1], interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(area_resize(img, dst), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [2.0, 1.5, 1.37, 0.5, 0.8])
+def test_rescale_in_numpy_equals_the_opencv_rescale(scale, monkeypatch):
+    """Instances.rescale (numpy) gives the instances the former cv2.INTER_AREA route gave.
+
+    cv2 works in float32: an exact half cover can come out 0.49999997 and lose the pixel that
+    "at least half covered" keeps, so the reference rounds cv2's values to 6 decimals."""
+    import cv2
+
+    from cellseg.core import instances as core_instances
+
+    rng = np.random.default_rng(int(scale * 100))
+    native = (61, 83)
+    scaled = tiling.scaled_shape(native, scale)
+    masks = np.zeros((25, *scaled), bool)
+    yy, xx = np.mgrid[:scaled[0], :scaled[1]]
+    for m in masks:  # ellipses of 1-15 px radius anywhere, some cut by the border
+        cy, cx = rng.uniform(0, scaled[0]), rng.uniform(0, scaled[1])
+        ry, rx = rng.uniform(0.6, 15, 2)
+        m[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = True
+    inst = Instances.from_dense(masks[masks.any(axis=(1, 2))])
+    ours = inst.rescale(native)
+    monkeypatch.setattr(core_instances, "area_resize", lambda c, s: np.round(cv2.resize(
+        c.astype(np.float32), (s[1], s[0]), interpolation=cv2.INTER_AREA), 6))
+    ref = inst.rescale(native)
+    assert ours.image_shape == ref.image_shape == native
+    np.testing.assert_array_equal(ours.boxes, ref.boxes)
+    assert len(ours) > 0 and all(np.array_equal(a, b) for a, b in zip(ours.masks, ref.masks))

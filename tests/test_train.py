@@ -38,7 +38,7 @@ def synth(tmp_path_factory) -> Path:
 def small(tmp_path_factory) -> Path:
     """A competition folder of 6 synthetic 128x160 images (3 cell types, 2 frames per sample):
     the loader and validation cost ~20x less than at 520x704."""
-    from cellseg import rle
+    from cellseg.core import rle
     from cellseg.data.record import ImageRecord
     from cellseg.data.sartorius import write_train_csv
     from cellseg.data.synthetic import render

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg import rle
+from cellseg.core import rle
 from cellseg.data.record import ImageRecord
 from cellseg.infer import tune
 from cellseg.infer.config import InferenceConfig, TypeThresholds, load_inference_config
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 SHAPE = (48, 64)
 
@@ -104,8 +104,8 @@ def test_cli_tune_on_real_train_image(tmp_path, shared_sartorius):
 def test_by_type_false_tunes_default_on_all_images() -> None:
     """Class-agnostic predictions: per-type tuning would tune thresholds predict never applies."""
     from cellseg.data.record import ImageRecord
-    from cellseg.instances import Instances
-    from cellseg import rle
+    from cellseg.core.instances import Instances
+    from cellseg.core import rle
 
     truth = np.zeros((2, 32, 32), bool)
     truth[0, 2:10, 2:10] = truth[1, 20:30, 20:30] = True

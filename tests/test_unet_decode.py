@@ -154,9 +154,9 @@ def test_perfect_maps_of_real_annotations_decode_to_a_high_score(shared_sartoriu
     """The target encoding's ceiling on real cells: decoding the maps built from the true masks
     (overlapping Sartorius masks, LIVECell polygons) must score close to 1 with the competition
     metric. Measured: 0.90 (Sartorius shsy5y, 395 cells), 0.95-0.99 (LIVECell)."""
-    metrics = pytest.importorskip("cellseg.metrics")
-    sartorius = pytest.importorskip("cellseg.data.sartorius")
-    livecell = pytest.importorskip("cellseg.data.livecell")
+    from cellseg.core import metrics
+    from cellseg.data import livecell, sartorius
+
     cases = [(sartorius.load_train(shared_sartorius)[0], 0.88),
              (livecell.load(shared_livecell, split="val")[2], 0.94)]
     for record, floor in cases:

@@ -1,6 +1,6 @@
 """``cellseg data``: synthesise, convert and check data sets.
 
-    cellseg data synth --out data/synth --images 24 --seed 0 [--test 3 --semi 4 --livecell 8]
+    cellseg data synth --out data/synth --num-images 24 --seed 0 [--num-test 3 --num-semi 4]
     cellseg data convert --csv train.csv --out coco.json
     cellseg data convert --coco coco.json --images data/sartorius/train --out train.csv
     cellseg data convert --livecell data/LIVECell_dataset_2021 --split val --out val.json
@@ -16,6 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellseg.commands.common import add_count_arg, input_path, output_dir, output_file
+from cellseg.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -25,13 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "OUT/competition/{train.csv,train/,test/,train_semi_supervised/} "
                                    "and OUT/livecell/{images/,annotations/}.")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--images", type=int, default=24, help="annotated training images (default 24)")
+    # counts are --num-*; the old spellings stay as hidden aliases (--images is a folder elsewhere)
+    add_count_arg(p, "images", default=24, help="annotated training images (default 24)",
+                  old="--images")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--test", type=int, default=None, help="test images (generator default if unset)")
-    p.add_argument("--semi", type=int, default=None,
-                   help="unlabeled train_semi_supervised images (generator default if unset)")
-    p.add_argument("--livecell", type=int, default=None,
-                   help="LIVECell-layout images (generator default if unset)")
+    add_count_arg(p, "test", default=None, help="test images (generator default if unset)",
+                  old="--test")
+    add_count_arg(p, "semi", default=None, old="--semi",
+                  help="unlabeled train_semi_supervised images (generator default if unset)")
+    add_count_arg(p, "livecell", default=None, old="--livecell",
+                  help="LIVECell-layout images (generator default if unset)")
     p.set_defaults(_data_run=_run_synth)
 
     p = sub.add_parser("convert", help="convert between train.csv, COCO JSON and LIVECell",
@@ -72,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
 def _run_synth(args: argparse.Namespace) -> int:
     from cellseg.data import synthetic  # lazy: written by the synthetic-data owner
 
-    kwargs = {k: v for k, v in (("n_test", args.test), ("n_semi", args.semi),
-                                ("n_livecell", args.livecell)) if v is not None}
-    counts = synthetic.generate(args.out, n_images=args.images, seed=args.seed, **kwargs)
+    output_dir(args.out, "--out")
+    kwargs = {k: v for k, v in (("n_test", args.num_test), ("n_semi", args.num_semi),
+                                ("n_livecell", args.num_livecell)) if v is not None}
+    counts = synthetic.generate(args.out, n_images=args.num_images, seed=args.seed, **kwargs)
     print(f"wrote synthetic data to {args.out}: {counts}")
     return 0
 
@@ -83,6 +90,15 @@ def _run_convert(args: argparse.Namespace) -> int:
     from cellseg.data import coco, livecell, sartorius
     from cellseg.io import write_json
 
+    suffix = args.out.suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise UserError(f"unknown output format {args.out.suffix or '(no suffix)'!r}",
+                        where=f"--out {args.out}",
+                        fix="end it in .json (COCO) or .csv (train.csv)")
+    output_file(args.out, "--out")
+    flag, src = next((f, v) for f, v in (("--csv", args.csv), ("--coco", args.coco),
+                                         ("--livecell", args.livecell)) if v is not None)
+    input_path(src, flag)
     if args.csv is not None:
         records = sartorius.load_train(args.csv, fill_holes=args.fill_holes)
         image_root = (args.csv if args.csv.is_dir() else args.csv.parent) / "train"
@@ -92,25 +108,21 @@ def _run_convert(args: argparse.Namespace) -> int:
     else:
         records = livecell.load(args.livecell, args.split)
         image_root = args.livecell / "images"
-    suffix = args.out.suffix.lower()
     if suffix == ".json":
         data = coco.records_to_coco(records, image_root=image_root)
         write_json(args.out, data)
         print(f"wrote {args.out}: {len(data['images'])} images, "
               f"{len(data['annotations'])} annotations")
-    elif suffix == ".csv":
+    else:
         n = sartorius.write_train_csv(records, args.out)
         print(f"wrote {args.out}: {len(records)} images, {n} rows")
-    else:
-        print(f"error: --out must end in .json (COCO) or .csv (train.csv), got {args.out}",
-              file=sys.stderr)
-        return 2
     return 0
 
 
 def _run_check(args: argparse.Namespace) -> int:
     from cellseg.data.check import check_path
 
+    input_path(args.path, "path")
     reports = check_path(args.path, args.images)
     for report in reports:
         print(report.format())

@@ -36,7 +36,10 @@ _QUICK_SET = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--images", type=int, default=16, help="synthetic training images")
+    from cellseg.commands.common import add_count_arg
+
+    add_count_arg(parser, "images", default=16, help="synthetic training images (default 16)",
+                  old="--images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["unet", "maskrcnn"],
                         help="model families to train (default: unet maskrcnn)")
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     # absolute from here on: every step below may run a process in another working directory
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    n_images = 6 if args.quick else args.images
+    n_images = 6 if args.quick else args.num_images
     timings: dict[str, float] = {}
 
     def step(name: str, fn: Callable[[], object]) -> object:

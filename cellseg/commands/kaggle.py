@@ -124,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
     _absolute_paths(args)
     try:
         return _ACTIONS[args.action](args)
-    except kapi.CredentialsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (kapi.CredentialsError, ValueError, KeyError, FileNotFoundError) as exc:
+        # a user mistake (credentials, a refused name, a missing file): one line, exit 2, via the
+        # CLI boundary
+        from cellseg.errors import UserError
+
+        raise UserError(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)) from exc
     except (kapi.KaggleError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

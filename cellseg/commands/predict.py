@@ -13,19 +13,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cellseg.commands.common import (add_config_args, add_device_arg, add_progress_arg,
+                                     add_weights_args, check_weights, default_device, input_path,
+                                     output_dir, output_file)
+from cellseg.errors import UserError
+
+__all__ = ["add_arguments", "run", "default_device"]  # default_device: kept for old imports
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", nargs="+", required=True, metavar="W",
-                        help="checkpoint(s); several make an ensemble")
+    add_weights_args(parser)
     parser.add_argument("--images", required=True, help="folder of *.png / *.tif images")
     parser.add_argument("--out", required=True, help="submission CSV to write (atomically)")
-    parser.add_argument("--config", default="infer_default",
-                        help="inference config: shipped name or YAML path (default: infer_default)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set tile_size=256 (repeatable)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--model-weights", nargs="+", type=float, default=None, metavar="W",
-                        help="one ensembling weight per checkpoint (default: 1 each)")
+    add_config_args(parser, default="infer_default")
+    add_device_arg(parser)
     parser.add_argument("--save-masks", default=None, metavar="DIR",
                         help="also write per-image uint16 label PNGs here")
     parser.add_argument("--overlay", default=None, metavar="DIR",
@@ -35,40 +36,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=None, metavar="JSON",
                         help="also write a COCO results JSON (scores, pred_iou, stability) for "
                              "`cellseg score`")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def default_device(device: str | None) -> str:
-    """``device`` or "cuda" when available, else "cpu"."""
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    add_progress_arg(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.config import ConfigError
     from cellseg.data.sartorius import list_images
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import load_models, predict_to_submission
 
-    try:
-        cfg = load_inference_config(args.config, args.set)
-    except ConfigError as exc:
-        print(f"cellseg predict: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_inference_config(args.config, args.set)
+    input_path(args.images, "--images", kind="folder")
+    check_weights(args)
+    output_file(args.out, "--out")
+    for flag, folder in (("--save-masks", args.save_masks), ("--overlay", args.overlay)):
+        if folder is not None:
+            output_dir(folder, flag)
+    if args.results is not None:
+        output_file(args.results, "--results")
     # sizes are read with the images: a corrupt file must fail alone, not stop the listing
     records = list_images(args.images, read_size=False)
     if not records:
-        print(f"cellseg predict: no images (*.png, *.tif) in {args.images}", file=sys.stderr)
-        return 2
+        raise UserError("no images (*.png, *.tif)", where=f"--images {args.images}",
+                        fix="pass the folder holding the test images")
     device = default_device(args.device)
-    try:
-        models = load_models(args.weights, device=device, weights=args.model_weights)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"cellseg predict: {exc}", file=sys.stderr)
-        return 2
+    models = load_models(args.weights, device=device, weights=args.model_weights)
     failed = predict_to_submission(models, records, cfg, args.out, cell_type=args.cell_type,
                                    save_masks=args.save_masks, overlay=args.overlay,
                                    device=device, progress=not args.no_progress,

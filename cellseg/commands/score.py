@@ -26,6 +26,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cellseg.commands.common import add_fold_args, input_path, output_dir, output_file, select_fold
+from cellseg.errors import InputError, UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", required=True, type=Path,
@@ -36,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split of a folder truth (competition: train; LIVECell: val)")
     parser.add_argument("--ids", nargs="+", default=None, metavar="ID",
                         help="score only these image ids")
-    parser.add_argument("--fold", type=int, default=None, help="score only this fold")
-    parser.add_argument("--n-folds", type=int, default=5, help="number of folds (default 5)")
-    parser.add_argument("--fold-seed", type=int, default=0, help="fold seed (default 0)")
+    add_fold_args(parser, what="score")
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="competition metric: drop predictions scored below this")
     parser.add_argument("--images", type=Path, default=None,
@@ -54,15 +55,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg import metrics
+    from cellseg.core import masks, metrics
     from cellseg.io import write_json
 
+    input_path(args.truth, "--truth")
+    input_path(args.pred, "--pred", kind="file")
+    if args.json is not None:
+        output_file(args.json, "--json")
+    if args.report is not None:
+        output_dir(args.report, "--report")
     records = _select(_load_truth(args.truth, args.split), args)
     if not records:
-        print("error: no truth image selected", file=sys.stderr)
-        return 2
+        raise UserError("no truth image selected", where=f"--truth {args.truth}",
+                        fix="check --ids / --fold")
     shapes = {r.image_id: r.shape for r in records}
-    truth = {r.image_id: metrics.runs_from_rles(r.rles, r.shape) for r in records}
+    truth = {r.image_id: masks.runs_from_rles(r.rles, r.shape) for r in records}
     preds, scores, extras = load_predictions(args.pred, records)
     ignored = [k for k in preds if k not in truth]
     if ignored:
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                                                            for r in records}, shape=shapes)
     result = report.to_dict()
     if not args.no_coco:
-        from cellseg.metrics_coco import coco_metrics
+        from cellseg.core.metrics_coco import coco_metrics
 
         result["coco"] = coco_metrics(truth, preds, {k: scores[k] for k in preds},
                                       shape=shapes, backend=args.coco_backend)
@@ -106,7 +113,8 @@ def _load_truth(path: Path, split: str | None) -> list:
         split = "val" if kind == "livecell" else "train"
     records = load_records(path, split)
     if not any(r.rles for r in records):
-        raise SystemExit(f"error: {path} ({kind}, split {split}) has no annotated image")
+        raise InputError(f"no annotated image in {kind} data (split {split})",
+                         where=f"--truth {path}", fix="pass labelled data or another --split")
     return records
 
 
@@ -115,21 +123,15 @@ def _select(records: list, args: argparse.Namespace) -> list:
         have = {r.image_id for r in records}
         unknown = [i for i in args.ids if i not in have]
         if unknown:
-            raise SystemExit(f"error: --ids not in the truth: {unknown[:5]}")
+            raise UserError(f"{len(unknown)} id(s) not in the truth, e.g. {unknown[:3]}",
+                            where="--ids", fix="use image ids of --truth")
         wanted = set(args.ids)
         records = [r for r in records if r.image_id in wanted]
-    if args.fold is not None:
-        from cellseg.data.folds import make_folds
-
-        if not 0 <= args.fold < args.n_folds:
-            raise SystemExit(f"error: --fold must be in 0..{args.n_folds - 1}")
-        folds = make_folds(records, n_folds=args.n_folds, seed=args.fold_seed)
-        records = [r for r in records if folds[r.image_id] == args.fold]
-    return records
+    return select_fold(records, args)
 
 
 def _keep(runs: Any, keep: np.ndarray) -> Any:
-    from cellseg.metrics import Runs
+    from cellseg.core.masks import Runs
 
     idx = np.flatnonzero(keep)
     new_id = np.full(runs.n, -1, np.int64)
@@ -143,40 +145,47 @@ def load_predictions(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
     """Read predictions for the images of ``records``.
 
     Returns:
-        ``(runs, scores, extras)``: image id -> ``metrics.Runs``; image id -> (P,) float64
+        ``(runs, scores, extras)``: image id -> ``masks.Runs``; image id -> (P,) float64
         scores (1.0 for submission rows); name -> all values of ``pred_iou`` / ``stability``.
     """
-    from cellseg import metrics
+    from cellseg.core import masks, metrics
 
     shapes = {r.image_id: r.shape for r in records}
     if path.suffix.lower() == ".csv":
-        from cellseg.submission import read_submission
+        from cellseg.core.submission import read_submission
 
         runs, scores = {}, {}
         for image_id, rles in read_submission(path).items():
             shp = shapes.get(image_id, metrics.SHAPE)
             try:
-                runs[image_id] = metrics.runs_from_rles(rles, shp)
+                runs[image_id] = masks.runs_from_rles(rles, shp)
             except ValueError as err:
-                raise SystemExit(f"error: {path} image {image_id}: {err}") from None
+                raise InputError(f"bad RLE of image {image_id} ({err})", where=f"--pred {path}",
+                                 fix="`cellseg validate` lists every bad row") from None
             scores[image_id] = np.ones(len(rles))
         return runs, scores, {}
     if path.suffix.lower() != ".json":
-        raise SystemExit(f"error: {path}: predictions must be a .csv submission or .json "
-                         f"COCO results")
+        raise UserError(f"unknown predictions format {path.suffix or '(no suffix)'!r}",
+                        where=f"--pred {path}",
+                        fix="pass a .csv submission or a .json COCO results file")
     return _load_coco_results(path, records)
 
 
 def _load_coco_results(path: Path, records: Sequence) -> tuple[dict, dict, dict]:
-    from cellseg.metrics_coco import coco_to_runs
+    from cellseg.core.masks import runs_from_coco
 
     with open(path) as fh:
-        data = json.load(fh)
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise InputError(f"not valid JSON ({err})", where=f"--pred {path}",
+                             fix="pass a COCO results JSON list") from None
     if isinstance(data, dict):
         data = data.get("annotations", data)
         data = list(data.values()) if isinstance(data, dict) else data
     if not isinstance(data, list):
-        raise SystemExit(f"error: {path}: expected a list of COCO results")
+        raise InputError("expected a list of COCO results", where=f"--pred {path}",
+                         fix="pass [{image_id, segmentation, score}, ...]")
     alias: dict[Any, str] = {}
     for r in records:
         alias[r.image_id] = r.image_id
@@ -194,15 +203,16 @@ def _load_coco_results(path: Path, records: Sequence) -> tuple[dict, dict, dict]
         try:
             key, seg = det["image_id"], det["segmentation"]
         except (KeyError, TypeError):
-            raise SystemExit(f"error: {path} result {n}: needs image_id and segmentation "
-                             f"(COCO RLE)") from None
+            raise InputError(f"result {n} lacks image_id or segmentation", where=f"--pred {path}",
+                             fix="give each result image_id and a COCO RLE segmentation") from None
         image_id = alias.get(key, alias.get(str(key)))
         if image_id is None:
             unknown.add(key)
             continue
         if not isinstance(seg, dict) or "counts" not in seg:
-            raise SystemExit(f"error: {path} result {n}: segmentation must be a COCO RLE dict "
-                             f"(size, counts), not polygons")
+            raise InputError(f"result {n}: segmentation is not a COCO RLE dict",
+                             where=f"--pred {path}",
+                             fix="encode masks as {size, counts} (polygons are not read)")
         segs.setdefault(image_id, []).append(seg)
         scores.setdefault(image_id, []).append(float(det.get("score", 1.0)))
         for name in ("pred_iou", "stability"):
@@ -214,9 +224,10 @@ def _load_coco_results(path: Path, records: Sequence) -> tuple[dict, dict, dict]
     runs = {}
     for k, v in segs.items():
         try:
-            runs[k] = coco_to_runs(v, shapes[k])
+            runs[k] = runs_from_coco(v, shapes[k])
         except ValueError as err:
-            raise SystemExit(f"error: {path} image {k}: {err}") from None
+            raise InputError(f"bad COCO RLE of image {k} ({err})", where=f"--pred {path}",
+                             fix="re-encode it with pycocotools.mask.encode") from None
     return runs, {k: np.asarray(v) for k, v in scores.items()}, extras
 
 

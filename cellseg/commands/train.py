@@ -5,8 +5,10 @@
         --init-from runs/maskrcnn_lc/best.pt --out runs/mrcnn_f0 --set data.fold=0
     cellseg train --config unet_tiny --data data/synth/competition --out runs/unet_tiny --resume
     torchrun --nproc_per_node 2 -m cellseg train --config unet_tiny --data ... --out runs/ddp
+    cellseg train --config unet_competition_finetune --data ... --weights-cache wcache --offline
 
-The arguments and the work live in ``cellseg.train`` (``get_args_parser``/``main``).
+The arguments and the work live in ``cellseg.train`` (``get_args_parser``/``main``); the pretrained
+weight flags are resolved by ``cellseg.models.pretrained.check_pretrained_available``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cellseg.train import add_arguments as _add
 
     _add(parser)
+    parser.add_argument("--weights-cache", default=None, metavar="DIR",
+                        help="pretrained weights cache, as written by `cellseg weights prefetch` "
+                             "(TORCH_HOME=DIR/torch, HF_HOME=DIR/huggingface)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download pretrained weights (also HF_HUB_OFFLINE=1): a "
+                             "missing file stops before any data is loaded")
 
 
 def run(args: argparse.Namespace) -> int:

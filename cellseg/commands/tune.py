@@ -14,19 +14,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cellseg.commands.common import (add_config_args, add_device_arg, add_fold_args,
+                                     add_progress_arg, add_weights_args, default_device,
+                                     check_weights, input_path, output_file,
+                                     select_fold)
+from cellseg.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", nargs="+", required=True, metavar="W", help="checkpoint(s)")
+    add_weights_args(parser)
     parser.add_argument("--data", required=True, help="labelled validation data")
     parser.add_argument("--split", default="train", help="split for load_records (default: train)")
-    parser.add_argument("--fold", type=int, default=None, help="use only this fold")
-    parser.add_argument("--n-folds", type=int, default=5)
-    parser.add_argument("--fold-seed", type=int, default=0)
+    add_fold_args(parser, what="tune on")
     parser.add_argument("--out", required=True, help="tuned inference config YAML to write")
-    parser.add_argument("--config", default="infer_default", help="starting inference config")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--model-weights", nargs="+", type=float, default=None, metavar="W")
+    add_config_args(parser, default="infer_default", what="starting inference")
+    add_device_arg(parser)
     parser.add_argument("--cache", default=None,
                         help="pickle of raw predictions: reused when it covers every image")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
@@ -35,39 +37,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tune per cell type (yes), or only the default thresholds used when "
                              "predict cannot tell an image's type (no). auto: per type when the "
                              "models have a per-type class head or the config names the types")
-    parser.add_argument("--no-progress", action="store_true")
+    add_progress_arg(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.commands.predict import default_device
-    from cellseg.config import ConfigError
     from cellseg.data.loaders import load_records
     from cellseg.infer import tune
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import class_names, load_models
     from cellseg.io import write_json
 
-    try:
-        cfg = load_inference_config(args.config, args.set)
-    except ConfigError as exc:
-        print(f"cellseg tune: {exc}", file=sys.stderr)
-        return 2
-    records = load_records(args.data, split=args.split)
-    if args.fold is not None:
-        from cellseg.data.folds import make_folds
-
-        folds = make_folds(records, n_folds=args.n_folds, seed=args.fold_seed)
-        records = [r for r in records if folds[r.image_id] == args.fold]
+    cfg = load_inference_config(args.config, args.set)
+    check_weights(args, exist=False)
+    input_path(args.data, "--data")
+    output_file(args.out, "--out")
+    if args.report:
+        output_file(args.report, "--report")
+    records = select_fold(load_records(args.data, split=args.split), args)
     records = [r for r in records if r.rles]
     if args.max_images:
         records = records[:args.max_images]
     if not records:
-        print(f"cellseg tune: no annotated images in {args.data} (fold {args.fold})",
-              file=sys.stderr)
-        return 2
+        raise UserError(f"no annotated images (fold {args.fold})", where=f"--data {args.data}",
+                        fix="pass labelled data (train.csv / COCO) or another --fold")
     raw = tune.load_cache(args.cache, records) if args.cache else None
     models = None
     if raw is None:
+        check_weights(args)
         device = default_device(args.device)
         models = load_models(args.weights, device=device, weights=args.model_weights)
         raw = tune.collect_raw(models, records, cfg, device=device, progress=not args.no_progress)

@@ -15,6 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellseg.commands.common import input_path
+from cellseg.errors import InputError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("submission", type=Path, help="submission.csv to check")
@@ -30,11 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.submission import ids_from_csv, read_submission, validate_submission
+    from cellseg.core.submission import ids_from_csv, read_submission, validate_submission
 
-    if not args.submission.is_file():
-        print(f"error: {args.submission} not found", file=sys.stderr)
-        return 2
+    input_path(args.submission, "submission", kind="file")
+    if not args.submission.read_bytes().strip():
+        raise InputError("the file is empty (no header)", where=f"submission {args.submission}",
+                         fix="write the header 'id,predicted' and one row per predicted cell")
+    if args.images is not None:
+        input_path(args.images, "--images", kind="folder")
+    if args.ids_from is not None:
+        input_path(args.ids_from, "--ids-from", kind="file")
     ids = ids_from_csv(args.ids_from) if args.ids_from is not None else None
     if args.images is None and ids is None:
         print("note: no --images or --ids-from: image ids are not checked", file=sys.stderr)
@@ -50,5 +58,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     subm = read_submission(args.submission)
     n_rows = sum(max(len(v), 1) for v in subm.values())
+    if not subm:  # a header alone: no image would be scored
+        print(f"INVALID: {args.submission} has a header but no rows")
+        return 1
     print(f"OK: {n_rows} rows, {len(subm)} images")
     return 0

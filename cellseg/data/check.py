@@ -4,8 +4,10 @@
     cellseg data check data/LIVECell_dataset_2021
     cellseg data check data/synth              # a folder holding competition/ and livecell/
 
-Every problem (bad CSV row, bad annotation, missing or wrongly sized image) is collected and
-listed at the end instead of stopping at the first; the exit code is 1 when there is any.
+Every problem (bad CSV row, bad annotation, missing, truncated or wrongly sized image) is collected
+and listed at the end instead of stopping at the first; the exit code is 1 when there is any.
+Every image is decoded fully with the reader training and prediction use (``cellseg.io.read_gray``),
+so a truncated PNG whose header is intact fails here, not hours into training.
 Known, harmless quirks (LIVECell duplicate entries, degenerate polygons) are listed as notes.
 The summary gives, per cell type: images, cells, cells per image (min / median / max) and cell
 area percentiles (5 / 50 / 95, pixels).
@@ -20,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 from cellseg.data.record import ImageRecord
 
 
@@ -85,15 +87,19 @@ class CheckReport:
 
 
 def _check_image(path: Path, shape: tuple[int, int], problems: list[str]) -> None:
-    from cellseg.data.sartorius import _image_size
+    from cellseg.io import read_gray
 
     if not path.is_file():
         problems.append(f"image {path} is missing")
         return
     try:
-        size = _image_size(path)
+        # a full decode: a header-only read passes truncated files
+        size = read_gray(path).shape[:2]
     except Exception as err:  # noqa: BLE001 - any unreadable file is a problem to list
-        problems.append(f"image {path} cannot be read ({type(err).__name__}: {err})")
+        from cellseg.errors import InputError
+
+        why = "" if isinstance(err, InputError) else f": {type(err).__name__}: {err}"
+        problems.append(f"image {path} cannot be decoded (truncated or corrupt{why})")
         return
     if tuple(size) != tuple(shape):
         problems.append(f"image {path} is {size[0]}x{size[1]} (HxW), the annotations expect "
@@ -115,6 +121,8 @@ def check_competition(root: str | os.PathLike) -> CheckReport:
             report.problems.extend(err.problems)
             return report
         report.records = sartorius.records_from_frame(df, folder / "train")
+        if not report.records:
+            report.problems.append(f"{csv} has a header but no rows")
         for rec in report.records:
             _check_image(rec.image_path, rec.shape, report.problems)
         annotated = {r.image_id for r in report.records}
@@ -132,7 +140,7 @@ def check_competition(root: str | os.PathLike) -> CheckReport:
             report.extra_counts[f"{sub}/ images"] = len(recs)
             for rec in recs:
                 _check_image(rec.image_path, rec.shape, report.problems)
-    if not report.records and not report.extra_counts:
+    if not report.records and not report.extra_counts and not csv.is_file():
         report.problems.append(f"{root}: no train.csv, test/ or train_semi_supervised/ found")
     return report
 
@@ -176,7 +184,7 @@ def check_coco(path: str | os.PathLike, image_root: str | os.PathLike | None = N
     path = Path(path)
     report = CheckReport(path=path, kind="coco")
     try:
-        report.records = coco.coco_to_records(path, image_root)
+        report.records = coco.coco_to_records(path, image_root, notes=report.notes)
     except (ValueError, KeyError, OSError) as err:
         report.problems.append(f"{path}: {err}")
         return report

@@ -4,7 +4,7 @@
     data = coco.records_to_coco(records)                 # dict, json.dump-able
     records = coco.coco_to_records(data, "data/sartorius/train")
 
-COCO JSON written here uses compressed COCO RLE segmentations (``cellseg.rle.rle_to_coco``,
+COCO JSON written here uses compressed COCO RLE segmentations (``cellseg.core.coco_rle.rle_to_coco``,
 identical to pycocotools' own encoding), one category (``cell``, id 1), ``iscrowd`` 0, tight
 ``bbox`` [x, y, w, h] and integer ``area`` in pixels. Image entries carry ``file_name``,
 ``width``, ``height`` and, beyond the COCO standard, ``cell_type``, ``sample_id``, ``source``
@@ -24,10 +24,24 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import coco_rle
+from cellseg.core.masks import runs_from_rles
 from cellseg.data.record import ImageRecord
+from cellseg.errors import InputError
 
 CATEGORY = {"id": 1, "name": "cell", "supercategory": "cell"}
+
+
+# LIVECell's cell types and file-name convention live here, not in ``livecell``, because any COCO
+# file with LIVECell-style names gets its cell type from them (and livecell imports this module)
+CELL_TYPES: tuple[str, ...] = ("A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SkBr3", "SKOV3")
+
+
+def cell_type_of(file_name: str) -> str:
+    """Cell type from a LIVECell file name prefix, canonical spelling (``shsy5y_...`` -> SHSY5Y)."""
+    prefix = Path(file_name).name.split("_", 1)[0]
+    canonical = {t.lower(): t for t in CELL_TYPES}
+    return canonical.get(prefix.lower(), prefix)
 
 
 def annotations_list(coco: Mapping[str, Any]) -> list[dict]:
@@ -62,7 +76,7 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> str:
     is left (the caller drops the instance).
     """
     coco = _to_coco_rle(segmentation, height, width)
-    return "" if coco is None else rle_codec.from_coco(coco)
+    return "" if coco is None else coco_rle.from_coco(coco)
 
 
 def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: int
@@ -84,12 +98,12 @@ def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: in
     keep = [i for i, c in enumerate(cocos) if c is not None]
     out = [""] * len(cocos)
     try:
-        for i, r in zip(keep, rle_codec.coco_to_rles([cocos[i] for i in keep])):
+        for i, r in zip(keep, coco_rle.coco_to_rles([cocos[i] for i in keep])):
             out[i] = r
     except (ValueError, TypeError):  # find the culprit(s), one at a time
         for i in keep:
             try:
-                out[i] = rle_codec.from_coco(cocos[i])
+                out[i] = coco_rle.from_coco(cocos[i])
             except (ValueError, TypeError) as err:
                 problems.append((annotations[i].get("id"), f"bad segmentation ({err})"))
     return out, problems
@@ -97,16 +111,22 @@ def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: in
 
 def bbox_area(rle: str, shape: tuple[int, int]) -> tuple[list[int], int]:
     """Tight ``[x, y, w, h]`` box and pixel area of one competition RLE (as pycocotools toBbox)."""
-    boxes, areas = rle_codec.boxes_and_areas([rle], shape)
-    return boxes[0].tolist(), int(areas[0])
+    runs = runs_from_rles([rle], shape)
+    x0, y0, x1, y1 = runs.boxes()[0].tolist()
+    return [x0, y0, x1 - x0, y1 - y0], int(runs.areas[0])
 
 
-def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.PathLike | None = None
-                    ) -> dict:
+def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.PathLike | None = None,
+                    image_ids: Sequence[int] | None = None, polygons: bool = False) -> dict:
     """Records -> a COCO JSON dict (images numbered 1.., annotations numbered 1..).
 
     ``file_name`` is the image path relative to ``image_root`` when given (and under it), else
     the bare file name. Empty RLEs are skipped.
+
+    Args:
+        image_ids: the COCO image ids, one per record (default 1..N; LIVECell's are not).
+        polygons: write each cell as its outline polygon (``mask_polygon``, LIVECell's format)
+            instead of compressed COCO RLE; ``bbox`` and ``area`` stay the mask's.
     """
     from tqdm import tqdm
 
@@ -114,7 +134,11 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
     root = Path(image_root).resolve() if image_root is not None else None
     n_cells = sum(r.n_instances for r in records)
     bar = tqdm(total=n_cells, desc="to COCO", unit="cell", disable=n_cells < 5000, leave=False)
-    for img_id, rec in enumerate(records, start=1):
+    if image_ids is not None and len(image_ids) != len(records):
+        raise ValueError(f"records_to_coco got {len(image_ids)} image ids for {len(records)} "
+                         f"records")
+    ids = range(1, len(records) + 1) if image_ids is None else [int(i) for i in image_ids]
+    for img_id, rec in zip(ids, records):
         path = Path(rec.image_path)
         name = path.name
         if root is not None:
@@ -130,8 +154,13 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
         images.append(entry)
         rles = [r for r in rec.rles if r.strip()]
         # one vectorised pass per image for segmentations, boxes and areas
-        segs = rle_codec.rles_to_coco(rles, rec.shape)
-        boxes, areas = rle_codec.boxes_and_areas(rles, rec.shape)
+        runs = runs_from_rles(rles, rec.shape)
+        boxes, areas = runs.boxes(), runs.areas
+        if polygons:
+            segs = [[mask_polygon(box, crop)] for box, crop in runs.crops()]
+        else:
+            segs = coco_rle.rles_to_coco(rles, rec.shape)
+        boxes[:, 2:] -= boxes[:, :2]  # COCO [x, y, w, h]
         for seg, box, area in zip(segs, boxes.tolist(), areas.tolist()):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": img_id, "category_id": CATEGORY["id"],
@@ -140,6 +169,28 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
     bar.close()
     return {"info": {"description": "written by cellseg"}, "images": images,
             "annotations": annotations, "categories": [dict(CATEGORY)]}
+
+
+def mask_polygon(box: Sequence[int], mask: np.ndarray) -> list[float]:
+    """The outline of a crop mask (the (h, w) bool mask of ``box`` x0, y0, x1, y1) as a COCO
+    polygon ``[x1, y1, x2, y2, ...]`` in image coordinates; the largest part's outline when the
+    mask has several.
+
+    Contours are traced on a 4x nearest-neighbour upscale and mapped back, so the polygon follows
+    pixel EDGES (within 1/8 px) rather than pixel centres. pycocotools treats pixel x as the
+    interval [x, x + 1), so rasterising the polygon gives back nearly the same mask even for
+    cells a few pixels wide.
+    """
+    import cv2  # lazy: only polygon output needs it
+
+    up = cv2.resize(np.asarray(mask, np.uint8), None, fx=4, fy=4,
+                    interpolation=cv2.INTER_NEAREST)
+    up = np.pad(up, 1)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    c = max(contours, key=cv2.contourArea)
+    c = cv2.approxPolyDP(c, 2.0, True)[:, 0, :].astype(np.float64)  # 2 px at 4x = 0.5 px
+    xy = (c - 1 + 0.5) / 4 + (int(box[0]), int(box[1]))  # -1: the padding; +0.5: 4x centre
+    return [round(float(v), 2) for v in xy.ravel()]
 
 
 def _plain(value: Any) -> Any:
@@ -178,15 +229,14 @@ def _cell_type(img: Mapping[str, Any]) -> str | None:
     """The entry's ``cell_type``, else a LIVECell name prefix (``MCF7_Phase_...`` -> MCF7)."""
     if img.get("cell_type"):
         return str(img["cell_type"])
-    from cellseg.data.livecell import CELL_TYPES, cell_type_of
-
     guess = cell_type_of(str(img.get("file_name", "")))
     return guess if guess in CELL_TYPES else None
 
 
 def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
                     image_root: str | os.PathLike | None = None, *,
-                    source: str | None = None, min_cells: int = 0) -> list[ImageRecord]:
+                    source: str | None = None, min_cells: int = 0,
+                    notes: list[str] | None = None) -> list[ImageRecord]:
     """COCO JSON (dict or file path) -> records, in the order of ``coco["images"]``.
 
     Args:
@@ -195,19 +245,25 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
             folder when a path is given, else the current folder).
         source: record source; default the image entry's ``source`` or ``"coco"``.
         min_cells: skip images with fewer annotations.
+        notes: receives a warning about annotations of unknown images (orphans are skipped:
+            harmless for training); without it the warning goes through ``warnings.warn``.
     Returns:
         One record per image; ``image_id`` is the entry's ``image_key`` (written by
         ``records_to_coco``) or the file stem; cell type from the entry's ``cell_type`` or a
         LIVECell file-name prefix; images found as ``root/file_name``, ``root/<type>/name`` or
         by name anywhere under ``root``.
     Raises:
-        ValueError: an annotation that points at an unknown image, or a bad segmentation
-            (the message names the annotation id).
+        cellseg.errors.InputError (a ValueError): not JSON, or a bad segmentation (the message
+            names the annotation id).
     """
     if not isinstance(coco, Mapping):
         path = Path(coco)
         with open(path) as fh:
-            coco = json.load(fh)
+            try:
+                coco = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"not valid JSON ({exc})", where=str(path),
+                                 fix="pass a COCO annotation file") from None
         if image_root is None:
             image_root = path.parent
     root = Path(image_root) if image_root is not None else Path(".")
@@ -215,11 +271,21 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
     per_image: dict[Any, list[dict]] = {}
     for img in coco.get("images", []):
         per_image[img["id"]] = []
+    orphans = []
     for ann in annotations_list(coco):
         if ann.get("image_id") not in per_image:
-            raise ValueError(f"annotation {ann.get('id')} refers to unknown image "
-                             f"{ann.get('image_id')!r}")
+            orphans.append(ann)
+            continue
         per_image[ann["image_id"]].append(ann)
+    if orphans:
+        msg = (f"{len(orphans)} annotation(s) refer to images not in the file (e.g. annotation "
+               f"{orphans[0].get('id')} -> image {orphans[0].get('image_id')!r}); skipped")
+        if notes is not None:
+            notes.append(msg)
+        else:
+            import warnings
+
+            warnings.warn(msg, stacklevel=2)
     records = []
     for img in coco.get("images", []):
         anns = sorted(per_image[img["id"]], key=lambda a: a.get("id", 0))
@@ -227,8 +293,10 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
         converted, problems = segmentations_to_rles(anns, h, w)
         if problems:
             ann_id, reason = problems[0]
-            raise ValueError(f"annotation {ann_id} of image {img.get('file_name')}: {reason}"
-                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InputError(f"bad segmentation of annotation {ann_id} of image "
+                             f"{img.get('file_name')}: {reason}{more}",
+                             fix="`cellseg data check` lists every problem")
         rles = [r for r in converted if r]
         if len(rles) < min_cells:
             continue

@@ -86,3 +86,32 @@ def fold_summary(records: Sequence[ImageRecord], folds: dict[str, int]) -> dict[
     for r in records:
         out[folds[r.image_id]][str(r.cell_type)] += 1
     return {f: dict(v) for f, v in sorted(out.items())}
+
+
+def check_fold(fold: int, n_folds: int) -> None:
+    """Raise ``cellseg.errors.UserError`` unless ``0 <= fold < n_folds``."""
+    from cellseg.errors import UserError
+
+    if not 0 <= fold < n_folds:
+        raise UserError(f"fold {fold} is out of range", where=f"{n_folds} folds",
+                        fix=f"pick a fold in 0..{n_folds - 1}")
+
+
+def split_fold(records: Sequence[ImageRecord], fold: int, n_folds: int = 5, seed: int = 0
+               ) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """``(the other folds, fold)`` of ``make_folds(records, n_folds, seed)``, in record order.
+
+    The one fold selection used by training, ``cellseg tune`` and ``cellseg score``.
+    Raises ``cellseg.errors.UserError`` when ``fold`` is not in ``0..n_folds-1`` or the records
+    cannot fill ``n_folds`` folds.
+    """
+    from cellseg.errors import UserError
+
+    check_fold(fold, n_folds)
+    try:
+        folds = make_folds(records, n_folds=n_folds, seed=seed)
+    except ValueError as exc:
+        raise UserError(str(exc), where=f"folds of {len(records)} images") from None
+    rest = [r for r in records if folds[r.image_id] != fold]
+    held = [r for r in records if folds[r.image_id] == fold]
+    return rest, held

@@ -30,19 +30,12 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from cellseg.data.coco import annotations_list, segmentations_to_rles
+from cellseg.data.coco import (CELL_TYPES, annotations_list, cell_type_of,  # noqa: F401 (API)
+                               segmentations_to_rles)
 from cellseg.data.record import ImageRecord
 
-CELL_TYPES: tuple[str, ...] = ("A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SkBr3", "SKOV3")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-
-
-def cell_type_of(file_name: str) -> str:
-    """Cell type from a LIVECell file name prefix, canonical spelling (``shsy5y_...`` -> SHSY5Y)."""
-    prefix = Path(file_name).name.split("_", 1)[0]
-    canonical = {t.lower(): t for t in CELL_TYPES}
-    return canonical.get(prefix.lower(), prefix)
 
 
 def _annotation_candidates(root: Path, split: str, cell_type: str | None) -> list[Path]:

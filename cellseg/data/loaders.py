@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from cellseg.data.record import ImageRecord
+from cellseg.errors import InputError
 
 SEMI_SPLITS = ("semi", "train_semi_supervised", "unlabeled")
 
@@ -30,7 +31,8 @@ def detect(path: str | os.PathLike) -> str:
             return "csv"
         if suffix == ".json":
             return "coco"
-        raise ValueError(f"{path}: expected a .csv (train.csv) or .json (COCO) file")
+        raise InputError(f"unknown data file type {suffix or '(no suffix)'!r}", where=str(path),
+                         fix="pass a .csv (train.csv), a .json (COCO) or a folder")
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist")
     if (path / "train.csv").is_file() or ((path / "test").is_dir() and (path / "train").is_dir()):
@@ -41,10 +43,10 @@ def detect(path: str | os.PathLike) -> str:
         return "livecell"
     if any(p.suffix.lower() in (".png", ".tif", ".tiff") for p in path.iterdir()):
         return "images"
-    raise ValueError(
-        f"{path}: not a known data layout. Expected a competition folder (train.csv, train/, "
-        f"test/), a LIVECell root (images/, annotations/), a COCO .json, a train.csv or a "
-        f"folder of images")
+    raise InputError(
+        "not a known data layout", where=str(path),
+        fix="pass a competition folder (train.csv, train/, test/), a LIVECell root (images/, "
+            "annotations/), a COCO .json, a train.csv or a folder of images")
 
 
 def load_records(path: str | os.PathLike, split: str = "train", *, fill_holes: bool = False,

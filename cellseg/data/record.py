@@ -1,6 +1,6 @@
 """The one per-image record every loader returns.
 
-Instances are stored as competition RLE strings (row-major, 1-indexed; see ``cellseg.rle``):
+Instances are stored as competition RLE strings (row-major, 1-indexed; see ``cellseg.core.rle``):
 compact, picklable for data-loader workers, and exactly what the metric and submission need.
 Masks may overlap (competition training masks do); ``label_image`` resolves overlaps
 deterministically, ``masks`` keeps them.
@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
+from cellseg.core.masks import decode_labels
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class ImageRecord:
 
     def label_image(self) -> np.ndarray:
         """(H, W) int32 label image, instance i -> i + 1; overlaps go to the later instance."""
-        return rle_codec.decode_labels(self.rles, self.shape)
+        return decode_labels(self.rles, self.shape)
 
     def masks(self) -> np.ndarray:
         """(N, H, W) bool stack of instance masks, overlaps kept (costs N*H*W bytes)."""

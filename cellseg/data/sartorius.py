@@ -5,7 +5,7 @@
     test = sartorius.list_test("data/sartorius")                         # no annotations
 
 ``train.csv`` has one row per CELL: ``id`` (the image id, file ``train/<id>.png``),
-``annotation`` (competition RLE, see ``cellseg.rle``), ``width``, ``height``, ``cell_type``,
+``annotation`` (competition RLE, see ``cellseg.core.rle``), ``width``, ``height``, ``cell_type``,
 ``plate_time``, ``sample_date``, ``sample_id``, ``elapsed_timedelta``. Every row is validated:
 errors name the file, the 1-based data row (its line in the file is row + 1, after the header)
 and the image id, e.g. ``train.csv row 17 (line 18, id 0030fd0e6378): overlapping runs ...``.
@@ -26,8 +26,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
 from cellseg.data.record import ImageRecord
+from cellseg.errors import InputError
 
 COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type", "plate_time",
                             "sample_date", "sample_id", "elapsed_timedelta")
@@ -37,7 +38,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
 MAX_LISTED = 10  # problems spelled out in an exception message; the rest are counted
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad data files; ``problems`` holds every message (the exception text shows the first)."""
 
     def __init__(self, summary: str, problems: Sequence[str]):
@@ -78,7 +79,12 @@ def read_train_csv(path: str | os.PathLike, *, problems: list[str] | None = None
     path = _csv_path(path)
     # everything as text: ids like "1e10..." must not become floats, and text columns must
     # round-trip byte for byte (cellseg data convert)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path.name} is empty (no header)",
+                        [f"{path} is empty; a train.csv starts with the header "
+                         f"{','.join(COLUMNS)}"]) from None
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:

@@ -18,7 +18,6 @@ Everything is a pure function of the seed: the same seed writes byte-identical f
 
 from __future__ import annotations
 
-import csv
 import json
 import zlib
 from dataclasses import dataclass
@@ -27,7 +26,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
+from cellseg.data.coco import records_to_coco
+from cellseg.data.record import ImageRecord
+from cellseg.data.sartorius import COLUMNS, write_train_csv
 from cellseg.data.synth_shapes import (MORPHOLOGIES, Morphology, _uniform, draw_debris,
                                        draw_neurite, draw_shape, draw_sheet, phase_height)
 from cellseg.io import atomic_open, atomic_path, write_json, write_png
@@ -35,8 +37,7 @@ from cellseg.io import atomic_open, atomic_path, write_json, write_png
 SHAPE: tuple[int, int] = (520, 704)  # (height, width) of both real data sets
 COMPETITION_TYPES: tuple[str, ...] = ("shsy5y", "astro", "cort")
 LIVECELL_TYPES: tuple[str, ...] = ("A172", "BT474", "MCF7", "SHSY5Y")
-CSV_COLUMNS = ("id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
-               "sample_id", "elapsed_timedelta")
+CSV_COLUMNS = COLUMNS  # train.csv's nine columns (``cellseg.data.sartorius``)
 _SAMPLE_TAGS = {"shsy5y": "diff", "astro": "hippo", "cort": "pre-treat"}  # as in real sample_ids
 _MIN_AREA = 20  # px: smaller slivers left after resolving overlaps are dropped
 
@@ -57,13 +58,9 @@ class CropMask:
         return out
 
     def rle(self, shape: tuple[int, int]) -> str:
-        """Competition RLE over the frame, encoded from full-width rows of the crop only."""
-        h, w = self.mask.shape
-        rows = np.zeros((h, shape[1]), bool)
-        rows[:, self.x0:self.x0 + w] = self.mask
-        pairs = np.array(rle_codec.encode(rows).split(), np.int64).reshape(-1, 2)
-        pairs[:, 0] += self.y0 * shape[1]  # shift the crop's rows to their place in the frame
-        return " ".join(map(str, pairs.ravel().tolist()))
+        """Competition RLE over the frame, from the crop's pixels only (no frame-sized mask)."""
+        ys, xs = np.nonzero(self.mask)  # row-major: flat indices come out ascending
+        return rle_codec.encode_indices((ys + self.y0).astype(np.int64) * shape[1] + xs + self.x0)
 
 
 def _morphology(cell_type: str) -> Morphology:
@@ -258,22 +255,11 @@ def render(cell_type: str, seed: int,
 
 
 def _polygon(cell: CropMask) -> list[float]:
-    """The outline of a crop mask as a COCO polygon [x1, y1, x2, y2, ...] in frame coordinates.
+    """The outline of a crop mask as a COCO polygon in frame coordinates (``coco.mask_polygon``)."""
+    from cellseg.data.coco import mask_polygon
 
-    Contours are traced on a 4x nearest-neighbour upscale and mapped back, so the polygon follows
-    pixel EDGES (within 1/8 px) rather than pixel centres. pycocotools treats pixel x as the
-    interval [x, x + 1), so rasterising the polygon at (520, 704) gives back nearly the same mask
-    even for cells a few pixels wide.
-    """
-    import cv2
-
-    up = cv2.resize(cell.mask.astype(np.uint8), None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)
-    up = np.pad(up, 1)
-    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    c = max(contours, key=cv2.contourArea)
-    c = cv2.approxPolyDP(c, 2.0, True)[:, 0, :].astype(np.float64)  # 2 px at 4x = 0.5 px
-    xy = (c - 1 + 0.5) / 4 + (cell.x0, cell.y0)  # -1: the padding; +0.5: centre of a 4x pixel
-    return [round(float(v), 2) for v in xy.ravel()]
+    h, w = cell.mask.shape
+    return mask_polygon((cell.x0, cell.y0, cell.x0 + w, cell.y0 + h), cell.mask)
 
 
 def _write_tif(path: Path, image: np.ndarray) -> None:
@@ -307,7 +293,7 @@ def _write_competition(out: Path, seed: int, n_images: int, n_test: int, n_semi:
                        bar: Any) -> dict[str, dict[str, Any]]:
     rng = np.random.default_rng([seed, 1])
     taken: set[str] = set()
-    rows: list[tuple] = []
+    records: list[ImageRecord] = []
     per_image: dict[str, int] = {}
     frame = 0
     sample = 0
@@ -327,18 +313,18 @@ def _write_competition(out: Path, seed: int, n_images: int, n_test: int, n_semi:
             image, cells = scene(cell_type, (seed, 3, frame), layout_seed=(seed, 2, sample))
             write_png(out / "train" / f"{image_id}.png", image)
             plate_time, elapsed = _timedelta(start + k * step)
-            for c in cells:
-                rows.append((image_id, c.rle(SHAPE), SHAPE[1], SHAPE[0], cell_type, plate_time,
-                             date, sample_id, elapsed))
+            records.append(ImageRecord(
+                image_id=image_id, image_path=out / "train" / f"{image_id}.png",
+                height=SHAPE[0], width=SHAPE[1], cell_type=cell_type, source="synthetic",
+                sample_id=sample_id, rles=tuple(c.rle(SHAPE) for c in cells),
+                meta={"plate_time": plate_time, "sample_date": date,
+                      "elapsed_timedelta": elapsed}))
             per_image[image_id] = len(cells)
             per_type[cell_type] += 1
             frame += 1
             bar.update()
         sample += 1
-    with atomic_open(out / "train.csv", "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(rows)
+    write_train_csv(records, out / "train.csv")
     test_ids = []
     for folder, n, tag in (("test", n_test, 4), ("train_semi_supervised", n_semi, 5)):
         ids = _hex_ids(rng, n, taken)
@@ -375,10 +361,11 @@ def _livecell_scene(seed: int, i: int) -> tuple[str, np.ndarray, list[CropMask]]
 
 
 def _write_livecell(out: Path, seed: int, n: int, bar: Any) -> dict[str, dict[str, Any]]:
+    """LIVECell's layout: TIFFs under ``images/`` and one COCO JSON per split, written like the
+    real files (polygons, LIVECell-style image ids, bare file names) by ``coco.records_to_coco``."""
     rng = np.random.default_rng([seed, 6])
-    coco = {s: {"images": [], "annotations": []} for s in ("train", "val", "test")}
+    splits = {s: ([], []) for s in ("train", "val", "test")}  # (records, COCO image ids)
     names: set[str] = set()
-    ann_id = 1
     for i, split in enumerate(_livecell_splits(n)):
         cell_type = _livecell_type(i)
         while True:  # official name: <Type>_Phase_<Well>_<Loc>_<ddHHhMMm>_<crop>.tif
@@ -390,37 +377,26 @@ def _write_livecell(out: Path, seed: int, n: int, bar: Any) -> dict[str, dict[st
                 break
         _, image, cells = _livecell_scene(seed, i)
         folder = "livecell_test_images" if split == "test" else "livecell_train_val_images"
-        _write_tif(out / "images" / folder / cell_type / name, image)
-        image_id = 100_000 + 1_000 * i + int(rng.integers(0, 1000))
-        coco[split]["images"].append({
-            "id": image_id, "width": SHAPE[1], "height": SHAPE[0], "file_name": name,
-            "original_filename": name[:-4] + ".png", "url": ""})
-        for c in cells:
-            poly = _polygon(c)
-            xs, ys = poly[0::2], poly[1::2]
-            coco[split]["annotations"].append({
-                "id": ann_id, "image_id": image_id, "category_id": 1, "segmentation": [poly],
-                "area": float(c.mask.sum()),
-                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], "iscrowd": 0})
-            ann_id += 1
+        path = out / "images" / folder / cell_type / name
+        _write_tif(path, image)
+        records, ids = splits[split]
+        records.append(ImageRecord(image_id=Path(name).stem, image_path=path, height=SHAPE[0],
+                                   width=SHAPE[1], cell_type=cell_type, source="synthetic",
+                                   rles=tuple(c.rle(SHAPE) for c in cells)))
+        ids.append(100_000 + 1_000 * i + int(rng.integers(0, 1000)))
         bar.update()
     counts = {}
-    for split, d in coco.items():
+    for split, (records, ids) in splits.items():
+        data = records_to_coco(records, image_ids=ids, polygons=True)
+        data["info"] = {"year": "2021", "version": "1.0", "contributor": "cellseg.data.synthetic",
+                        "description": "synthetic LIVECell-like data", "url": "",
+                        "date_created": "2021/01/19"}
+        data["licenses"] = [{"id": 1, "name": "synthetic", "url": ""}]
         # compact, like the real files (indented polygons would be ~3x larger)
         with atomic_open(out / "annotations" / "LIVECell" / f"livecell_coco_{split}.json") as fh:
-            json.dump({
-                "info": {"year": "2021", "version": "1.0", "contributor": "cellseg.data.synthetic",
-                         "description": "synthetic LIVECell-like data", "url": "",
-                         "date_created": "2021/01/19"},
-                "licenses": [{"id": 1, "name": "synthetic", "url": ""}],
-                "categories": [{"supercategory": "cell", "id": 1, "name": "cell"}],
-                "images": d["images"], "annotations": d["annotations"]}, fh, separators=(",", ":"))
-        per_image = {Path(i["file_name"]).stem: 0 for i in d["images"]}
-        stems = {i["id"]: Path(i["file_name"]).stem for i in d["images"]}
-        for a in d["annotations"]:
-            per_image[stems[a["image_id"]]] += 1
-        counts[split] = {"images": len(d["images"]), "cells": len(d["annotations"]),
-                         "per_image": per_image}
+            json.dump(data, fh, separators=(",", ":"))
+        counts[split] = {"images": len(records), "cells": sum(r.n_instances for r in records),
+                         "per_image": {r.image_id: r.n_instances for r in records}}
     for folder in ("livecell_train_val_images", "livecell_test_images"):
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
     return counts

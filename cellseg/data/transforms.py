@@ -10,11 +10,10 @@ Normalisation lives here once: datasets (``normalise``, numpy, in workers) and e
 carries as ``model.cellseg_norm`` ({"mean", "std" on the 0-255 scale, one value per input channel,
 "in_channels"}). A grayscale image is repeated over the input channels.
 
-Augmentation moves image and masks together (flips, 90-degree rotations, random scale, crop to
-``crop_size``, brightness/contrast, optional blur and noise); masks that vanish (or keep fewer than
-``min_visible`` pixels) after cropping are dropped, with their labels. Instances travel through
-the warp as a few uint16 label layers (one per overlap depth, ``crops_to_layers``), not as N
-masks: 520x704 with 400 cells costs ~4 layers instead of 400.
+Augmentation moves image and instances together (flips, 90-degree rotations, random scale, crop
+to ``crop_size``, brightness/contrast, optional blur and noise). Instances travel through the warp
+as a few uint16 label layers (one per overlap depth, ``cellseg.data.targets``), not as N masks:
+520x704 with 400 cells costs 1-4 planes instead of 400 (``augment_layers``).
 """
 
 from __future__ import annotations
@@ -55,13 +54,26 @@ def resolve_norm(norm: str | Mapping[str, Any], in_channels: int) -> dict[str, A
 
 
 def normalise(image: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
-    """(H, W) uint8 grayscale -> (C, H, W) float32, channel c = (image - mean[c]) / std[c]."""
+    """(H, W) uint8 grayscale -> (C, H, W) float32, channel c = (image - mean[c]) / std[c].
+
+    uint8 input goes through a 256-entry table per channel (one gather per channel, the same
+    float32 values as the arithmetic form); channels with equal statistics are copied."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"normalise expects an (H, W) grayscale image, got shape {image.shape}")
-    mean = np.asarray(norm["mean"], np.float32)[:, None, None]
-    std = np.asarray(norm["std"], np.float32)[:, None, None]
-    return ((image.astype(np.float32)[None] - mean) / std).astype(np.float32)
+    mean = np.asarray(norm["mean"], np.float32)
+    std = np.asarray(norm["std"], np.float32)
+    if image.dtype != np.uint8:
+        return ((image.astype(np.float32)[None] - mean[:, None, None])
+                / std[:, None, None]).astype(np.float32)
+    out = np.empty((len(mean), *image.shape), np.float32)
+    levels = np.arange(256, dtype=np.float32)
+    for c in range(len(mean)):
+        if c and mean[c] == mean[c - 1] and std[c] == std[c - 1]:
+            out[c] = out[c - 1]
+        else:
+            np.take((levels - mean[c]) / std[c], image, out=out[c])
+    return out
 
 
 def normalise_batch(images: Any, norm: Mapping[str, Any], device: Any = None) -> "torch.Tensor":  # noqa: F821
@@ -136,63 +148,24 @@ def precrop_size(crop_size: int | Sequence[int], scale: tuple[float, float] | No
     return int(np.ceil(ch / lo)) + 2, int(np.ceil(cw / lo)) + 2
 
 
-def crops_to_layers(crops: Sequence[tuple[Sequence[int], np.ndarray]], shape: tuple[int, int]
-                    ) -> np.ndarray:
-    """Pack possibly overlapping instances into (K, H, W) uint16 label layers, instance i -> i + 1.
+def augment_layers(augment: Any, image: np.ndarray, layers: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Warp (H, W) uint8 image and (K, H, W) uint16 label layers together with ``augment``.
 
-    Instances are placed greedily in the first layer where they overlap nothing, so K is the
-    overlap depth (1-3 for real data) instead of N: warping K label layers with nearest-neighbour
-    moves every instance intact at a fraction of the cost of N masks.
-    crops: ``((x0, y0, x1, y1), bool crop)`` per instance (``cellseg.data.targets.crops_from_masks``).
-    """
-    if len(crops) >= 65535:
-        raise ValueError(f"{len(crops)} instances in one image; at most 65534 are supported")
-    layers: list[np.ndarray] = []
-    for i, ((x0, y0, x1, y1), m) in enumerate(crops):
-        if m.size == 0:
-            continue
-        for layer in layers:
-            view = layer[y0:y1, x0:x1]
-            if not view[m].any():
-                view[m] = i + 1
-                break
-        else:
-            layer = np.zeros(shape, np.uint16)
-            layer[y0:y1, x0:x1][m] = i + 1
-            layers.append(layer)
-    return np.stack(layers) if layers else np.zeros((0, *shape), np.uint16)
-
-
-def layers_to_masks(layers: np.ndarray, n: int) -> np.ndarray:
-    """(K, H, W) label layers (``crops_to_layers``) -> (n, H, W) bool masks (absent ids empty)."""
-    k, h, w = layers.shape
-    out = np.zeros((n, h, w), bool)
-    for layer in layers:
-        ys, xs = np.nonzero(layer)
-        out[layer[ys, xs].astype(np.int64) - 1, ys, xs] = True
-    return out
-
-
-def augment_crops(augment: Any, image: np.ndarray,
-                  crops: Sequence[tuple[Sequence[int], np.ndarray]], labels: np.ndarray, *,
-                  min_visible: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``apply_augment`` for instances given as crops (what the data set holds)."""
-    labels = np.asarray(labels, np.int64).reshape(-1)
-    if len(labels) != len(crops):
-        raise ValueError(f"{len(crops)} instances but {len(labels)} labels")
+    Layers travel as one K-channel mask (``augment`` must move masks with nearest-neighbour
+    geometry, as ``build_augment`` does), so every instance moves intact, overlaps kept, at the
+    cost of K planes. With K == 0 the transform sees the image alone. Returns (image (H', W')
+    uint8, layers (K, H', W') uint16)."""
     image = np.asarray(image)
-    layers = crops_to_layers(crops, image.shape[:2])
     if len(layers):
-        out = augment(image=image, mask=np.ascontiguousarray(layers.transpose(1, 2, 0)))
+        out = augment(image=image, mask=np.ascontiguousarray(np.moveaxis(layers, 0, -1)))
         moved = np.asarray(out["mask"])
         if moved.ndim == 2:
             moved = moved[..., None]
-        new = layers_to_masks(moved.transpose(2, 0, 1), len(crops))
-    else:
-        out = augment(image=image)
-        new = np.zeros((len(crops), *np.asarray(out["image"]).shape[:2]), bool)
-    keep = new.sum(axis=(1, 2)) >= max(int(min_visible), 1)
-    return np.asarray(out["image"]), np.ascontiguousarray(new[keep]), labels[keep]
+        return np.asarray(out["image"]), np.ascontiguousarray(np.moveaxis(moved, -1, 0))
+    out = augment(image=image)
+    img = np.asarray(out["image"])
+    return img, np.zeros((0, *img.shape[:2]), np.uint16)
 
 
 def apply_augment(augment: Any, image: np.ndarray, masks: np.ndarray,
@@ -200,12 +173,17 @@ def apply_augment(augment: Any, image: np.ndarray, masks: np.ndarray,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply ``augment`` jointly; returns (image (H', W') uint8, masks (M, H', W') bool, labels (M,)).
 
-    ``augment`` must touch masks only with nearest-neighbour geometry (true of ``build_augment``):
-    instances travel as a few uint16 label layers (``crops_to_layers``), overlaps kept. Masks with
-    fewer than ``min_visible`` pixels afterwards are dropped with their labels.
+    Convenience form of ``augment_layers`` for (N, H, W) bool masks: instances travel as a few
+    uint16 label layers, overlaps kept. Masks with fewer than ``min_visible`` pixels afterwards
+    are dropped with their labels.
     """
-    from cellseg.data.targets import crops_from_masks
+    from cellseg.data.targets import layers_from_masks, masks_from_layers
 
     masks = np.asarray(masks, dtype=bool)
     labels = np.zeros(len(masks), np.int64) if labels is None else np.asarray(labels, np.int64)
-    return augment_crops(augment, image, crops_from_masks(masks), labels, min_visible=min_visible)
+    if len(labels) != len(masks):
+        raise ValueError(f"{len(masks)} instances but {len(labels)} labels")
+    img, layers = augment_layers(augment, image, layers_from_masks(masks))
+    new = masks_from_layers(layers, len(masks))
+    keep = new.sum(axis=(1, 2)) >= max(int(min_visible), 1)
+    return img, np.ascontiguousarray(new[keep]), labels[keep]

@@ -3,9 +3,18 @@
     from cellseg.infer.config import load_inference_config
     cfg = load_inference_config("infer_default", ["tile_size=256", "tta=[h,v]"])
 
-Loaded with ``cellseg.config.from_dict`` (unknown keys are rejected with the list of valid keys).
+Loaded by the one typed loader, ``cellseg.configlib.load_config`` (unknown keys are rejected with
+the nearest valid key, also inside a training config's ``val.infer``).
 Per-cell-type postprocessing lives in ``types``: a mapping ``cell type name -> TypeThresholds``;
 ``default`` applies to any type not listed and to images whose type is unknown.
+
+Thresholds live here, once: models emit raw candidates plus their extras (``mask_prob``,
+``pred_iou``, ``stability``, ``box_score``) and every filter that ``cellseg tune`` searches (score,
+area, NMS, pred_iou, stability, rescoring) is applied by ``cellseg.infer.postprocess`` from this
+config. What stays in a model is what makes a candidate at all, not a filter: the mask binarisation
+``mask_threshold`` of maskrcnn/promptseg, maskrcnn's ``box_score_thresh`` floor (0.05, the
+lowest score ``tune`` tries, so the candidate list stays finite) and the UNet watershed's
+fragment floor ``decode.min_area`` (8 px, set here through ``decode``).
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping
+
+from cellseg.configlib import ConfigError, from_dict, load_config, to_dict
 
 EMPTY_POLICIES = ("best", "placeholder", "allow_empty")
 FLIPS = ("h", "v", "hv")
@@ -77,16 +88,14 @@ class InferenceConfig:
     decode: dict[str, Any] = field(default_factory=dict)
     cell_type_names: tuple[str, ...] = ()
     default: TypeThresholds = field(default_factory=TypeThresholds)
-    types: dict[str, Any] = field(default_factory=dict)
+    types: dict[str, TypeThresholds] = field(default_factory=dict)
     overlap_drop: float = 0.5
     fill_holes: bool = True
     rescore: bool = False
     empty_policy: Literal["best", "placeholder", "allow_empty"] = "best"
 
     def __post_init__(self) -> None:
-        from cellseg.config import ConfigError, from_dict
-
-        # nested per-type mappings arrive as plain dicts from YAML: type them here, once
+        # the loader types per-type mappings; this covers InferenceConfig(types={...}) in code
         types = {}
         for name, value in dict(self.types).items():
             if isinstance(value, TypeThresholds):
@@ -97,18 +106,23 @@ class InferenceConfig:
         ts = self.tile_size
         if isinstance(ts, (list, tuple)):
             if len(ts) != 2:
-                raise ConfigError(f"tile_size={ts!r} must be one int or [height, width]")
+                raise ConfigError(f"tile_size={list(ts)!r} is not a size", key="tile_size",
+                                  fix="give one int or [height, width]")
             object.__setattr__(self, "tile_size", (int(ts[0]), int(ts[1])))
         bad = [f for f in self.tta if f not in FLIPS]
         if bad:
-            raise ConfigError(f"tta={list(self.tta)!r}: unknown flip(s) {bad}; valid: {list(FLIPS)}")
+            raise ConfigError(f"tta={list(self.tta)!r}: unknown flip(s) {bad}", key="tta",
+                              fix=f"valid flips: {', '.join(FLIPS)}")
         if self.scale <= 0:
-            raise ConfigError(f"scale={self.scale} must be > 0")
+            raise ConfigError(f"scale={self.scale} is not positive", key="scale",
+                              fix="use e.g. 1.0 (native) or 2.0 (upscale)")
         if self.overlap < 0:
-            raise ConfigError(f"overlap={self.overlap} must be >= 0")
+            raise ConfigError(f"overlap={self.overlap} is negative", key="overlap",
+                              fix="use 0 or more pixels")
         tile = self.tile_hw
         if tile is not None and min(tile) <= self.overlap:
-            raise ConfigError(f"overlap={self.overlap} must be smaller than tile_size={tile}")
+            raise ConfigError(f"overlap={self.overlap} is not smaller than tile_size={tile}",
+                              key="overlap", fix="lower overlap or raise tile_size")
 
     @property
     def tile_hw(self) -> tuple[int, int] | None:
@@ -127,23 +141,12 @@ class InferenceConfig:
         return self.types.get(cell_type, self.default)
 
 
-def load_inference_config(name_or_path: str | os.PathLike | Mapping[str, Any] | None = None,
+def load_inference_config(name_or_path: str | os.PathLike | Mapping[str, Any] | InferenceConfig
+                          | None = None,
                           overrides: Iterable[str] = ()) -> InferenceConfig:
     """Load a shipped config by name (``infer_default``), a YAML path or a mapping, then apply
     ``a.b=c`` overrides (e.g. ``types.astro.score_thresh=0.4``). None: the dataclass defaults."""
-    from cellseg.config import ConfigError, _read_config_source, apply_overrides, from_dict
-
-    if name_or_path is None:
-        data, origin = {}, "defaults"
-    elif isinstance(name_or_path, Mapping):
-        data, origin = dict(name_or_path), "mapping"
-    else:
-        data, origin = _read_config_source(name_or_path)
-    # a training config's val.infer section or a tuned file may nest everything under "infer"
-    if set(data) == {"infer"} and isinstance(data["infer"], Mapping):
-        data = dict(data["infer"])
-    data = apply_overrides(data, overrides)
-    try:
-        return from_dict(InferenceConfig, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
+    if isinstance(name_or_path, InferenceConfig):
+        return load_config(InferenceConfig, to_dict(name_or_path), overrides)
+    # a tuned file may nest everything under "infer" (like a training config's val.infer)
+    return load_config(InferenceConfig, name_or_path, overrides, section="infer")

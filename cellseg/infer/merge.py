@@ -4,7 +4,7 @@ All functions are pure numpy on ``Instances`` (sparse: each mask is a crop insid
 2000-cell image never needs an (N, H, W) stack. Pairwise work is restricted to pairs whose boxes
 intersect.
 
-- ``box_pairs``/``pair_intersections``: the geometry shared with mask NMS (``postprocess``).
+- ``overlaps``: every overlapping pair of one set (crop geometry from ``cellseg.core.instances``).
 - ``merge_seams``: instances predicted per tile -> each cell once and whole.
 - ``vote``: instances of several TTA passes / models -> one set, by mask voting.
 """
@@ -15,56 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from cellseg.instances import Instances
-
-
-def box_pairs(a: np.ndarray, b: np.ndarray | None = None, *, block: int = 1024
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs of boxes that intersect with positive area.
-
-    Args:
-        a: (N, 4) int boxes x0, y0, x1, y1 (exclusive upper bounds).
-        b: (M, 4) boxes, or None to pair ``a`` with itself (then only i < j is returned).
-    Returns:
-        (i, j): two (P,) int64 arrays.
-    """
-    a = np.asarray(a).reshape(-1, 4)
-    self_pairs = b is None
-    b = a if b is None else np.asarray(b).reshape(-1, 4)
-    out_i, out_j = [], []
-    for s in range(0, len(a), block):  # blocks bound the (block, M) temporaries
-        blk = a[s:s + block]
-        w = np.minimum(blk[:, None, 2], b[None, :, 2]) - np.maximum(blk[:, None, 0], b[None, :, 0])
-        h = np.minimum(blk[:, None, 3], b[None, :, 3]) - np.maximum(blk[:, None, 1], b[None, :, 1])
-        hit = (w > 0) & (h > 0)
-        if self_pairs:
-            hit &= np.arange(s, s + len(blk))[:, None] < np.arange(len(b))[None, :]
-        ii, jj = np.nonzero(hit)
-        out_i.append(ii + s)
-        out_j.append(jj)
-    if not out_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)
-
-
-def intersection(box_a: np.ndarray, mask_a: np.ndarray, box_b: np.ndarray, mask_b: np.ndarray) -> int:
-    """Pixel count of the intersection of two crop masks given their (4,) boxes."""
-    x0, y0 = max(box_a[0], box_b[0]), max(box_a[1], box_b[1])
-    x1, y1 = min(box_a[2], box_b[2]), min(box_a[3], box_b[3])
-    if x1 <= x0 or y1 <= y0:
-        return 0
-    ca = mask_a[y0 - box_a[1]:y1 - box_a[1], x0 - box_a[0]:x1 - box_a[0]]
-    cb = mask_b[y0 - box_b[1]:y1 - box_b[1], x0 - box_b[0]:x1 - box_b[0]]
-    return int(np.count_nonzero(ca & cb))
-
-
-def pair_intersections(a: Instances, i: np.ndarray, b: Instances | None = None,
-                       j: np.ndarray | None = None) -> np.ndarray:
-    """(P,) int64 mask intersections of pairs (a[i[k]], b[j[k]]) (b defaults to a)."""
-    b = a if b is None else b
-    j = i if j is None else j
-    return np.array([intersection(a.boxes[p], a.masks[p], b.boxes[q], b.masks[q])
-                     for p, q in zip(i.tolist(), j.tolist())], dtype=np.int64)
+from cellseg.core.instances import (Instances, add_crop, box_pairs, pair_intersections, tighten,
+                                    union_box)
 
 
 def overlaps(inst: Instances, groups: np.ndarray | None = None
@@ -83,30 +35,6 @@ def overlaps(inst: Instances, groups: np.ndarray | None = None
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     keep = inter > 0
     return i[keep], j[keep], inter[keep], iou[keep]
-
-
-def union_box(boxes: np.ndarray) -> np.ndarray:
-    """(4,) box enclosing (K, 4) boxes."""
-    return np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()],
-                    dtype=np.int32)
-
-
-def paste(box: np.ndarray, acc: np.ndarray, inner_box: np.ndarray, mask: np.ndarray,
-          value: float = 1.0) -> None:
-    """acc (the crop of ``box``) += value inside ``mask`` (the crop of ``inner_box``, inside ``box``)."""
-    x0, y0, x1, y1 = (int(v) for v in inner_box)
-    acc[y0 - box[1]:y1 - box[1], x0 - box[0]:x1 - box[0]] += value * mask
-
-
-def tighten(box: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Shrink a crop mask and its box to the mask's extent; None when the mask is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    new_box = np.array([box[0] + c0, box[1] + r0, box[0] + c1, box[1] + r1], np.int32)
-    return new_box, np.ascontiguousarray(mask[r0:r1, c0:c1])
 
 
 def merge_seams(inst: Instances, tile_id: np.ndarray, cut: np.ndarray, *, iou: float = 0.3,
@@ -210,7 +138,7 @@ def _unite(inst: Instances, members: list[int]) -> Instances:
     box = union_box(inst.boxes[idx])
     acc = np.zeros((box[3] - box[1], box[2] - box[0]), np.float32)
     for k in members:
-        paste(box, acc, inst.boxes[k], inst.masks[k])
+        add_crop(box, acc, inst.boxes[k], inst.masks[k])
     best = int(idx[np.argmax(inst.scores[idx])])
     return Instances(inst.image_shape, box[None], [acc > 0], inst.scores[[best]],
                      inst.labels[[best]], {k: np.asarray(v)[[best]] for k, v in inst.extra.items()})
@@ -275,7 +203,7 @@ def vote(parts: Sequence[Instances], weights: Sequence[float] | None = None, *,
         box = union_box(allinst.boxes[idx])
         acc = np.zeros((box[3] - box[1], box[2] - box[0]), np.float32)
         for k in members:
-            paste(box, acc, allinst.boxes[k], allinst.masks[k], float(w[k]))
+            add_crop(box, acc, allinst.boxes[k], allinst.masks[k], float(w[k]))
         tight = tighten(box, acc >= 0.5 * total - 1e-6)
         if tight is None:
             continue

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cellseg.infer.merge import box_pairs, pair_intersections, tighten
-from cellseg.instances import Instances
+from cellseg.core.instances import (Instances, box_pairs, filter_extra, pair_intersections,
+                                    tighten)
 
 if TYPE_CHECKING:
     from cellseg.infer.config import InferenceConfig
@@ -30,18 +30,6 @@ if TYPE_CHECKING:
 def filter_score(inst: Instances, thresh: float) -> Instances:
     """Keep instances with score >= thresh."""
     return inst.select(inst.scores >= thresh)
-
-
-def filter_extra(inst: Instances, *, min_pred_iou: float = 0.0,
-                 min_stability: float = 0.0) -> Instances:
-    """Drop instances whose ``extra["pred_iou"]`` / ``extra["stability"]`` fall below the limits
-    (0 = off; instances of a model that does not provide the extra are kept)."""
-    keep = np.ones(len(inst), bool)
-    if min_pred_iou > 0 and "pred_iou" in inst.extra:
-        keep &= np.asarray(inst.extra["pred_iou"]) >= min_pred_iou
-    if min_stability > 0 and "stability" in inst.extra:
-        keep &= np.asarray(inst.extra["stability"]) >= min_stability
-    return inst if keep.all() else inst.select(keep)
 
 
 def filter_area(inst: Instances, min_area: int) -> Instances:

@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from cellseg import rle
+from cellseg.core import coco_rle
+from cellseg.core.masks import encode_labels, runs_from_labels
 from cellseg.infer import tiling
 from cellseg.infer.config import InferenceConfig
 from cellseg.infer.merge import merge_seams, vote
 from cellseg.infer.postprocess import placeholder, postprocess
 from cellseg.infer.tta import flip, passes, unflip_instances
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -228,8 +229,8 @@ def _instance_passes(model: "torch.nn.Module", family: "ModelFamily",
                 tiles = np.array([(x0, y0, x0 + tw, y0 + th) for y0, x0 in p.origins])
                 inst = merge_seams(inst, np.concatenate(ids), np.concatenate(cuts),
                                    iou=cfg.seam_iou, containment=cfg.seam_containment, tiles=tiles)
-                inst = tiling.clip_instances(inst, p.scaled)
-                merged.append(tiling.rescale_instances(inst, p.native))
+                inst = inst.clip(p.scaled)
+                merged.append(inst.rescale(p.native))
             out.append(merged)
     return out
 
@@ -347,7 +348,7 @@ def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageR
     """
     from tqdm import tqdm
 
-    from cellseg.submission import SubmissionWriter, validate_submission
+    from cellseg.core.submission import SubmissionWriter, validate_submission
 
     timer = timer or _NO_TIMER
     failed: list[str] = []
@@ -366,7 +367,7 @@ def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageR
                 with timer("write"):
                     # one label image serves the RLEs (one pass), the mask PNG and the overlay
                     labels = inst.to_label_image()
-                    rles = rle.encode_labels(labels)
+                    rles = encode_labels(labels)
                     writer.add(rec.image_id, rles, shape=inst.image_shape)
                     if results is not None:
                         coco_results.extend(_coco_results(rec.image_id, inst, labels, rles))
@@ -401,7 +402,7 @@ def _coco_results(image_id: str, inst: Instances, labels: np.ndarray, rles: list
     """COCO results entries of one image's final instances (label k <-> instance k - 1)."""
     ids = np.unique(labels[labels > 0]) - 1  # encode_labels order; instances emptied are absent
     out = []
-    for k, coco in zip(ids, rle.rles_to_coco(rles, inst.image_shape)):
+    for k, coco in zip(ids, coco_rle.rles_to_coco(rles, inst.image_shape)):
         entry = {"image_id": image_id, "category_id": 1, "segmentation": coco,
                  "score": float(inst.scores[k])}
         entry.update({name: float(np.asarray(v)[k]) for name, v in inst.extra.items()
@@ -463,17 +464,9 @@ def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
 
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
-    """Write the (H, W) uint8 image with each label's outline in a distinct colour (PNG)."""
+    """Write the (H, W) uint8 image with each label's outline in a distinct colour (PNG), drawn
+    by ``cellseg.report.instance_overlay`` (the kit's one overlay)."""
     from cellseg.io import write_png
+    from cellseg.report import instance_overlay
 
-    edge = np.zeros(labels.shape, bool)
-    edge[:-1] |= labels[:-1] != labels[1:]
-    edge[1:] |= labels[1:] != labels[:-1]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge &= labels > 0
-    rng = np.random.default_rng(0)
-    palette = rng.integers(64, 256, size=(int(labels.max(initial=0)) + 1, 3), dtype=np.uint8)
-    out = np.repeat(np.asarray(image, np.uint8)[..., None], 3, axis=2)
-    out[edge] = palette[labels[edge]]
-    write_png(path, out)
+    write_png(path, instance_overlay(image, runs_from_labels(labels)))

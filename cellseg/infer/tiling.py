@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import numpy as np
 
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -160,68 +160,3 @@ def place_tile_instances(inst: Instances, origin: tuple[int, int], tile_hw: tupl
     shifted = (b + np.array([x0, y0, x0, y0])).astype(np.int32)
     placed = Instances(padded, shifted, list(inst.masks), inst.scores, inst.labels, dict(inst.extra))
     return placed, np.asarray(cut, bool).reshape(-1)
-
-
-def clip_instances(inst: Instances, shape: tuple[int, int]) -> Instances:
-    """Crop instances to [0, H) x [0, W) (drops those left empty); image_shape becomes ``shape``."""
-    from cellseg.infer.merge import tighten
-
-    h, w = shape
-    boxes, masks, keep = [], [], []
-    for k, (box, m) in enumerate(zip(inst.boxes, inst.masks)):
-        x0, y0, x1, y1 = (int(v) for v in box)
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        if cx1 <= cx0 or cy1 <= cy0:
-            continue
-        crop = m[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-        tight = tighten(np.array([cx0, cy0, cx1, cy1], np.int32), crop)
-        if tight is None:
-            continue
-        boxes.append(tight[0])
-        masks.append(tight[1])
-        keep.append(k)
-    return _rebuilt(inst, shape, boxes, masks, keep)
-
-
-def _rebuilt(inst: Instances, shape: tuple[int, int], boxes: list, masks: list[np.ndarray],
-             keep: list[int]) -> Instances:
-    """Instances ``keep`` of ``inst`` with new boxes/masks on an image of ``shape``."""
-    idx = np.array(keep, np.int64)
-    return Instances(shape, np.array(boxes, np.int32).reshape(-1, 4), masks, inst.scores[idx],
-                     inst.labels[idx], {k: np.asarray(v)[idx] for k, v in inst.extra.items()})
-
-
-def rescale_instances(inst: Instances, shape: tuple[int, int]) -> Instances:
-    """Map instances of an image resized to ``inst.image_shape`` back to ``shape`` (native).
-
-    Each crop is pasted into the scaled extent of its native box and area-resized, a pixel is
-    inside when at least half covered. Instances that vanish are dropped.
-    """
-    import cv2  # lazy
-
-    from cellseg.infer.merge import tighten
-
-    if tuple(inst.image_shape) == tuple(shape):
-        return inst
-    sh, sw = inst.image_shape
-    h, w = shape
-    fy, fx = sh / h, sw / w  # scaled pixels per native pixel
-    boxes, masks, keep = [], [], []
-    for k, (box, m) in enumerate(zip(inst.boxes, inst.masks)):
-        x0, y0, x1, y1 = (int(v) for v in box)
-        nx0, ny0 = int(math.floor(x0 / fx)), int(math.floor(y0 / fy))
-        nx1, ny1 = min(int(math.ceil(x1 / fx)), w), min(int(math.ceil(y1 / fy)), h)
-        # the native box's extent in scaled pixels (rounded), then paste the crop into it
-        ex0, ey0 = int(round(nx0 * fx)), int(round(ny0 * fy))
-        ex1, ey1 = max(int(round(nx1 * fx)), x1), max(int(round(ny1 * fy)), y1)
-        ex0, ey0 = min(ex0, x0), min(ey0, y0)
-        canvas = np.zeros((ey1 - ey0, ex1 - ex0), np.float32)
-        canvas[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0] = m
-        small = cv2.resize(canvas, (nx1 - nx0, ny1 - ny0), interpolation=cv2.INTER_AREA)
-        tight = tighten(np.array([nx0, ny0, nx1, ny1], np.int32), small >= 0.5)
-        if tight is None:
-            continue
-        boxes.append(tight[0])
-        masks.append(tight[1])
-        keep.append(k)
-    return _rebuilt(inst, shape, boxes, masks, keep)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 _AXES = {"": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
 

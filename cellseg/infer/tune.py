@@ -23,7 +23,7 @@ import numpy as np
 
 from cellseg.infer.config import InferenceConfig, TypeThresholds
 from cellseg.infer.postprocess import postprocess
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellseg.data.record import ImageRecord
@@ -80,7 +80,7 @@ def _type_key(record: "ImageRecord") -> str | None:
 def score_images(raw: Sequence[Instances], truths: Sequence[Any], cfg: InferenceConfig,
                  cell_types: Sequence[str | None]) -> np.ndarray:
     """(N,) competition score of each image after postprocessing with ``cfg``."""
-    from cellseg.metrics import match_image
+    from cellseg.core.metrics import match_image
 
     return np.array([match_image(t, postprocess(r, cfg, cell_type=ct), r.image_shape).score
                      for r, t, ct in zip(raw, truths, cell_types)], dtype=np.float64)
@@ -110,7 +110,7 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
         (tuned config, report) with report = {"before", "after", "per_type": {type: {"n_images",
         "before", "after", "thresholds"}}}. Images without a type tune ``default``.
     """
-    from cellseg.metrics import runs_from_rles
+    from cellseg.core.masks import runs_from_rles
 
     if grids is None:
         grids = dict(GRIDS)

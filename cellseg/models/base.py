@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, Sequence
 
 import numpy as np
 
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 
 class ModelFamily(Protocol):

@@ -3,7 +3,8 @@ tuned for many small cells.
 
     from cellseg.models import get_family
     family = get_family("maskrcnn")
-    model = family.build(backbone="resnet50", input_scale=2.0)   # random init, never downloads
+    model = family.build(backbone="resnet50", input_scale=2.0)   # random init
+    model = family.build(backbone="resnet50", weights="coco")     # torchvision's COCO start
     x = family.preprocess(model, images)                          # (B, H, W) uint8 -> (B, 3, H, W)
     insts = family.predict_instances(model, x)                    # list[Instances]
 
@@ -21,6 +22,9 @@ Choices (see FACTS sections 4-5):
 - ``predict_instances`` never builds full-image masks: each 28x28 mask probability map is pasted
   into its own box with ``cellseg.models.paste.paste_masks`` (threshold ``mask_threshold``);
   ``extra["mask_prob"]`` is the mean probability inside the mask.
+- Pretrained starts: ``weights="coco"`` (torchvision's COCO Mask R-CNN R50-FPN, v1 or v2 as
+  ``heads``; which layers load: ``load_detection_weights``) or ``backbone_weights="imagenet"``,
+  resolved through torch.hub's cache by ``cellseg.models.pretrained``; local files work too.
 - Class ``k`` of ``Instances.labels`` is torchvision class ``k + 1`` (0 is background there).
 """
 
@@ -31,8 +35,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.data.targets import crops_from_masks
-from cellseg.instances import Instances
+from cellseg.data.targets import TargetSpec, crops_from_masks, masks_from_layers
+from cellseg.core.instances import Instances
 
 DEFAULT_ANCHORS: tuple[tuple[int, ...], ...] = ((4, 6), (9, 13), (17, 24), (31, 45), (64, 127))
 _RESNET_WIDTH = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256, "resnet152": 256}
@@ -105,11 +109,14 @@ def _resnet_fpn(backbone: str, *, in_channels: int, fpn_channels: int, trainable
     body = getattr(torchvision.models, backbone)(weights=None, norm_layer=norm_layer)
     if in_channels != 3:
         body.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    origin = None
     if weights is not None:
-        from cellseg.models.local_weights import load_into, load_state_file
+        from cellseg.models.pretrained import backbone_source, load_into, resolve
 
-        load_into(body, load_state_file(weights), prefixes=("backbone.body.", "body.", "encoder."),
-                  what=f"backbone weights {weights}")
+        state, origin = resolve(weights, lambda tag: backbone_source(backbone, tag))
+        n = load_into(body, state, prefixes=("backbone.body.", "body.", "encoder."),
+                      what=f"backbone weights {weights}")
+        origin.update(into="backbone.body", tensors=n)
     train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:
         train.append("bn1")
@@ -117,10 +124,50 @@ def _resnet_fpn(backbone: str, *, in_channels: int, fpn_channels: int, trainable
         if all(not name.startswith(layer) for layer in train):
             p.requires_grad_(False)
     width = _RESNET_WIDTH[backbone]
-    return BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-                           [width, width * 2, width * 4, width * 8], fpn_channels,
-                           extra_blocks=LastLevelMaxPool(),
-                           norm_layer=torch.nn.BatchNorm2d if fpn_norm else None)
+    fpn = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                          [width, width * 2, width * 4, width * 8], fpn_channels,
+                          extra_blocks=LastLevelMaxPool(),
+                          norm_layer=torch.nn.BatchNorm2d if fpn_norm else None)
+    return fpn, origin
+
+
+def load_detection_weights(model: "torch.nn.Module", state: Mapping[str, Any], *,  # noqa: F821
+                           same_anchors: bool, what: str = "weights") -> tuple[list[str], list[str]]:
+    """Load a whole torchvision Mask R-CNN state dict (COCO) into a kit model of the same layout;
+    returns (loaded keys, re-initialised keys).
+
+    Loaded: the ResNet body, the FPN, the RPN head's 3x3 conv(s), the box head and the mask head
+    (the four 3x3 convs). Kept as built (random init): ``roi_heads.box_predictor`` and
+    ``roi_heads.mask_predictor`` (COCO's 91 classes -> the kit's classes + background), and, unless
+    the anchors equal COCO's (sizes 32-512 px, ratios 0.5/1/2), the anchor-specific RPN outputs
+    ``rpn.head.cls_logits`` / ``rpn.head.bbox_pred``. An RGB first conv is summed for 1-channel
+    input; any other shape difference raises ValueError naming the tensor and the setting to fix.
+    """
+    from cellseg.models.pretrained import fit_tensor
+
+    skip = ["roi_heads.box_predictor.", "roi_heads.mask_predictor."]
+    if not same_anchors:
+        skip += ["rpn.head.cls_logits.", "rpn.head.bbox_pred."]
+    own = model.state_dict()
+    fixed: dict[str, Any] = {}
+    for key, value in state.items():
+        if key not in own or any(key.startswith(p) for p in skip):
+            continue
+        try:
+            fixed[key] = fit_tensor(key, value, own[key], what)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; torchvision's R50-FPN needs backbone resnet50, fpn_channels "
+                             "256, box_head_dim 1024, mask_head_channels 256") from None
+    expected = {k for k in own if not any(k.startswith(p) for p in skip)
+                and not k.endswith("num_batches_tracked")}
+    missing = sorted(expected - set(fixed))
+    if missing:
+        raise ValueError(f"{what}: {len(missing)} tensors of the model are not in the file (e.g. "
+                         f"{missing[:3]}); is it a torchvision Mask R-CNN of the same heads "
+                         "version?")
+    model.load_state_dict(fixed, strict=False)
+    reinit = sorted(k for k in own if any(k.startswith(p) for p in skip))
+    return sorted(fixed), reinit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +182,7 @@ class MaskRCNNFamily:
 
     # ----------------------------------------------------------------------------- network
     def build(self, *, backbone: str = "resnet50", heads: str = "v1",
-              backbone_weights: str | None = None,
+              weights: str | None = None, backbone_weights: str | None = None,
               trainable_backbone_layers: int | None = None, frozen_bn: bool | None = None,
               in_channels: int = 3, num_classes: int = 1, class_per_cell_type: bool = False,
               cell_types: Sequence[str] = ("shsy5y", "astro", "cort"), fpn_channels: int = 256,
@@ -148,16 +195,24 @@ class MaskRCNNFamily:
               rpn_pre_nms_top_n_train: int = 4000, rpn_post_nms_top_n_train: int = 2000,
               rpn_pre_nms_top_n_test: int = 6000, rpn_post_nms_top_n_test: int = 3000,
               rpn_batch_size_per_image: int = 256, rpn_nms_thresh: float = 0.7,
-              norm: str | Mapping[str, Any] = "imagenet") -> "torch.nn.Module":  # noqa: F821
+              norm: str | Mapping[str, Any] = "imagenet",
+              pretrained_origin: Sequence[Mapping[str, Any]] | None = None
+              ) -> "torch.nn.Module":  # noqa: F821
         """torchvision ``MaskRCNN`` on a ResNet-FPN; every argument is explicit.
 
         backbone: "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152".
         heads: "v1" (torchvision maskrcnn_resnet50_fpn: 2-fc box head, plain mask head) or "v2"
             (maskrcnn_resnet50_fpn_v2 design: BatchNorm in FPN and heads, 2-conv RPN head, 4-conv
             + 1-fc box head; stronger, slower).
-        backbone_weights: LOCAL file for the ResNet body (None = random init).
+        weights: "coco" (torchvision's COCO Mask R-CNN R50-FPN, v1 or v2 as ``heads``) or a LOCAL
+            torchvision Mask R-CNN state file; the class predictors (and the RPN outputs when the
+            anchors differ from COCO's) stay re-initialised: ``load_detection_weights``.
+        backbone_weights: "imagenet" (torchvision ResNet IMAGENET1K_V1; or a member name such as
+            "IMAGENET1K_V2") or a LOCAL file for the ResNet body (None = random init). Use either
+            ``weights`` or ``backbone_weights``. Pair pretrained weights with ``norm="imagenet"``.
         trainable_backbone_layers: 0-5; default 5 without weights, 3 with.
-        frozen_bn: FrozenBatchNorm in the body; default: only when backbone_weights is given.
+        frozen_bn: FrozenBatchNorm in the body; default: only with pretrained weights.
+        pretrained_origin: where the weights came from (filled in by ``build``); informational.
         num_classes: cell classes; background is added internally. Ignored (set to
             ``len(cell_types)``) when ``class_per_cell_type``: then class i is ``cell_types[i]``
             and ``model.cellseg_class_map`` maps cell type -> class for the data set.
@@ -189,11 +244,15 @@ class MaskRCNNFamily:
                              f"each, got {anchor_sizes}")
         if input_scale is not None and input_scale <= 0:
             raise ValueError(f"input_scale must be positive, got {input_scale}")
+        if weights is not None and backbone_weights is not None:
+            raise ValueError("set Mask R-CNN weights (whole model, e.g. coco) OR backbone_weights "
+                             f"(ResNet body only), not both: got {weights!r} and {backbone_weights!r}")
+        pretrained = weights is not None or backbone_weights is not None
         if trainable_backbone_layers is None:
-            trainable_backbone_layers = 5 if backbone_weights is None else 3
+            trainable_backbone_layers = 3 if pretrained else 5
         if frozen_bn is None:
-            frozen_bn = backbone_weights is not None
-        fpn = _resnet_fpn(backbone, in_channels=in_channels, fpn_channels=fpn_channels,
+            frozen_bn = pretrained
+        fpn, body_origin = _resnet_fpn(backbone, in_channels=in_channels, fpn_channels=fpn_channels,
                           trainable_layers=trainable_backbone_layers, frozen_bn=frozen_bn,
                           weights=backbone_weights, fpn_norm=heads == "v2")
         scale = 1.0 if input_scale is None else float(input_scale)
@@ -222,12 +281,26 @@ class MaskRCNNFamily:
             rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
             rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
             rpn_batch_size_per_image=rpn_batch_size_per_image, rpn_nms_thresh=rpn_nms_thresh)
+        origin = [dict(o) for o in pretrained_origin or []]
+        if body_origin is not None:
+            origin.append(body_origin)
+        if weights is not None:
+            from cellseg.models.pretrained import coco_source, resolve
+
+            coco_anchors = (tuple(tuple(lv) for lv in anchors.sizes)
+                            == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
+                            and tuple(aspect_ratios) == (0.5, 1.0, 2.0))
+            state, record = resolve(weights, lambda name: coco_source(name, heads))
+            loaded, reinit = load_detection_weights(model, state, same_anchors=coco_anchors,
+                                                    what=f"Mask R-CNN weights {weights}")
+            origin.append({**record, "into": "model", "tensors": len(loaded),
+                           "reinitialised": reinit})
         model.transform = _cell_transform_class()(input_scale, min_size, max_size, in_channels)
         model.cellseg_norm = resolve_norm(norm, in_channels)
         model.cellseg_class_map = ({t: i for i, t in enumerate(cell_types)}
                                    if class_per_cell_type else None)
         model.cellseg_args = {
-            "backbone": backbone, "heads": heads, "backbone_weights": None,
+            "backbone": backbone, "heads": heads, "weights": None, "backbone_weights": None,
             "trainable_backbone_layers": trainable_backbone_layers, "frozen_bn": frozen_bn,
             "in_channels": in_channels, "num_classes": num_classes,
             "class_per_cell_type": class_per_cell_type, "cell_types": list(cell_types),
@@ -243,7 +316,7 @@ class MaskRCNNFamily:
             "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
             "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
             "rpn_batch_size_per_image": rpn_batch_size_per_image, "rpn_nms_thresh": rpn_nms_thresh,
-            "norm": model.cellseg_norm}
+            "norm": model.cellseg_norm, "pretrained_origin": origin}
         return model
 
     def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
@@ -253,6 +326,20 @@ class MaskRCNNFamily:
         return normalise_batch(images, model.cellseg_norm, _device(model))
 
     # ----------------------------------------------------------------------------- training
+    def target_spec(self, *, in_channels: int = 3, norm: str | Mapping[str, Any] = "imagenet",
+                    class_per_cell_type: bool = False,
+                    cell_types: Sequence[str] = ("shsy5y", "astro", "cort"),
+                    **_build_args: Any) -> TargetSpec:
+        """What the data pipeline builds for this family, from the ``build`` arguments: boxes,
+        labels + 1 and masks as label layers (expanded on the device in ``loss``)."""
+        from cellseg.data.transforms import resolve_norm
+
+        cmap = (tuple((str(t), i) for i, t in enumerate(cell_types)) if class_per_cell_type
+                else None)
+        return TargetSpec.with_norm(resolve_norm(norm, in_channels), kind="instances",
+                                    min_mask_area=self.min_mask_area, mask_format="layers",
+                                    label_offset=1, class_map=cmap)
+
     def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """(N, H, W) bool masks, (N,) class labels -> torchvision target {"boxes": (M, 4) float32
         x0, y0, x1, y1 (exclusive upper bounds), "labels": (M,) int64 = class + 1, "masks":
@@ -288,8 +375,7 @@ class MaskRCNNFamily:
         if isinstance(images, torch.Tensor):
             images = list(images)
         images = [img.to(device, non_blocking=True) for img in images]
-        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()
-                    if k in ("boxes", "labels", "masks")} for t in targets]
+        targets = [_device_target(t, device) for t in targets]
         losses = model(images, targets)
         out = {"loss": sum(losses.values())}
         out.update({k: v.detach() for k, v in losses.items()})
@@ -348,6 +434,15 @@ def paste_head_masks(probs: np.ndarray, boxes: np.ndarray, image_shape: tuple[in
 
 def _device(model: "torch.nn.Module") -> "torch.device":  # noqa: F821
     return next(model.parameters()).device
+
+
+def _device_target(t: Mapping[str, Any], device: Any) -> dict[str, Any]:
+    """A torchvision target on ``device``; "layers" targets (the data pipeline's compact form)
+    are expanded to (M, H, W) uint8 masks there."""
+    out = {k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks") if k in t}
+    if "masks" not in out and "layers" in t:
+        out["masks"] = masks_from_layers(t["layers"].to(device, non_blocking=True), len(t["boxes"]))
+    return out
 
 
 FAMILY = MaskRCNNFamily()

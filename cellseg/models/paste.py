@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cellseg.core.instances import tighten
+
 
 def _interp_matrix(start: float, stop: float, size: int, first: int, count: int) -> np.ndarray:
     """(count, size) float64 bilinear weights: image pixels ``first .. first + count - 1`` along
@@ -102,14 +104,12 @@ def paste_masks(probs: np.ndarray | Sequence[np.ndarray], regions: np.ndarray,
         if mask.any():
             mean_prob[i] = float(values[mask].mean())
         if tight:
-            ys = np.flatnonzero(mask.any(axis=1))
-            xs = np.flatnonzero(mask.any(axis=0))
-            if ys.size == 0:
+            shrunk = tighten((x0, y0, x1, y1), mask)
+            if shrunk is None:
                 boxes[i] = 0
                 masks.append(np.zeros((0, 0), bool))
                 continue
-            mask = mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
-            x0, y0, x1, y1 = x0 + xs[0], y0 + ys[0], x0 + xs[-1] + 1, y0 + ys[-1] + 1
+            (x0, y0, x1, y1), mask = shrunk
         boxes[i] = (x0, y0, x1, y1)
         masks.append(np.ascontiguousarray(mask))
     return boxes, masks, mean_prob

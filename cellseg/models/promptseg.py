@@ -27,26 +27,31 @@ against the IoU *in image pixels* of the mask pasted back exactly as inference d
 
 Every mask carries ``extra["pred_iou"]`` (the IoU head, clipped to [0, 1]), ``extra["stability"]``
 (SAM's stability score: |logits > +1| / |logits > -1| on the crop logits), ``extra["mask_prob"]``
-(mean probability inside the pasted mask) and ``extra["box_score"]`` (the detector's score). With
-``rescore=True`` the instance score is box score x mask_prob (1st place; inference can do the same
-with ``InferenceConfig.rescore``: use one of the two, not both); ``min_pred_iou`` and
-``min_stability`` drop masks below them. Masks go back to image pixels through
+(mean probability inside the pasted mask) and ``extra["box_score"]`` (the detector's score). The
+model emits raw candidates: the instance score is the box score and nothing is filtered here. Every
+filter lives in the inference config that ``cellseg tune`` searches: ``InferenceConfig.rescore``
+(score = box score x mask_prob, 1st place) and ``TypeThresholds.min_pred_iou`` / ``min_stability``.
+Masks go back to image pixels through
 ``cellseg.models.paste.paste_masks``, the one paste-back helper.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
+from cellseg.core.masks import mask_boxes
 from cellseg.models.paste import paste_masks
 from cellseg.models.promptseg_crop import CropDecoder, stability_score  # noqa: F401 (API)
+
+if TYPE_CHECKING:
+    from cellseg.data.targets import TargetSpec
 
 # ----------------------------------------------------------------------------- pure helpers
 
@@ -115,14 +120,6 @@ def pixel_iou(probs: torch.Tensor, regions: torch.Tensor, masks: torch.Tensor,
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def filter_instances(inst: Instances, *, min_pred_iou: float = 0.0,
-                     min_stability: float = 0.0) -> Instances:
-    """The model's own filter: the one implementation in ``cellseg.infer.postprocess``."""
-    from cellseg.infer.postprocess import filter_extra
-
-    return filter_extra(inst, min_pred_iou=min_pred_iou, min_stability=min_stability)
-
-
 # ----------------------------------------------------------------------------- the model
 
 
@@ -132,8 +129,7 @@ class PromptSegModel(nn.Module):
 
     def __init__(self, decoder: nn.Module, *, norm: dict[str, Any], margin: float, min_region: float,
                  jitter: float, max_train_instances: int, mask_threshold: float,
-                 stability_offset: float, rescore: bool, min_pred_iou: float, min_stability: float,
-                 iou_weight: float, neighbour_weight: float, decode_chunk: int | None,
+                 stability_offset: float, iou_weight: float, neighbour_weight: float, decode_chunk: int | None,
                  detector: nn.Module | None = None, detector_family: str = "maskrcnn") -> None:
         super().__init__()
         self.decoder = decoder
@@ -145,8 +141,6 @@ class PromptSegModel(nn.Module):
         self.margin, self.min_region, self.jitter = float(margin), float(min_region), float(jitter)
         self.max_train_instances = int(max_train_instances)
         self.mask_threshold, self.stability_offset = float(mask_threshold), float(stability_offset)
-        self.rescore = bool(rescore)
-        self.min_pred_iou, self.min_stability = float(min_pred_iou), float(min_stability)
         self.iou_weight, self.neighbour_weight = float(iou_weight), float(neighbour_weight)
         self.decode_chunk = decode_chunk
 
@@ -185,14 +179,15 @@ class PromptSegFamily:
               detector: dict[str, Any] | None = None, detector_checkpoint: str | None = None,
               detector_family: str = "maskrcnn", jitter: float = 0.1,
               max_train_instances: int = 64, mask_threshold: float = 0.5,
-              stability_offset: float = 1.0, rescore: bool = False, min_pred_iou: float = 0.0,
-              min_stability: float = 0.0, iou_weight: float = 1.0, neighbour_weight: float = 0.5,
-              decode_chunk: int | None = 256) -> PromptSegModel:
-        """Build a promptseg model (never downloads weights).
+              stability_offset: float = 1.0, iou_weight: float = 1.0, neighbour_weight: float = 0.5,
+              decode_chunk: int | None = 256,
+              pretrained_origin: Sequence[Mapping[str, Any]] | None = None) -> PromptSegModel:
+        """Build a promptseg model.
 
         decoder: "crop" (UNet on roi crops; ``base_channels``, ``levels``, ``neighbours`` adds the
             neighbour channel) or "sam" (``sam``: ``SamPromptDecoder`` size kwargs, e.g.
-            ``promptseg_sam.SAM_VIT_B``; ``sam_checkpoint``: a local SAM/CellSAM .pth).
+            ``promptseg_sam.SAM_VIT_B``; ``sam_checkpoint``: "vit_b" | "vit_l" | "vit_h", Meta's
+            official SAM file (its sizes fill ``sam``), or a local SAM/CellSAM .pth).
         mean, std: input normalisation on the 0-255 scale; in_channels: gray repeated C times.
         crop_size: S of the (S, S) mask crops; margin: context added around each box (fraction of
             its size per side); min_region: smallest region side in pixels.
@@ -202,9 +197,10 @@ class PromptSegFamily:
             image per step; iou_weight / neighbour_weight: loss weights.
         mask_threshold: pasted probability above which a pixel is in the mask;
             stability_offset: SAM's offset (score at logit 0 +- offset).
-        rescore: instance score = box score x mask_prob (else the box score);
-            min_pred_iou / min_stability: drop masks below; decode_chunk: boxes per decoder call
-            (bounds memory; None: all boxes of the batch at once).
+        decode_chunk: boxes per decoder call (bounds memory; None: all boxes of the batch at once).
+        Rescoring and the pred_iou / stability filters are inference settings
+        (``InferenceConfig.rescore``, ``TypeThresholds.min_pred_iou`` / ``min_stability``).
+        pretrained_origin: where SAM's weights came from (filled in by ``build``); informational.
         """
         from cellseg.data.transforms import resolve_norm
 
@@ -214,10 +210,11 @@ class PromptSegFamily:
                                          base_channels=base_channels, levels=levels,
                                          out_channels=2 if neighbours else 1)
         elif decoder == "sam":
-            from cellseg.models.promptseg_sam import SamPromptDecoder
+            from cellseg.models.promptseg_sam import SamPromptDecoder, sam_sizes
 
+            sam = sam_sizes(sam_checkpoint, sam)
             dec = SamPromptDecoder(mean=mean, std=std, crop_size=crop_size,
-                                   checkpoint=sam_checkpoint, **dict(sam or {}))
+                                   checkpoint=sam_checkpoint, **sam)
         else:
             raise ValueError(f"promptseg decoder={decoder!r}; valid: 'crop', 'sam'")
         det = None
@@ -230,8 +227,7 @@ class PromptSegFamily:
         model = PromptSegModel(dec, norm=norm, margin=margin, min_region=min_region, jitter=jitter,
                                max_train_instances=max_train_instances,
                                mask_threshold=mask_threshold, stability_offset=stability_offset,
-                               rescore=rescore, min_pred_iou=min_pred_iou,
-                               min_stability=min_stability, iou_weight=iou_weight,
+                               iou_weight=iou_weight,
                                neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
                                detector=det, detector_family=detector_family)
         # Arguments that rebuild this model WITHOUT the external files: the weights of SAM and of
@@ -242,9 +238,10 @@ class PromptSegFamily:
                     detector=getattr(det, "cellseg_args", detector) if det else None,
                     detector_family=detector_family, jitter=jitter,
                     max_train_instances=max_train_instances, mask_threshold=mask_threshold,
-                    stability_offset=stability_offset, rescore=rescore, min_pred_iou=min_pred_iou,
-                    min_stability=min_stability, iou_weight=iou_weight,
-                    neighbour_weight=neighbour_weight, decode_chunk=decode_chunk)
+                    stability_offset=stability_offset, iou_weight=iou_weight,
+                    neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
+                    pretrained_origin=[dict(o) for o in pretrained_origin or []]
+                    + ([dec.pretrained_origin] if getattr(dec, "pretrained_origin", None) else []))
         model.cellseg_args = args
         return model
 
@@ -256,22 +253,25 @@ class PromptSegFamily:
 
         return normalise_batch(images, model.cellseg_norm, next(model.parameters()).device)
 
+    def target_spec(self, *, in_channels: int = 1, mean: float = 128.0, std: float = 13.0,
+                    **_build_args: Any) -> "TargetSpec":
+        """What the data pipeline builds for this family, from the ``build`` arguments."""
+        from cellseg.data.targets import TargetSpec
+        from cellseg.data.transforms import resolve_norm
+
+        norm = resolve_norm({"mean": float(mean), "std": float(std)}, in_channels)
+        return TargetSpec.with_norm(norm, kind="instances", mask_format="full")
+
     def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """(N, H, W) bool masks -> {"boxes": (M, 4) float32 tight boxes (x1, y1 exclusive),
         "masks": (M, H, W) uint8, "labels": (M,) int64}; empty masks (cut away by a crop) dropped."""
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 3:
             raise ValueError(f"make_target expects (N, H, W) masks, got shape {masks.shape}")
-        rows, cols = masks.any(2), masks.any(1)
-        keep = rows.any(1)
-        rows, cols, masks = rows[keep], cols[keep], masks[keep]
+        boxes = mask_boxes(masks)
+        keep = boxes[:, 2] > 0  # x1 > 0 exactly when the mask has a pixel
+        boxes, masks = boxes[keep].astype(np.float32), masks[keep]
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)[keep]
-        boxes = np.zeros((len(masks), 4), np.float32)
-        if len(masks):
-            boxes[:, 0] = cols.argmax(1)
-            boxes[:, 1] = rows.argmax(1)
-            boxes[:, 2] = cols.shape[1] - cols[:, ::-1].argmax(1)
-            boxes[:, 3] = rows.shape[1] - rows[:, ::-1].argmax(1)
         return {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
                 "masks": torch.from_numpy(masks.astype(np.uint8))}
 
@@ -403,7 +403,8 @@ class PromptSegFamily:
                      regions: Sequence[torch.Tensor], image_hw: tuple[int, int],
                      scores: Sequence[Any] | None = None,
                      labels: Sequence[Any] | None = None) -> list[Instances]:
-        """Decoder outputs -> one ``Instances`` per image: stability, paste-back, extras, filters.
+        """Decoder outputs -> one ``Instances`` per image: stability, paste-back, extras (raw
+        candidates: score = box score, no filter; ``cellseg.infer.postprocess`` filters).
         logits (N, S, S) / ious (N,) are the images' boxes concatenated in order."""
         stab = stability_score(logits, 0.0, model.stability_offset).cpu().numpy()
         probs = logits.sigmoid().cpu().numpy()
@@ -421,11 +422,8 @@ class PromptSegFamily:
                    else np.asarray(labels[i], np.int64).reshape(-1))
             extra = {"pred_iou": ious_np[sl], "stability": stab[sl], "mask_prob": mean_prob,
                      "box_score": box_score}
-            score = box_score * mean_prob if model.rescore else box_score
-            inst = Instances(image_hw, pboxes, pmasks, score, lab, extra)
-            inst = inst.select(inst.areas > 0)
-            out.append(filter_instances(inst, min_pred_iou=model.min_pred_iou,
-                                        min_stability=model.min_stability))
+            inst = Instances(image_hw, pboxes, pmasks, box_score, lab, extra)
+            out.append(inst.select(inst.areas > 0))
         return out
 
     @torch.no_grad()
@@ -439,9 +437,14 @@ class PromptSegFamily:
         from cellseg.models import get_family
 
         fam = get_family(model.detector_family)
-        norm = model.cellseg_norm
-        raw = (images[:, 0] * norm["std"][0] + norm["mean"][0]).round().clamp(0, 255)
-        det_in = fam.preprocess(model.detector, raw.to(torch.uint8).cpu().numpy())
+        # re-normalise the tensor for the detector in place of a uint8 round trip (host copy,
+        # rounding, and the detector's preprocess normalising it again): one affine map on the
+        # device, raw = x * std + mean, then (raw - mean_d) / std_d per detector channel
+        norm, det_norm = model.cellseg_norm, model.detector.cellseg_norm
+        raw = images[:, :1] * float(norm["std"][0]) + float(norm["mean"][0])
+        mean_d = torch.tensor(det_norm["mean"], dtype=raw.dtype, device=raw.device)
+        std_d = torch.tensor(det_norm["std"], dtype=raw.dtype, device=raw.device)
+        det_in = (raw - mean_d[None, :, None, None]) / std_d[None, :, None, None]
         if hasattr(model.detector, "roi_heads") and hasattr(model.detector, "transform"):
             return _torchvision_boxes(model.detector, det_in)
         return fam.predict_instances(model.detector, det_in)

@@ -6,9 +6,10 @@
     dec = SamPromptDecoder(mean=128.0, std=13.0, checkpoint="sam_vit_b_01ec64.pth")  # ViT-B sizes
 
 Built from ``segment_anything.modeling`` classes directly (image encoder ViT + prompt encoder + mask
-decoder, wrapped in ``Sam`` so parameter names match SAM's released checkpoints). A SAM (or CellSAM)
-checkpoint is loaded only from a local file the user already has (``torch.load(weights_only=True)``);
-nothing is ever downloaded. The SAM licence (Apache-2.0) covers this code; weights are the user's.
+decoder, wrapped in ``Sam`` so parameter names match SAM's released checkpoints). ``checkpoint`` is a SAM
+variant name, "vit_b" | "vit_l" | "vit_h" (Meta's official files, resolved through torch.hub's cache
+by ``cellseg.models.pretrained``; ``SAM_VARIANTS`` gives their sizes), or a local SAM/CellSAM file
+(``torch.load(weights_only=True)``). The SAM licence (Apache-2.0) covers code and weights.
 
 Interface shared with the crop decoder (``cellseg.models.promptseg_crop.CropDecoder``)::
 
@@ -37,13 +38,25 @@ from torch.nn import functional as F
 SAM_VIT_B = dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11))
 SAM_VIT_L = dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23))
 SAM_VIT_H = dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31))
+# the names of segment_anything's sam_model_registry ("default" there is vit_h)
+SAM_VARIANTS = {"vit_b": SAM_VIT_B, "vit_l": SAM_VIT_L, "vit_h": SAM_VIT_H}
+
+
+def sam_sizes(checkpoint: str | None, sizes: dict | None) -> dict:
+    """``sizes`` with the image-encoder sizes of ``checkpoint``'s variant filled in when it names
+    one (keys given in ``sizes`` win, so a mismatch is reported by ``load_sam_weights``)."""
+    base = dict(SAM_VARIANTS.get(checkpoint, {})) if isinstance(checkpoint, str) else {}
+    base = {k: list(v) if isinstance(v, tuple) else v for k, v in base.items()}
+    return {**base, **dict(sizes or {})}
 
 
 class SamPromptDecoder(nn.Module):
     """SAM image encoder + prompt encoder + mask decoder with configurable sizes.
 
-    Defaults are SAM ViT-B's. ``checkpoint``: path of a local SAM state_dict (``sam_vit_b_*.pth``)
-    or a dict holding one under "model"/"state_dict" (prefixes such as "module." are stripped).
+    Defaults are SAM ViT-B's. ``checkpoint``: a SAM variant name (vit_b, vit_l, vit_h: sizes must
+    match, see ``sam_sizes``) or the path of a local SAM state_dict, bare or under
+    "model"/"state_dict" (prefixes such as "module." are stripped). ``self.pretrained_origin``
+    records what was loaded.
     ``freeze_image_encoder``: compute image embeddings without gradients (fine-tune only the prompt
     encoder and mask decoder, as CellSAM did).
     """
@@ -83,8 +96,7 @@ class SamPromptDecoder(nn.Module):
         self.img_size = int(img_size)
         self.freeze_image_encoder = bool(freeze_image_encoder)
         self.max_boxes_per_call = max_boxes_per_call
-        if checkpoint:
-            load_sam_weights(self.sam, checkpoint)
+        self.pretrained_origin = load_sam_weights(self.sam, checkpoint) if checkpoint else None
         if self.freeze_image_encoder:
             self.sam.image_encoder.requires_grad_(False)
         # box prompts only: point and mask-prompt parameters never enter the graph; freezing them
@@ -154,16 +166,17 @@ class SamPromptDecoder(nn.Module):
         return self.decode_embedded(emb, scale, boxes, regions)
 
 
-def load_sam_weights(sam: nn.Module, path: str) -> None:
-    """Load a local SAM/CellSAM state_dict file into a ``segment_anything`` ``Sam`` module.
+def load_sam_weights(sam: nn.Module, path: str) -> dict:
+    """Load a SAM variant by name (vit_b, vit_l, vit_h) or a local SAM/CellSAM state_dict file into a
+    ``segment_anything`` ``Sam`` module; returns the origin record (name, url, file, sha256).
 
     Accepts a bare state_dict or one under "model"/"state_dict"; strips the longest key prefix
     before "image_encoder."/"mask_decoder." (e.g. "module.", "sam."). Raises ValueError naming the
     missing/unexpected keys when the architecture does not match (wrong sizes in the config).
     """
-    from cellseg.models.local_weights import load_state_file
+    from cellseg.models.pretrained import resolve, sam_source
 
-    state = load_state_file(path)
+    state, origin = resolve(path, sam_source)
     prefix = ""
     for k in state:
         for anchor in ("mask_decoder.", "image_encoder.", "prompt_encoder."):
@@ -186,3 +199,4 @@ def load_sam_weights(sam: nn.Module, path: str) -> None:
                          "set sam.embed_dim/depth/num_heads/global_attn_indexes to the "
                          "checkpoint's variant (SAM_VIT_B/L/H in cellseg.models.promptseg_sam)")
     sam.load_state_dict({k: state[k] for k in own})
+    return {**origin, "into": "decoder.sam", "tensors": len(own)}

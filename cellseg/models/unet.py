@@ -10,12 +10,15 @@
 Targets and their definitions: ``cellseg.data.targets``. Loss: BCE (all maps; the centre map is a
 soft target) + soft Dice per channel, summed with ``bce_weight`` / ``dice_weight``.
 
-Encoder weights come only from a LOCAL file (``encoder_weights="path.pth"`` or ``.safetensors``,
+Encoder weights: a NAME that smp (or timm, for ``tu-`` encoders) publishes for the encoder
+(``encoder_weights="imagenet"``; resolved, cached and checked by ``cellseg.models.pretrained``
+through huggingface_hub exactly where smp keeps them), or a LOCAL file (``.pth``/``.safetensors``,
 a state dict of the encoder, optionally prefixed ``encoder.`` or wrapped in "state_dict"/"model";
-a plain timm state dict fits a ``tu-`` encoder);
-smp's ``"imagenet"`` download is refused. A 3-channel first conv is summed to fit 1-channel input.
-The arguments that rebuild the network without the weight file are kept on
-``model.cellseg_args`` (for checkpoints), the normalisation on ``model.cellseg_norm``.
+a plain timm state dict fits a ``tu-`` encoder). A 3-channel first conv is summed to fit 1-channel
+input. Pair ImageNet weights with ``norm="imagenet"``. The arguments that rebuild the network
+without the weight file are kept on ``model.cellseg_args`` (for checkpoints; ``pretrained_origin``
+records the name/file and sha256 the encoder started from), the normalisation on
+``model.cellseg_norm``.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.data.targets import UNET_CHANNELS, unet_maps
-from cellseg.instances import Instances
-from cellseg.models.local_weights import load_into, load_state_file  # noqa: F401  (re-export)
+from cellseg.data.targets import UNET_CHANNELS, TargetSpec, unet_maps
+from cellseg.core.instances import Instances
+from cellseg.models.pretrained import load_into, load_state_file  # noqa: F401  (re-export)
 
 STRIDE = 32  # smp UNet with depth 5 needs H and W divisible by 2**5
 
@@ -69,19 +72,22 @@ class UNetFamily:
               in_channels: int = 3, encoder_depth: int = 5,
               decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
               decoder_attention_type: str | None = None,
-              norm: str | Mapping[str, Any] = "imagenet") -> "torch.nn.Module":  # noqa: F821
+              norm: str | Mapping[str, Any] = "imagenet",
+              pretrained_origin: Sequence[Mapping[str, Any]] | None = None
+              ) -> "torch.nn.Module":  # noqa: F821
         """smp.Unet with ``len(self.channels)`` output maps (logits).
 
         encoder_name: any smp encoder ("resnet34", "efficientnet-b0", "tu-<timm name>", ...).
-        encoder_weights: a LOCAL weights file for the encoder, or None (random init).
+        encoder_weights: a published tag ("imagenet", ...; see ``cellseg.models.pretrained``), a
+            LOCAL weights file for the encoder, or None (random init).
+        pretrained_origin: where the weights came from (filled in by ``build``; a checkpoint's
+            record is passed back unchanged). Informational: nothing is loaded from it.
         norm: "imagenet" / "dataset" (LIVECell mean 128, std 11.58) or {"mean", "std"} (0-255).
         """
         import segmentation_models_pytorch as smp
 
         from cellseg.data.transforms import resolve_norm
 
-        if encoder_weights == "imagenet":
-            raise ValueError("encoder_weights='imagenet' would download weights; pass a local file")
         if len(decoder_channels) != encoder_depth:
             raise ValueError(f"decoder_channels needs {encoder_depth} entries (one per encoder stage), "
                              f"got {list(decoder_channels)}")
@@ -89,16 +95,21 @@ class UNetFamily:
                          decoder_channels=list(decoder_channels),
                          decoder_attention_type=decoder_attention_type,
                          in_channels=in_channels, classes=len(self.channels))
+        origin = [dict(o) for o in pretrained_origin or []]
         if encoder_weights is not None:
-            load_into(model.encoder, load_state_file(encoder_weights), prefixes=("encoder.",),
-                      what=f"encoder weights {encoder_weights}")
+            from cellseg.models.pretrained import resolve, unet_source
+
+            state, record = resolve(encoder_weights, lambda tag: unet_source(encoder_name, tag))
+            n = load_into(model.encoder, state, prefixes=("encoder.",),
+                          what=f"encoder weights {encoder_weights}")
+            origin.append({**record, "into": "encoder", "tensors": n})
         model.cellseg_norm = resolve_norm(norm, in_channels)
         model.cellseg_channels = list(self.channels)
         model.cellseg_args = {"encoder_name": encoder_name, "encoder_weights": None,
                               "in_channels": in_channels, "encoder_depth": encoder_depth,
                               "decoder_channels": list(decoder_channels),
                               "decoder_attention_type": decoder_attention_type,
-                              "norm": model.cellseg_norm}
+                              "norm": model.cellseg_norm, "pretrained_origin": origin}
         return model
 
     def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
@@ -108,6 +119,14 @@ class UNetFamily:
         return normalise_batch(images, model.cellseg_norm, _device(model))
 
     # ----------------------------------------------------------------------------- training
+    def target_spec(self, *, in_channels: int = 3, norm: str | Mapping[str, Any] = "imagenet",
+                    **_build_args: Any) -> TargetSpec:
+        """What the data pipeline builds for this family, from the ``build`` arguments."""
+        from cellseg.data.transforms import resolve_norm
+
+        return TargetSpec.with_norm(resolve_norm(norm, in_channels), kind="maps",
+                                    channels=tuple(self.channels), border_width=self.border_width)
+
     def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """(N, H, W) bool masks -> {"maps": (K, H, W) float32 tensor}; labels are not used."""
         import torch

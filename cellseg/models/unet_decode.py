@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from cellseg.data.targets import UNET_CHANNELS
-from cellseg.instances import Instances
+from cellseg.core.instances import Instances
 
 
 def decode_unet(maps: np.ndarray, *, channels: Sequence[str] = UNET_CHANNELS, fg_thresh: float = 0.5,

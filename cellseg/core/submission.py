@@ -28,11 +28,13 @@ from typing import IO, TYPE_CHECKING, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core import rle as rle_codec
+from cellseg.core.masks import Runs, runs_from_instances, runs_from_rles
+from cellseg.errors import InputError
 from cellseg.io import atomic_path
 
 if TYPE_CHECKING:
-    from cellseg.instances import Instances
+    from cellseg.core.instances import Instances
 
 HEADER = ("id", "predicted")
 EMPTY_POLICIES = ("row", "skip")
@@ -43,15 +45,7 @@ Cells = Union[Sequence[str], "Instances"]
 
 def instance_rles(inst: "Instances") -> list[str]:
     """Competition RLE of each non-empty instance, encoded from its crop (no dense image)."""
-    from cellseg.metrics import runs_from_instances
-
-    runs = runs_from_instances(inst)
-    out: list[str] = []
-    bounds = np.flatnonzero(np.diff(runs.owner)) + 1
-    pairs = np.stack([runs.starts + 1, runs.lengths], axis=1).astype(str)
-    for chunk in np.split(pairs, bounds) if runs.starts.size else []:
-        out.append(" ".join(chunk.ravel().tolist()))
-    return out
+    return [r for r in runs_from_instances(inst).to_rles() if r]
 
 
 class SubmissionWriter:
@@ -125,8 +119,6 @@ class SubmissionWriter:
             r.strip() for r in cells if r and r.strip()]
         shp = shape or (tuple(cells.image_shape) if hasattr(cells, "image_shape") else self.shape)
         if self.check_overlap and rles:
-            from cellseg.metrics import runs_from_rles
-
             try:
                 runs = runs_from_rles(rles, shp)
             except rle_codec.RLEError as err:
@@ -163,11 +155,12 @@ def read_submission(path: str | os.PathLike) -> dict[str, list[str]]:
     for row_no, cells in _rows(path):
         if row_no == 1:
             if tuple(c.strip() for c in cells) != HEADER:
-                raise ValueError(f"{path}: header must be 'id,predicted', got {','.join(cells)!r}")
+                raise InputError(f"header is {','.join(cells)!r}, not 'id,predicted'",
+                                 where=str(path), fix="write the header 'id,predicted'")
             continue
         if len(cells) != 2:
-            raise ValueError(f"{path} row {row_no}: expected 2 fields (id,predicted), "
-                             f"got {len(cells)}")
+            raise InputError(f"row {row_no} has {len(cells)} fields, not 2 (id,predicted)",
+                             where=str(path), fix="`cellseg validate` lists every bad row")
         image_id, pred = cells[0].strip(), cells[1].strip()
         out.setdefault(image_id, [])
         if pred:
@@ -246,8 +239,6 @@ def validate_submission(path: str | os.PathLike, *, images: str | os.PathLike | 
     image; every expected image present. Expected ids come from ``images`` (a folder, whose
     image sizes are used) or ``ids``; with neither, the id checks are skipped.
     """
-    from cellseg.metrics import Runs
-
     shapes: dict[str, tuple[int, int]] | None = None
     if images is not None:
         shapes = expected_images(images)
@@ -317,22 +308,8 @@ def validate_submission(path: str | os.PathLike, *, images: str | os.PathLike | 
     return problems
 
 
-def _overlap_problems(runs, row_of: np.ndarray, image_id: str) -> list[Problem]:
-    # sort runs by start; a run that starts before the running max end of earlier runs
-    # overlaps the run holding that max
-    order = np.argsort(runs.starts, kind="stable")
-    s, e, o = runs.starts[order], (runs.starts + runs.lengths)[order], runs.owner[order]
-    best_end = np.maximum.accumulate(e)
-    best_idx = np.zeros(e.size, np.int64)
-    # index of the run achieving the running max (first occurrence)
-    is_new = np.concatenate(([True], e[1:] > best_end[:-1]))
-    best_idx = np.maximum.accumulate(np.where(is_new, np.arange(e.size), 0))
-    clash = np.flatnonzero(s[1:] < best_end[:-1]) + 1
-    pairs = {}
-    for k in clash.tolist():
-        a, b = int(o[best_idx[k - 1]]), int(o[k])
-        if a != b:
-            ra, rb = sorted((int(row_of[a]), int(row_of[b])))
-            pairs.setdefault((ra, rb), None)
+def _overlap_problems(runs: Runs, row_of: np.ndarray, image_id: str) -> list[Problem]:
+    """One problem per overlapping pair of rows, on the later row."""
+    pairs = {tuple(sorted((int(row_of[a]), int(row_of[b])))) for a, b in runs.overlap_pairs()}
     return [Problem(rb, image_id, f"mask overlaps the mask of row {ra}")
             for ra, rb in sorted(pairs, key=lambda x: (x[1], x[0]))]

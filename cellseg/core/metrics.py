@@ -1,7 +1,7 @@
 """The competition metric, computed sparsely: one implementation shared by training validation,
 ``cellseg score`` and tuning.
 
-    from cellseg.metrics import score, match_image
+    from cellseg.core.metrics import score, match_image
     report = score({"0030fd0e6378": truth_rles}, {"0030fd0e6378": pred_rles},
                    cell_types={"0030fd0e6378": "shsy5y"})
     report.score, report.per_cell_type, report.per_threshold, report.counts
@@ -24,159 +24,31 @@ index, then lower prediction index) among pairs with IoU > 0.5. TP(t) is the num
 pairs with IoU > t: greedy matching on the pairs above t equals the prefix of the greedy
 matching above 0.5, because pairs above t come first in the IoU order.
 
-How it stays fast and small: masks are kept as runs over the C-order flat image (``Runs``),
-never as one dense array per cell. All RLE strings of an image are parsed in one call.
-Intersections come from ``np.bincount`` over (truth id, prediction label) pairs of the truth
-pixels, looking up a prediction label image; when both sides overlap, a scipy sparse product.
+How it stays fast and small: masks are kept as runs over the C-order flat image
+(``cellseg.core.masks.Runs``), never as one dense array per cell. All RLE strings of an image
+are parsed in one call. Intersections come from the runs (two ``searchsorted`` calls against the
+non-overlapping side); when both sides overlap, a scipy sparse product. COCO AP/AR lives in
+``cellseg.core.metrics_coco``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from cellseg import rle as rle_codec
+from cellseg.core.masks import (SHAPE, MaskInput, Runs, as_runs, runs_from_instances,
+                                runs_from_rles, runs_to_indices)
 
 if TYPE_CHECKING:
+    from cellseg.core.instances import Instances
     from cellseg.data.record import ImageRecord
-    from cellseg.instances import Instances
 
 # t = k / 20 for k = 10..19: the integer form keeps "IoU > t" exact
 _K = np.arange(10, 20, dtype=np.int64)
 THRESHOLDS: np.ndarray = _K / 20.0  # 0.50, 0.55, ..., 0.95
 THRESHOLD_KEYS: tuple[str, ...] = tuple(f"{t:.2f}" for t in THRESHOLDS)
-SHAPE = rle_codec.SHAPE
-
-
-# --------------------------------------------------------------------------------------------
-# Masks of one image as runs
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Runs:
-    """The instances of one image as runs over its C-order flat pixel array.
-
-    Attributes:
-        starts: (R,) int64 0-indexed run starts; the runs of one instance are ascending.
-        lengths: (R,) int64 run lengths (>= 1).
-        owner: (R,) int64 instance index of each run, in [0, n).
-        n: number of instances (an instance may have no run: an empty mask).
-        shape: (height, width) of the image.
-    """
-
-    starts: np.ndarray
-    lengths: np.ndarray
-    owner: np.ndarray
-    n: int
-    shape: tuple[int, int]
-
-    @property
-    def areas(self) -> np.ndarray:
-        """(n,) int64 pixel count of each instance."""
-        return np.bincount(self.owner, weights=self.lengths, minlength=self.n).astype(np.int64)
-
-    def overlapping(self) -> bool:
-        """True when two instances share a pixel (runs of one instance never overlap)."""
-        return self.starts.size > 1 and _sorted_disjoint(self) is None
-
-    def pixels(self) -> tuple[np.ndarray, np.ndarray]:
-        """Flat pixel indices and their instance index: two (sum(lengths),) int64 arrays."""
-        return expand_runs(self.starts, self.lengths), np.repeat(self.owner, self.lengths)
-
-    def label_image(self) -> np.ndarray:
-        """(H*W,) int32 flat label image, instance i -> i + 1. Only for non-overlapping runs."""
-        n_pixels = self.shape[0] * self.shape[1]
-        # difference array + cumsum: one pass over the image instead of expanding every pixel
-        diff = np.zeros(n_pixels + 1, dtype=np.int32)
-        value = (self.owner + 1).astype(np.int32)
-        # starts are unique and so are ends when runs do not overlap: plain fancy updates
-        diff[self.starts] += value
-        diff[self.starts + self.lengths] -= value
-        return np.cumsum(diff[:-1], dtype=np.int32)
-
-
-# flat pixel indices of runs: the one implementation lives in the RLE codec
-expand_runs = rle_codec.runs_to_indices
-
-
-def runs_from_rles(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> Runs:
-    """Parse and validate all RLE strings of one image in one go (``rle.parse_many``).
-
-    Args:
-        rles: competition RLE strings (``"start length ..."``, 1-indexed, C order); "" is an
-            empty instance.
-        shape: (height, width) of the image.
-    Raises:
-        rle.RLEError: naming the instance index and the broken rule.
-    """
-    shape = (int(shape[0]), int(shape[1]))
-    starts, lengths, n_pairs = rle_codec.parse_many(rles, shape)
-    owner = np.repeat(np.arange(len(n_pairs), dtype=np.int64), n_pairs)
-    return Runs(starts, lengths, owner, len(n_pairs), shape)
-
-
-def runs_from_labels(labels: np.ndarray) -> Runs:
-    """Runs of an (H, W) integer label image (0 = background); instance order = ascending label."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"label image must be (H, W), got shape {labels.shape}")
-    shape = (int(labels.shape[0]), int(labels.shape[1]))
-    flat = labels.ravel(order="C")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    run_starts = np.concatenate(([0], change)).astype(np.int64)
-    run_lengths = np.diff(np.concatenate((run_starts, [flat.size])))
-    values = flat[run_starts]
-    keep = values != 0
-    run_starts, run_lengths, values = run_starts[keep], run_lengths[keep], values[keep]
-    ids, owner = np.unique(values, return_inverse=True)
-    order = np.argsort(owner, kind="stable")  # group runs by instance, pixel order within
-    return Runs(run_starts[order], run_lengths[order], owner[order].astype(np.int64),
-                int(ids.size), shape)
-
-
-def runs_from_instances(inst: "Instances") -> Runs:
-    """Runs of ``cellseg.instances.Instances`` (crop masks placed at their boxes)."""
-    h, w = inst.image_shape
-    starts, lengths, owner = [], [], []
-    for i, ((x0, y0, x1, y1), m) in enumerate(zip(inst.boxes, inst.masks)):
-        m = np.asarray(m, dtype=bool)
-        if m.size == 0 or not m.any():
-            continue
-        if m.shape != (y1 - y0, x1 - x0):
-            raise ValueError(f"instance {i}: mask shape {m.shape} does not fit box "
-                             f"{(int(x0), int(y0), int(x1), int(y1))}")
-        pad = np.zeros((m.shape[0], m.shape[1] + 2), dtype=np.int8)
-        pad[:, 1:-1] = m
-        d = np.diff(pad, axis=1)
-        r0, c0 = np.nonzero(d == 1)  # row-major order: ascending flat position
-        _, c1 = np.nonzero(d == -1)
-        s = (r0.astype(np.int64) + int(y0)) * w + c0 + int(x0)
-        starts.append(s)
-        lengths.append((c1 - c0).astype(np.int64))
-        owner.append(np.full(s.size, i, np.int64))
-    if not starts:
-        z = np.zeros(0, np.int64)
-        return Runs(z, z, z, len(inst), (h, w))
-    return Runs(np.concatenate(starts), np.concatenate(lengths), np.concatenate(owner),
-                len(inst), (h, w))
-
-
-MaskInput = Union[Runs, Sequence[str], np.ndarray, "Instances"]
-
-
-def as_runs(masks: MaskInput, shape: tuple[int, int] | None = None) -> Runs:
-    """Runs from RLE strings, an (H, W) label image, ``Instances`` or ``Runs``."""
-    if isinstance(masks, Runs):
-        return masks
-    if isinstance(masks, np.ndarray):
-        if masks.ndim == 2 and masks.dtype != object:
-            return runs_from_labels(masks)
-        masks = masks.tolist()
-    if hasattr(masks, "boxes") and hasattr(masks, "image_shape"):
-        return runs_from_instances(masks)  # type: ignore[arg-type]
-    return runs_from_rles(list(masks), SHAPE if shape is None else shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,27 +73,17 @@ def intersections(truth: Runs, pred: Runs) -> tuple[np.ndarray, np.ndarray, np.n
     z = np.zeros(0, np.int64)
     if truth.starts.size == 0 or pred.starts.size == 0:
         return z, z, z
-    sorted_pred = _sorted_disjoint(pred)
+    sorted_pred = pred.sorted_disjoint()
     if sorted_pred is not None:
         ti, pi, inter = _run_pairs(truth, *sorted_pred, pred.n)
     else:
-        sorted_truth = _sorted_disjoint(truth)
+        sorted_truth = truth.sorted_disjoint()
         if sorted_truth is None:
             return _intersections_sparse(truth, pred)
         pi, ti, inter = _run_pairs(pred, *sorted_truth, truth.n)
         order = np.lexsort((pi, ti))
         ti, pi, inter = ti[order], pi[order], inter[order]
     return ti, pi, inter
-
-
-def _sorted_disjoint(runs: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(starts, ends, owner) sorted by start, or None when two instances overlap."""
-    order = np.argsort(runs.starts, kind="stable")  # radix sort: faster than quicksort here
-    s = runs.starts[order]
-    e = s + runs.lengths[order]
-    if (s[1:] < e[:-1]).any():
-        return None
-    return s, e, runs.owner[order]
 
 
 def _run_pairs(a: Runs, bs: np.ndarray, be: np.ndarray, bo: np.ndarray,
@@ -238,7 +100,7 @@ def _run_pairs(a: Runs, bs: np.ndarray, be: np.ndarray, bo: np.ndarray,
         z = np.zeros(0, np.int64)
         return z, z, z
     ai = np.repeat(np.flatnonzero(hit), cnt[hit])
-    bi = expand_runs(i0[hit], cnt[hit])  # consecutive b runs for each a run
+    bi = runs_to_indices(i0[hit], cnt[hit])  # consecutive b runs for each a run
     length = np.minimum(a_e[ai], be[bi]) - np.maximum(a_s[ai], bs[bi])
     key = a.owner[ai] * b_n + bo[bi]
     bits = int(length.max()).bit_length()
@@ -467,10 +329,3 @@ def score_instances(records: Sequence["ImageRecord"],
     pred = {r.image_id: runs_from_instances(p) for r, p in zip(records, preds)}
     return score(truth, pred, cell_types={r.image_id: r.cell_type for r in records})
 
-
-def coco_metrics(*args: Any, **kwargs: Any) -> dict[str, float]:
-    """COCO mask AP/AR at maxDets 2000 with LIVECell size bins: see
-    ``cellseg.metrics_coco.coco_metrics`` (imported lazily: it needs pycocotools)."""
-    from cellseg.metrics_coco import coco_metrics as _coco_metrics
-
-    return _coco_metrics(*args, **kwargs)

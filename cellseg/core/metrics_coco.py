@@ -1,6 +1,6 @@
 """COCO-style mask AP/AR as LIVECell reports it: maxDets 2000 and LIVECell's size bins.
 
-    from cellseg.metrics_coco import coco_metrics
+    from cellseg.core.metrics_coco import coco_metrics
     m = coco_metrics(truth, pred, scores)   # image id -> RLE strings / label image / Instances
     m["AP"], m["AP50"], m["AP75"], m["AR"], m["AP_small"], ...
 
@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.metrics import SHAPE, MaskInput, Runs, as_runs
+from cellseg.core.masks import SHAPE, MaskInput, as_runs
 
 MAX_DETS: tuple[int, ...] = (100, 500, 2000)
 # LIVECell size bins in px^2 (small < 18^2, large > 31^2)
@@ -35,34 +35,6 @@ AREA_RANGES: dict[str, list[float]] = {"small": [0.0, 324.0], "medium": [324.0, 
                                        "large": [961.0, 1e10]}
 SUMMARY_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
                                  "AR", "AR_small", "AR_medium", "AR_large", "AR@100", "AR@500")
-
-
-# --------------------------------------------------------------------------------------------
-# COCO RLE <-> runs, without dense masks
-# --------------------------------------------------------------------------------------------
-
-def runs_to_coco(runs: Runs) -> list[Any]:
-    """COCO compressed RLE (``counts`` str) of every NON-EMPTY instance of ``runs`` (the kit's
-    one converter, ``cellseg.rle.runs_to_coco``); empty instances give ``None``."""
-    from cellseg import rle
-
-    order = np.lexsort((runs.starts, runs.owner))  # group runs by instance, pixel order within
-    n_pairs = np.bincount(runs.owner, minlength=runs.n)
-    cocos = rle.runs_to_coco(runs.starts[order], runs.lengths[order], n_pairs, runs.shape)
-    return [c if k else None for c, k in zip(cocos, n_pairs)]
-
-
-def coco_to_runs(segmentations: Sequence[dict], shape: tuple[int, int] = SHAPE) -> Runs:
-    """``Runs`` (C order) of COCO RLE dicts (compressed str/bytes or uncompressed list counts)."""
-    from cellseg import rle
-
-    h, w = int(shape[0]), int(shape[1])
-    for i, seg in enumerate(segmentations):
-        size = [int(v) for v in seg["size"]]
-        if size != [h, w]:
-            raise ValueError(f"segmentation {i} is {size[0]}x{size[1]}, expected {h}x{w}")
-    starts, lengths, owner, _ = rle.coco_runs(segmentations)
-    return Runs(starts, lengths, owner, len(segmentations), (h, w))
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,7 +63,7 @@ def build_coco(truth: Mapping[str, MaskInput], pred: Mapping[str, MaskInput],
         images.append({"id": k, "file_name": str(image_id), "height": int(t_runs.shape[0]),
                        "width": int(t_runs.shape[1])})
         areas = t_runs.areas
-        for i, seg in enumerate(runs_to_coco(t_runs)):
+        for i, seg in enumerate(t_runs.to_coco()):
             if seg is None:
                 continue
             anns.append({"id": len(anns) + 1, "image_id": k, "category_id": 1,
@@ -104,7 +76,7 @@ def build_coco(truth: Mapping[str, MaskInput], pred: Mapping[str, MaskInput],
             else np.asarray(scores[image_id], dtype=np.float64)
         if sc.size != p_runs.n:
             raise ValueError(f"image {image_id}: {sc.size} scores for {p_runs.n} predictions")
-        for i, seg in enumerate(runs_to_coco(p_runs)):
+        for i, seg in enumerate(p_runs.to_coco()):
             if seg is not None:
                 dets.append({"image_id": k, "category_id": 1, "segmentation": seg,
                              "score": float(sc[i])})
