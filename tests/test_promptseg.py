@@ -389,12 +389,12 @@ def test_predict_to_submission_with_promptseg(tmp_path, monkeypatch, boxes_from)
 def test_tiny_config_trains_with_cellseg_train(tmp_path):
     """`cellseg train --config promptseg_tiny` runs stage 2 end to end (H5's loop, H6's validation
     through the attached detector) and the checkpoint alone rebuilds the model."""
-    if not (_has("cellseg.train") and _has("cellseg.data.synthetic")):
-        pytest.skip("cellseg.train / cellseg.data.synthetic not there yet")
+    if not (_has("cellseg.training.loop") and _has("cellseg.data.synthetic")):
+        pytest.skip("cellseg.training.loop / cellseg.data.synthetic not there yet")
     from cellseg.checkpoint import load_checkpoint, load_model
     from cellseg.config import load_train_config
     from cellseg.data.synthetic import generate
-    from cellseg.train import get_args_parser, main
+    from cellseg.training.loop import get_args_parser, main
 
     cfg = load_train_config("promptseg_tiny")
     assert cfg.model.family == "promptseg"

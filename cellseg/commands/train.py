@@ -6,7 +6,7 @@
     cellseg train --config unet_tiny --data data/synth/competition --out runs/unet_tiny --resume
     torchrun --nproc_per_node 2 -m cellseg train --config unet_tiny --data ... --out runs/ddp
 
-The arguments and the work live in ``cellseg.train`` (``get_args_parser``/``main``).
+The arguments and the work live in ``cellseg.training.loop`` (``get_args_parser``/``main``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cellseg.train import add_arguments as _add
+    from cellseg.training.loop import add_arguments as _add
 
     _add(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.train import main
+    from cellseg.training.loop import main
 
     return main(args)

@@ -1,15 +1,19 @@
-"""The training loop and validation, model-family agnostic.
+"""The training step and validation, model-family agnostic.
 
-    stats = train_one_epoch(model, family, loader, optimizer, scheduler, device=device, epoch=e,
-                            state=state, scaler=scaler, amp=True, grad_accum=2, clip_norm=10.0, ema=ema)
-    metrics = evaluate(ema.module if ema else model, family, val_records, infer_cfg, device=device)
+    opts = StepOptions(device=torch.device("cuda"), grad_accum=2, clip_norm=10.0,
+                       amp_dtype=torch.float16, max_steps=10_000)
+    stats = train_one_epoch(state, loader, opts, after_step=bookkeeper.after_step)
+    metrics = evaluate(state.eval_model, family, val_records, infer_cfg, device=device)
 
-``train_one_epoch`` runs ``family.loss`` on each batch (AMP via ``torch.autocast`` + ``GradScaler`` on
-CUDA; plain fp32 on CPU), accumulates gradients over ``grad_accum`` batches, clips, steps the
-optimiser and the per-step LR schedule (linear warmup + cosine, ``lr_factor``) and updates the EMA.
-A non-finite loss stops the run with every loss term in the message. ``evaluate`` scores held-out
-images with the competition metric through the same code path as inference
-(``cellseg.infer.predict.predict_image`` then ``cellseg.metrics.score_instances``).
+``train_one_epoch`` runs ``family.loss`` on each batch, accumulates gradients over ``grad_accum``
+batches, clips, steps the optimiser and the per-step LR schedule (linear warmup + cosine,
+``lr_factor``) and updates the EMA. Mixed precision is one code path: ``torch.autocast`` with
+``opts.amp_dtype`` (bfloat16 on CPU, float16 on CUDA, where ``state.scaler`` is a GradScaler).
+Loss values stay on the device between log points, so a GPU is synchronised once per step
+(the non-finite check) and not once per loss term. A non-finite loss stops the run with every
+loss term in the message. ``evaluate`` scores held-out images with the competition metric through
+the same code path as inference (``cellseg.infer.predict.predict_image`` then
+``cellseg.metrics.score_instances``).
 """
 
 from __future__ import annotations
@@ -17,32 +21,40 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from cellseg.config import OptimConfig, ScheduleConfig
 
+if TYPE_CHECKING:  # pragma: no cover
+    from cellseg.training.state import TrainState
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss; the message holds every loss term and where it happened."""
 
 
-@dataclass
-class LoopState:
-    """Counters that survive across epochs (and are saved in checkpoints)."""
+@dataclass(frozen=True)
+class StepOptions:
+    """How ``train_one_epoch`` steps (everything that is not state).
 
-    step: int = 0                 # optimiser steps taken so far
-    max_steps: int | None = None  # stop after this many optimiser steps (smoke tests)
+    amp_dtype: None (fp32) or the autocast dtype; max_steps: stop once ``state.step`` reaches it;
+    log_every: optimiser steps between loss reports to ``after_step`` (and the progress bar).
+    """
 
-    @property
-    def done(self) -> bool:
-        return self.max_steps is not None and self.step >= self.max_steps
+    device: torch.device = torch.device("cpu")
+    grad_accum: int = 1
+    clip_norm: float | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    max_steps: int | None = None
+    log_every: int = 10
+    progress: bool = False
 
 
 # ----------------------------------------------------------------------------- optimiser, LR, EMA
@@ -123,126 +135,136 @@ class ModelEMA:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare network inside DistributedDataParallel / DataParallel."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
-                                              nn.DataParallel)) else model
+    """The bare network inside DistributedDataParallel / DataParallel / ``torch.compile``."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
 
 
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Move tensors inside nested lists/tuples/dicts to ``device`` (non-blocking from pinned memory)."""
+def to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors inside nested lists/tuples/dicts to ``device`` (non-blocking: the copy from
+    pinned memory overlaps the step). With ``channels_last`` 4-D tensors change layout too."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+        obj = obj.to(device, non_blocking=True)
+        if channels_last and obj.ndim == 4:
+            obj = obj.contiguous(memory_format=torch.channels_last)
+        return obj
     if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
+        return type(obj)(to_device(v, device, channels_last) for v in obj)
     return obj
 
 
 # ----------------------------------------------------------------------------- training
 
+AfterStep = Callable[["TrainState", "dict[str, float] | None"], bool]
 
-def train_one_epoch(model: nn.Module, family: Any, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device,
-                    epoch: int, state: LoopState, scaler: "torch.amp.GradScaler | None" = None,
-                    amp: bool = False, grad_accum: int = 1, clip_norm: float | None = None,
-                    ema: ModelEMA | None = None, skip_batches: int = 0, progress: bool = True,
-                    log_every: int = 10,
-                    on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
-    """Train one pass over ``loader``; return mean losses plus ``lr``, ``images``, ``seconds``.
+
+def train_one_epoch(state: "TrainState", loader: Iterable, opts: StepOptions,
+                    after_step: AfterStep | None = None) -> dict[str, float]:
+    """Train one pass over ``loader`` (the rest of the epoch when resuming mid-epoch); return mean
+    losses plus ``lr``, ``images``, ``batches`` and ``seconds``.
 
     ``loader`` yields ``family.collate`` batches ``(images, targets)``. One optimiser step is taken
-    every ``grad_accum`` batches (and once for a trailing partial group). Stops early when
-    ``state.done`` (``max_steps`` reached). ``skip_batches`` only offsets the progress counter (the
-    sampler already skipped them when resuming mid-epoch). ``on_step(step, losses)`` is called
-    after every ``log_every``-th optimiser step with the mean losses since its previous call
-    (logging, mid-epoch checkpoints).
+    every ``grad_accum`` batches and at the loader's last batch. ``state.step`` and
+    ``state.batch_in_epoch`` advance as it goes. After every optimiser step
+    ``after_step(state, losses)`` runs (``losses``: the mean loss terms since the previous report,
+    every ``log_every`` steps, else None); it returns True to stop the epoch (Ctrl-C, early stop).
+    The epoch also stops once ``opts.max_steps`` is reached.
     """
     from tqdm import tqdm
 
-    model.train()
-    use_amp = amp and device.type == "cuda"
-    sums: dict[str, float] = {}
-    window: dict[str, float] = {}  # since the last on_step call
-    n_window = 0
-    n_batches = n_images = 0
+    net, family = state.net, state.family
+    net.train()
+    n_local = None
+    with contextlib.suppress(TypeError):
+        n_local = len(loader)  # type: ignore[arg-type]
+    bar = tqdm(loader, total=None if n_local is None else n_local + state.batch_in_epoch,
+               initial=state.batch_in_epoch, desc=f"epoch {state.epoch}", file=sys.stderr,
+               disable=not opts.progress, dynamic_ncols=True, leave=False)
+    sums: dict[str, torch.Tensor] = {}    # on the device: summed without a sync per term
+    window: dict[str, torch.Tensor] = {}  # since the last report
+    n_window = n_batches = n_images = pending = 0
     t0 = time.perf_counter()
-    total = None
-    try:
-        total = len(loader) + skip_batches  # type: ignore[arg-type]
-    except TypeError:
-        pass
-    bar = tqdm(loader, total=total, initial=skip_batches, desc=f"epoch {epoch}", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True, leave=False)
-    optimizer.zero_grad(set_to_none=True)
-    pending = 0  # micro-batches whose gradients are accumulated but not yet applied
-    n_local = None if total is None else total - skip_batches
+    state.optimizer.zero_grad(set_to_none=True)
     for images, targets in bar:
-        images, targets = to_device(images, device), to_device(targets, device)
+        images = to_device(images, opts.device, opts.channels_last)
+        targets = to_device(targets, opts.device)
         # step after grad_accum micro-batches, and on the loader's last batch: under DDP every
         # step must follow a synchronised backward or the ranks' weights drift apart
-        sync = pending + 1 >= grad_accum or (n_local is not None and n_batches + 1 == n_local)
+        sync = pending + 1 >= opts.grad_accum or (n_local is not None and n_batches + 1 == n_local)
         # DDP: skip the gradient all-reduce on micro-batches that do not step
-        ctx = (model.no_sync() if (not sync and hasattr(model, "no_sync"))
-               else contextlib.nullcontext())
+        ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else contextlib.nullcontext()
         with ctx:
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                losses = family.loss(model, images, targets)
+            with torch.autocast(opts.device.type, dtype=opts.amp_dtype or torch.float32,
+                                enabled=opts.amp_dtype is not None):
+                losses = family.loss(net, images, targets)
             loss = losses["loss"]
-            if not torch.isfinite(loss).all():
-                detail = {k: float(v.detach()) for k, v in losses.items()}
-                print(f"non-finite loss at epoch {epoch}, step {state.step}: {detail}",
-                      file=sys.stderr, flush=True)
-                raise NonFiniteLossError(
-                    f"loss is {float(loss.detach())} at epoch {epoch}, optimiser step {state.step} "
-                    f"(losses: {detail}); lower optim.lr, raise schedule.warmup_steps or set "
-                    "train.clip_norm, and check the batch's targets")
-            scaled = loss / grad_accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if not math.isfinite(float(loss.detach())):  # the step's one host sync
+                _non_finite(losses, state)
+            scaled = loss / opts.grad_accum
+            (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
         pending += 1
         n_batches += 1
+        state.batch_in_epoch += 1
         n_images += _batch_size(images)
         for k, v in losses.items():
-            value = float(v.detach())
-            sums[k] = sums.get(k, 0.0) + value
-            window[k] = window.get(k, 0.0) + value
+            v = v.detach().float()
+            sums[k] = sums[k] + v if k in sums else v
+            window[k] = window[k] + v if k in window else v
         n_window += 1
-        if sync:
-            _optimizer_step(model, optimizer, scheduler, scaler, clip_norm, ema)
-            pending = 0
-            state.step += 1
-            if progress and state.step % max(1, log_every) == 0:
-                bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if on_step is not None and state.step % max(1, log_every) == 0:
-                on_step(state.step, {k: v / n_window for k, v in window.items()})
-                window, n_window = {}, 0
-            if state.done:
-                break
+        if not sync:
+            continue
+        _optimizer_step(state, opts.clip_norm)
+        pending = 0
+        state.step += 1
+        report = None
+        if state.step % max(1, opts.log_every) == 0:
+            report = {k: float(v) / n_window for k, v in window.items()}
+            window, n_window = {}, 0
+            if opts.progress:
+                bar.set_postfix(loss=f"{report['loss']:.4f}",
+                                lr=f"{state.optimizer.param_groups[0]['lr']:.2e}")
+        stop = after_step(state, report) if after_step is not None else False
+        if stop or (opts.max_steps is not None and state.step >= opts.max_steps):
+            break
     if pending:  # a trailing partial group of a loader without len() still counts as a step
-        _optimizer_step(model, optimizer, scheduler, scaler, clip_norm, ema)
+        _optimizer_step(state, opts.clip_norm)
         state.step += 1
     bar.close()
-    out = {k: v / max(1, n_batches) for k, v in sums.items()}
-    out.update(lr=optimizer.param_groups[0]["lr"], images=float(n_images), batches=float(n_batches),
-               seconds=time.perf_counter() - t0)
+    out = {k: float(v) / max(1, n_batches) for k, v in sums.items()}
+    out.update(lr=state.optimizer.param_groups[0]["lr"], images=float(n_images),
+               batches=float(n_batches), seconds=time.perf_counter() - t0)
     return out
 
 
-def _optimizer_step(model, optimizer, scheduler, scaler, clip_norm, ema) -> None:
+def _non_finite(losses: Mapping[str, torch.Tensor], state: "TrainState") -> None:
+    detail = {k: float(v.detach()) for k, v in losses.items()}
+    print(f"non-finite loss at epoch {state.epoch}, step {state.step}: {detail}",
+          file=sys.stderr, flush=True)
+    raise NonFiniteLossError(
+        f"loss is {detail['loss']} at epoch {state.epoch}, optimiser step {state.step} "
+        f"(losses: {detail}); lower optim.lr, raise schedule.warmup_steps or set "
+        "train.clip_norm, and check the batch's targets")
+
+
+def _optimizer_step(state: "TrainState", clip_norm: float | None) -> None:
+    optimizer, scaler = state.optimizer, state.scaler
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if clip_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip_norm)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    if ema is not None:
-        ema.update(model)
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update(state.model)
 
 
 def _batch_size(images: Any) -> int:
@@ -294,116 +316,3 @@ def evaluate(model: nn.Module, family: Any, records: Sequence[Any], infer_cfg: A
         if isinstance(value, (int, float)):
             out[f"score_{cell_type}"] = float(value)
     return out
-
-
-# ----------------------------------------------------------------------------- reproducibility
-
-
-def seed_all(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def reseed_augment(dataset: Any, seed: int) -> None:
-    """albumentations' Compose keeps its own RNG, untouched by global seeds: reseed it too."""
-    import numpy as np
-
-    aug = getattr(dataset, "augment", None)
-    if aug is not None and hasattr(aug, "set_random_state"):
-        # one generator pair shared by every transform (``set_random_seed`` would give each
-        # transform its own identically seeded copy), so that one state captures them all
-        aug.set_random_state(np.random.default_rng(seed % 2**32), random.Random(seed))
-    elif aug is not None and hasattr(aug, "set_random_seed"):
-        aug.set_random_seed(seed % 2**32)
-
-
-class SkipSampler:
-    """Yield the indices of ``base`` after dropping the first ``skip`` (mid-epoch resume)."""
-
-    def __init__(self, base: Any, skip: int) -> None:
-        self.base, self.skip = base, skip
-
-    def __iter__(self):
-        for i, idx in enumerate(self.base):
-            if i >= self.skip:
-                yield idx
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)
-
-
-class EpochPermutation:
-    """A seeded shuffle of ``range(n)`` that depends only on (seed, epoch)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        import torch
-
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def augment_rng_state(dataset: Any) -> dict[str, Any] | None:
-    """The albumentations Compose RNG of the main process (exact mid-epoch resume with 0 workers;
-    worker processes keep their own streams, which no checkpoint can capture)."""
-    aug = getattr(dataset, "augment", None)
-    gen, py = getattr(aug, "random_generator", None), getattr(aug, "py_random", None)
-    if gen is None or py is None:
-        return None
-    v, internal, g = py.getstate()
-    return {"numpy": dict(gen.bit_generator.state), "python": [v, list(internal), g]}
-
-
-def set_augment_rng_state(dataset: Any, state: dict[str, Any] | None) -> None:
-    aug = getattr(dataset, "augment", None)
-    if not state or aug is None or getattr(aug, "random_generator", None) is None:
-        return
-    import numpy as np
-
-    gen = np.random.default_rng()
-    gen.bit_generator.state = state["numpy"]
-    py = random.Random()
-    v, internal, g = state["python"]
-    py.setstate((v, tuple(internal), g))
-    aug.set_random_state(gen, py)  # one shared pair, as ``reseed_augment`` installs
-
-
-def rng_state() -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    py = random.getstate()
-    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
-                                                        int(pos), int(has_gauss), float(gauss)],
-             "python": [py[0], list(py[1]), py[2]]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    if not state:
-        return
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    v, internal, g = state["python"]
-    random.setstate((v, tuple(internal), g))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,4 +1,4 @@
-"""Training orchestration: data, model, optimiser, epochs, validation, checkpoints, resume, DDP.
+"""`cellseg train`: data, model, train state, epochs; resume and DDP (torchvision-references style).
 
     cellseg train --config unet_tiny --data data/synth/competition --out runs/unet_tiny
     cellseg train --config unet_livecell_pretrain --data /data/LIVECell_dataset_2021 --out runs/unet_lc
@@ -7,32 +7,36 @@
     cellseg train --config unet_tiny --data ... --out runs/unet_tiny --resume     # after a crash
     torchrun --nproc_per_node 2 -m cellseg train --config unet_tiny --data ... --out runs/ddp
 
-The output folder receives ``last.pt`` (every epoch, optionally every N steps: resume from it),
-``best.pt`` (best validation score; the final weights when there is no validation), ``log.csv``,
-``steps.csv``, ``curves.png`` and ``config.yaml``. Checkpoints are self-describing (see
-``cellseg.checkpoint``). Only rank 0 writes files and validates under DDP.
+The output folder receives ``last.pt`` (the resume point), ``best.pt`` (best validation score; the
+final weights, flagged ``selection: last_no_validation``, when there is no validation),
+``log.csv``, ``steps.csv``, ``curves.png`` and ``config.yaml``; cadence in
+``cellseg.training.bookkeeping``. Only rank 0 writes files and validates under DDP.
 
-Resume (``--resume``, also after kill -9) continues at the saved epoch and step, mid-epoch too:
-weights, optimiser, LR schedule, AMP scaler, EMA, early-stopping counters and RNG states are
-restored. Every epoch reseeds its shuffle and augmentation from (seed, epoch), so on CPU with
-``data.workers=0`` a resumed run ends bit-identical to an uninterrupted one (data-loader workers keep
-their own augmentation streams, which no checkpoint captures).
-
-Data: records come from ``cellseg.data.loaders.load_records`` for every ``data.sources`` entry.
-Validation images are ``data.val_split`` of the same sources (LIVECell's val split) or else the
-held-out ``data.fold`` of ``make_folds`` (grouped by sample_id, stratified by cell type).
+Resume (``--resume``, also after kill -9 or Ctrl-C) continues at the saved epoch and step,
+mid-epoch too, from ``TrainState.load_state_dict`` (weights, optimiser, LR schedule, AMP scaler,
+EMA, early-stopping counters, RNG states). Every epoch reseeds its shuffle and augmentation from
+(seed, epoch), so on CPU with ``data.workers=0`` a resumed run ends bit-identical to an
+uninterrupted one (data-loader workers keep their own augmentation streams, which no checkpoint
+captures).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from cellseg.config import ConfigError, DataConfig, TrainConfig, load_train_config, save_yaml, to_dict
+from cellseg.config import ConfigError, TrainConfig, load_train_config, save_yaml, to_dict
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellseg train", description=__doc__.split("\n\n")[0],
+                                     add_help=add_help)
+    add_arguments(parser)
+    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,98 +58,118 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cellseg train", description=__doc__.split("\n\n")[0],
-                                     add_help=add_help)
-    add_arguments(parser)
-    return parser
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The training config named by ``--config`` with ``--set``/``--data``/``--out``/... applied."""
-    overrides = list(args.overrides or [])
-    if args.data:
-        overrides.append("data.sources=[" + ", ".join(_yaml_str(p) for p in args.data) + "]")
-    if args.out:
-        overrides.append(f"train.out={_yaml_str(args.out)}")
-    if getattr(args, "init_from", None):
-        overrides.append(f"train.init_from={_yaml_str(args.init_from)}")
-    if getattr(args, "device", None):
-        overrides.append(f"train.device={_yaml_str(args.device)}")
-    return load_train_config(args.config, overrides)
+    """The config named by ``--config`` with ``--set`` applied, then the path/device flags."""
+    cfg = load_train_config(args.config, args.overrides or [])
+    data = dataclasses.replace(cfg.data, sources=tuple(args.data)) if args.data else cfg.data
+    flags = {"out": args.out, "init_from": getattr(args, "init_from", None),
+             "device": getattr(args, "device", None)}
+    train = dataclasses.replace(cfg.train, **{k: v for k, v in flags.items() if v is not None})
+    return dataclasses.replace(cfg, data=data, train=train)
 
 
-def _yaml_str(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
+def main(args: argparse.Namespace) -> int:
+    """Train as configured by ``args`` (see ``get_args_parser``); return an exit code
+    (0 done, 130 stopped by Ctrl-C/SIGTERM after writing ``last.pt``)."""
+    import torch
+
+    from cellseg.models import get_family
+    from cellseg.training import data as td
+    from cellseg.training import distributed as D
+    from cellseg.training.bookkeeping import Bookkeeper, Plan, stop_requests
+    from cellseg.training.checkpoints import RunCheckpoints
+    from cellseg.training.engine import train_one_epoch
+    from cellseg.training.state import TrainState, seed_all
+
+    cfg = config_from_args(args)
+    tc = cfg.train
+    dist = D.init(tc.device)
+    log = _logger(dist.is_main)
+    try:
+        out = Path(tc.out)
+        # (pretrained-weight availability is checked here, before any data is read)
+        ckpt = _resume_checkpoint(out, cfg, log) if args.resume else None
+        seed_all(tc.seed)
+        family = get_family(cfg.model.family)
+        model = family.build(**cfg.model.args)
+        # the family's own record of its arguments (norm resolved, weight files dropped) rebuilds
+        # the network from the checkpoint alone
+        model_args = to_dict(getattr(model, "cellseg_args", None) or dict(cfg.model.args))
+        if ckpt is None and tc.init_from:
+            _init_weights(model, tc.init_from, cfg.model.family, log)
+        opts = _step_options(cfg, family, dist, not args.no_progress)
+        model.to(dist.device, memory_format=_memory_format(opts.channels_last))
+
+        train_records, val_records, data_desc = td.load_data(cfg.data, log)
+        log(f"data: {len(train_records)} training images ({data_desc['n_train_cells']} cells), "
+            f"{len(val_records)} validation images")
+        if not val_records:
+            log("warning: no validation images: best.pt will hold the final weights, not the "
+                "best ones (set data.fold or data.val_split to validate)")
+        dataset = td.build_dataset(cfg, family, train_records, model)
+        sampler = td.epoch_sampler(cfg, dataset, dist)
+        loader = td.make_loader(cfg, dataset, sampler, dist)
+        plan = Plan.of(tc, len(loader))
+        opts = dataclasses.replace(opts, max_steps=plan.total_steps)
+        state = TrainState.create(model, family, cfg, plan.total_steps, opts, dataset,
+                                  wrap=_ddp_wrapper(dist))
+        if ckpt is not None:
+            state.load_state_dict(ckpt)
+        files = RunCheckpoints(out, family=cfg.model.family, model_args=model_args,
+                               config=to_dict(cfg), data=data_desc)
+        _prepare_out(out, cfg, dist)
+        with stop_requests() as stop:
+            keeper = Bookkeeper(tc, state, files, plan, dist, stop=stop, log=log,
+                                validate=_validator(cfg, family, val_records, dist, opts))
+            if ckpt is not None:
+                keeper.train_log.resume(state.step, state.epoch)
+            t_start = time.perf_counter()
+            while state.step < plan.total_steps:
+                sampler.set_epoch(state.epoch)
+                state.start_epoch(tc.seed, dist.rank)
+                skip = state.batch_in_epoch * tc.batch_size
+                epoch_loader = td.make_loader(cfg, dataset, sampler, dist, skip=skip) if skip \
+                    else loader
+                stats = train_one_epoch(state, epoch_loader, opts, after_step=keeper.after_step)
+                if keeper.end_epoch(stats):
+                    break
+            keeper.finish()
+        log(f"{'stopped' if keeper.interrupted else 'done'} in "
+            f"{time.perf_counter() - t_start:.1f} s at step {state.step}/{plan.total_steps}; best "
+            f"val score {state.best_score if state.metrics else 'n/a'}; checkpoints in {out}")
+        return 130 if keeper.interrupted else 0
+    finally:
+        D.cleanup()
 
 
-# ----------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------- main's helpers
 
 
-def load_data(cfg: DataConfig, log=print) -> tuple[list, list, dict[str, Any]]:
-    """(train records, validation records, description for the checkpoint)."""
-    from cellseg.data.loaders import load_records
-
-    if not cfg.sources:
-        raise ConfigError("no training data: pass --data PATH (competition folder, train.csv, "
-                          "LIVECell root or COCO JSON) or set data.sources in the config")
-    records = [r for src in cfg.sources for r in load_records(src, split=cfg.split)]
-    records = _filter(records, cfg)
-    desc: dict[str, Any] = {"sources": list(cfg.sources), "split": cfg.split}
-    if cfg.val_split:
-        val = _filter([r for src in cfg.sources for r in load_records(src, split=cfg.val_split)], cfg)
-        train = records
-        desc["val_split"] = cfg.val_split
-    elif cfg.fold is not None:
-        from cellseg.data.folds import make_folds
-
-        n_groups = len({r.sample_id or f"image:{r.image_id}" for r in records})
-        n_folds = min(cfg.n_folds, n_groups)
-        if n_folds < cfg.n_folds:
-            log(f"warning: only {n_groups} sample group(s) for {cfg.n_folds} folds; "
-                f"using {n_folds} folds")
-        if n_folds < 2 or cfg.fold >= n_folds:
-            log("warning: too few sample groups to hold a fold out; training without validation")
-            train, val = records, []
-        else:
-            folds = make_folds(records, n_folds=n_folds, seed=cfg.fold_seed)
-            val = [r for r in records if folds[r.image_id] == cfg.fold]
-            train = [r for r in records if folds[r.image_id] != cfg.fold]
-        desc.update(fold=cfg.fold, n_folds=n_folds, fold_seed=cfg.fold_seed)
-    else:
-        train, val = records, []
-    if cfg.max_train_images is not None:
-        train = train[:cfg.max_train_images]
-    if cfg.max_val_images is not None:
-        val = _spread(val, cfg.max_val_images)
-    if not train:
-        raise ConfigError(f"no training images left from {list(cfg.sources)} (split "
-                          f"{cfg.split!r}, min_cells {cfg.min_cells}, cell_types {cfg.cell_types})")
-    desc.update(n_train=len(train), n_val=len(val),
-                n_train_cells=sum(r.n_instances for r in train),
-                val_ids=[r.image_id for r in val], train_ids=[r.image_id for r in train],
-                cell_types=sorted({str(r.cell_type) for r in train}))
-    return train, val, desc
+def _logger(is_main: bool):
+    def log(msg: str) -> None:
+        if is_main:
+            print(msg, file=sys.stderr, flush=True)
+    return log
 
 
-def _filter(records: list, cfg: DataConfig) -> list:
-    if cfg.min_cells:
-        records = [r for r in records if r.n_instances >= cfg.min_cells]
-    if cfg.cell_types:
-        keep = {t.lower() for t in cfg.cell_types}
-        records = [r for r in records if str(r.cell_type).lower() in keep]
-    return records
+def _resume_checkpoint(out: Path, cfg: TrainConfig, log) -> dict[str, Any] | None:
+    """``<out>/last.pt`` when it exists (its model config must match), else None."""
+    from cellseg.checkpoint import load_checkpoint
+
+    path = out / "last.pt"
+    if not path.exists():
+        log(f"--resume: no {path} yet, starting from scratch")
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt["config"].get("model") != to_dict(cfg.model):
+        raise ConfigError(f"--resume: {path} was trained with model {ckpt['config'].get('model')}"
+                          f", the config now says {to_dict(cfg.model)}; resume with the same "
+                          "model or start a new --out")
+    log(f"resuming from {path} (epoch {ckpt['epoch']}, step {ckpt['step']})")
+    return ckpt
 
 
-def _spread(records: list, n: int) -> list:
-    """``n`` records evenly spaced over the list (covers every cell type of a sorted list)."""
-    if len(records) <= n:
-        return list(records)
-    step = len(records) / n
-    return [records[int(i * step)] for i in range(n)]
-
-
-def _init_weights(model: Any, path: str, family: str, log=print) -> None:
+def _init_weights(model: Any, path: str, family: str, log) -> None:
     """Load matching weights from a checkpoint (pretraining -> fine-tuning); shapes that differ
     (e.g. a new head) are skipped and reported."""
     from cellseg.checkpoint import load_checkpoint
@@ -168,236 +192,59 @@ def _init_weights(model: Any, path: str, family: str, log=print) -> None:
         + (f"; {len(missing)} left as built (e.g. {missing[:3]})" if missing else ""))
 
 
-# ----------------------------------------------------------------------------- checkpoints / main
-
-
-def main(args: argparse.Namespace) -> int:
-    """Train as configured by ``args`` (see ``get_args_parser``); return an exit code."""
+def _step_options(cfg: TrainConfig, family: Any, dist: Any, progress: bool):
+    """How to step: device, accumulation, clipping, autocast dtype, memory layout."""
     import torch
 
-    from cellseg import distributed as D
-    from cellseg import engine
-    from cellseg.checkpoint import load_checkpoint, save_checkpoint
-    from cellseg.train_log import TrainLog
+    from cellseg.training.engine import StepOptions
 
-    cfg = config_from_args(args)
-    tc = cfg.train
-    dist = D.init(tc.device)
-    progress = dist.is_main and not getattr(args, "no_progress", False)
-
-    def log(msg: str) -> None:
-        if dist.is_main:
-            print(msg, file=sys.stderr, flush=True)
-
-    try:
-        out = Path(tc.out)
-        resume_path = out / "last.pt"
-        ckpt = None
-        if args.resume:
-            if resume_path.exists():
-                ckpt = load_checkpoint(resume_path)
-                if ckpt["config"].get("model") != to_dict(cfg.model):
-                    raise ConfigError(f"--resume: {resume_path} was trained with model "
-                                      f"{ckpt['config'].get('model')}, the config now says "
-                                      f"{to_dict(cfg.model)}")
-                log(f"resuming from {resume_path} (epoch {ckpt['epoch']}, step {ckpt['step']})")
-            else:
-                log(f"--resume: no {resume_path} yet, starting from scratch")
-
-        engine.seed_all(tc.seed)
-        from cellseg.models import get_family
-
-        family = get_family(cfg.model.family)
-        model = family.build(**cfg.model.args)
-        # the family's own record of its arguments (norm resolved, weight files dropped) rebuilds
-        # the network from the checkpoint alone
-        model_args = to_dict(getattr(model, "cellseg_args", None) or dict(cfg.model.args))
-        if ckpt is None and tc.init_from:
-            _init_weights(model, tc.init_from, cfg.model.family, log)
-        model.to(dist.device)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-
-        train_records, val_records, data_desc = load_data(cfg.data, log)
-        log(f"data: {len(train_records)} training images ({data_desc['n_train_cells']} cells), "
-            f"{len(val_records)} validation images")
-
-        loader, sampler, dataset = _make_loader(cfg, family, train_records, dist, model)
-        steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
-        # the schedule spans the configured epochs; max_steps only cuts the run short, so a run
-        # stopped by max_steps and resumed follows the same LR curve as an uninterrupted one
-        total_steps = steps_per_epoch * tc.epochs
-
-        net = model
-        if dist.enabled:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-        optimizer = engine.build_optimizer(model, cfg.optim)
-        scheduler = engine.build_scheduler(optimizer, total_steps, cfg.schedule)
-        use_amp = tc.amp and dist.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
-        ema = engine.ModelEMA(model, tc.ema_decay) if tc.ema_decay else None
-        state = engine.LoopState(step=0, max_steps=tc.max_steps)
-        start_epoch, skip_batches, best_score, bad_vals = 0, 0, -math.inf, 0
-        best_metrics: dict[str, Any] = {}
-        train_log = TrainLog(out)
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            if ema is not None and ckpt.get("ema") is not None:
-                ema.load_state_dict(ckpt["ema"], ckpt.get("ema_updates", 0))
-            state.step = int(ckpt["step"])
-            start_epoch = int(ckpt["epoch"])
-            skip_batches = int(ckpt.get("batch_in_epoch", 0))
-            best_score = float(ckpt.get("best_score", -math.inf))
-            best_metrics = dict(ckpt.get("best_metrics") or {})
-            bad_vals = int(ckpt.get("bad_vals", 0))
-            if dist.is_main:
-                train_log.resume(state.step, start_epoch)
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            for stale in out.glob(".*.tmp"):  # left by a run killed while writing a file
-                stale.unlink(missing_ok=True)
-            save_yaml(out / "config.yaml", cfg)
-
-        infer_cfg = None
-        if val_records and dist.is_main:
-            from cellseg.infer.config import load_inference_config
-
-            infer_cfg = load_inference_config(dict(cfg.val.infer))
-
-        def checkpoint_state(epoch: int, metrics: dict, batch_in_epoch: int = 0) -> dict:
-            return dict(model=model.state_dict(), family=cfg.model.family,
-                        model_args=model_args, config=to_dict(cfg), epoch=epoch,
-                        step=state.step, batch_in_epoch=batch_in_epoch, metrics=metrics,
-                        best_score=best_score, best_metrics=best_metrics, bad_vals=bad_vals,
-                        data=data_desc, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict() if scaler is not None else None,
-                        ema=ema.state_dict() if ema is not None else None,
-                        ema_updates=ema.updates if ema is not None else 0,
-                        rng={**engine.rng_state(), "augment": engine.augment_rng_state(dataset)})
-
-        if ckpt is not None and skip_batches == 0 and state.done:
-            log("nothing to do: the checkpoint already reached train.max_steps")
-        epoch = start_epoch
-        t_start = time.perf_counter()
-        for epoch in range(start_epoch, tc.epochs):
-            if state.done:
-                break
-            skip = skip_batches if epoch == start_epoch else 0
-            if skip and ckpt is not None:
-                engine.set_rng_state(ckpt.get("rng") or {})
-                engine.set_augment_rng_state(dataset, (ckpt.get("rng") or {}).get("augment"))
-            else:
-                epoch_seed = tc.seed * 1_000_003 + epoch * 1_009 + dist.rank
-                engine.seed_all(epoch_seed)
-                engine.reseed_augment(dataset, epoch_seed)
-            sampler.set_epoch(epoch)
-            epoch_loader = loader
-            if skip:
-                epoch_loader = _make_loader(
-                    cfg, family, train_records, dist, model, dataset=dataset,
-                    sampler=engine.SkipSampler(sampler, skip * tc.batch_size))[0]
-
-            def on_step(step: int, losses: dict[str, float], _epoch=epoch) -> None:
-                if dist.is_main:
-                    train_log.add_step({"step": step, "epoch": _epoch,
-                                        "lr": optimizer.param_groups[0]["lr"], **losses})
-                done_batches = skip + (step - first_step) * tc.grad_accum
-                # at the epoch's last batch the end-of-epoch checkpoint follows at once
-                if (tc.save_every_steps and step % tc.save_every_steps == 0 and dist.is_main
-                        and done_batches < len(loader)):
-                    save_checkpoint(resume_path, **checkpoint_state(_epoch, {}, done_batches))
-                    train_log.write(plot=False)
-
-            first_step = state.step
-            stats = engine.train_one_epoch(
-                net, family, epoch_loader, optimizer, scheduler, device=dist.device, epoch=epoch,
-                state=state, scaler=scaler, amp=use_amp, grad_accum=tc.grad_accum,
-                clip_norm=tc.clip_norm, ema=ema, skip_batches=skip, progress=progress,
-                log_every=tc.log_every, on_step=on_step)
-            stats = D.mean_over_ranks(stats, dist.device)
-            finished_epoch = skip + int(round(stats.get("batches", 0))) >= len(loader)
-            row: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "lr": stats["lr"],
-                                   "seconds": round(stats["seconds"], 2),
-                                   "images_per_s": round(stats["images"] * dist.world_size
-                                                         / max(stats["seconds"], 1e-9), 3)}
-            row.update({k: v for k, v in stats.items() if k not in _NOT_LOSSES})
-            last_epoch = epoch + 1 >= tc.epochs or state.done
-            metrics: dict[str, Any] = {}
-            stop = False
-            if dist.is_main:
-                if val_records and ((epoch + 1) % tc.val_every == 0 or last_epoch):
-                    eval_model = ema.module if ema is not None else model
-                    metrics = engine.evaluate(eval_model, family, val_records, infer_cfg,
-                                              device=dist.device, progress=progress)
-                    row.update({f"val_{k}": v for k, v in metrics.items()
-                                if k == "score" or k.startswith("score_")})
-                    improved = metrics["score"] > best_score
-                    if improved:
-                        best_score, best_metrics, bad_vals = metrics["score"], metrics, 0
-                    else:
-                        bad_vals += 1
-                    log(f"epoch {epoch + 1}: loss {stats.get('loss', float('nan')):.4f}, "
-                        f"val score {metrics['score']:.4f} (best {best_score:.4f})")
-                    stop = (tc.early_stop_patience is not None
-                            and bad_vals >= tc.early_stop_patience)
-                else:
-                    improved = not val_records  # no validation: best.pt mirrors the latest weights
-                    log(f"epoch {epoch + 1}: loss {stats.get('loss', float('nan')):.4f}")
-                done_epoch = epoch + 1 if finished_epoch else epoch
-                done_batches = 0 if finished_epoch else skip + int(stats.get("batches", 0))
-                ck = checkpoint_state(done_epoch, metrics, done_batches)
-                save_checkpoint(resume_path, **ck)
-                if improved:
-                    save_checkpoint(out / "best.pt", **ck)
-                train_log.add_epoch(row)
-                train_log.write()
-                if stop:
-                    log(f"early stop: no improvement in {bad_vals} validations")
-            if D.broadcast_object(stop):
-                break
-        D.barrier()
-        if dist.is_main:
-            log(f"done in {time.perf_counter() - t_start:.1f} s: {state.step} steps; "
-                f"best val score {best_score if best_score > -math.inf else 'n/a'}; "
-                f"checkpoints in {out}")
-        return 0
-    finally:
-        D.cleanup()
+    tc, cuda = cfg.train, dist.device.type == "cuda"
+    amp_dtype = None
+    if tc.amp and (cuda or tc.amp_dtype == "bfloat16"):
+        # CUDA: float16 + GradScaler unless bfloat16 is asked for; CPU: bfloat16 only on request
+        # (it is slower than fp32 on CPUs without bf16 units)
+        amp_dtype = torch.bfloat16 if tc.amp_dtype == "bfloat16" else torch.float16
+    channels_last = (tc.channels_last if tc.channels_last is not None
+                     else getattr(family, "kind", None) == "dense")
+    return StepOptions(device=dist.device, grad_accum=tc.grad_accum, clip_norm=tc.clip_norm,
+                       amp_dtype=amp_dtype, channels_last=channels_last,
+                       log_every=tc.log_every, progress=progress and dist.is_main)
 
 
-_NOT_LOSSES = ("lr", "images", "batches", "seconds")
-
-
-def _make_loader(cfg: TrainConfig, family: Any, records: Sequence, dist: Any, model: Any, *,
-                 dataset: Any = None, sampler: Any = None):
-    """(DataLoader, epoch sampler, dataset) for the training records."""
+def _memory_format(channels_last: bool):
     import torch
 
-    from cellseg import engine
-    from cellseg.data.datasets import InstanceDataset, build_loader
+    return torch.channels_last if channels_last else torch.preserve_format
 
-    if dataset is None:
-        dataset = InstanceDataset(records, family, augment=cfg.data.augment,
-                                  crop_size=cfg.data.crop_size, cache_dir=cfg.data.cache_dir,
-                                  norm=getattr(model, "cellseg_norm", None),
-                                  class_map=getattr(model, "cellseg_class_map", None))
-    base = sampler
-    if base is None:
-        if dist.enabled:
-            base = torch.utils.data.DistributedSampler(dataset, num_replicas=dist.world_size,
-                                                       rank=dist.rank, shuffle=True,
-                                                       seed=cfg.train.seed)
-        else:
-            base = engine.EpochPermutation(len(dataset), cfg.train.seed)
-    loader = build_loader(dataset, cfg.train.batch_size, shuffle=False, workers=cfg.data.workers,
-                          sampler=base, drop_last=False,
-                          pin_memory=dist.device.type == "cuda")
-    return loader, base, dataset
+
+def _ddp_wrapper(dist: Any):
+    if not dist.enabled:
+        return None
+    import torch
+
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return lambda net: torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+
+def _validator(cfg: TrainConfig, family: Any, records: list, dist: Any, opts: Any):
+    """``model -> metrics`` on the validation records (rank 0), or None without records."""
+    if not records:
+        return None
+    from cellseg.infer.config import load_inference_config
+    from cellseg.training.engine import evaluate
+
+    infer_cfg = load_inference_config(dict(cfg.val.infer))
+    return lambda model: evaluate(model, family, records, infer_cfg, device=dist.device,
+                                  progress=opts.progress)
+
+
+def _prepare_out(out: Path, cfg: TrainConfig, dist: Any) -> None:
+    if not dist.is_main:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a run killed while writing a file
+        stale.unlink(missing_ok=True)
+    save_yaml(out / "config.yaml", cfg)
 
 
 def run(args: argparse.Namespace) -> int:
