@@ -512,3 +512,18 @@ def test_kill_9_then_resume(small, tmp_path):
     ck = load_checkpoint(out / "last.pt")
     assert ck["epoch"] == 3 and ck["step"] == 3 * 2  # 4 images, batch 2: 2 steps per epoch
     assert [r["epoch"] for r in _rows(out / "log.csv")] == ["1", "2", "3"]
+
+
+def test_inference_models_data_and_kaggle_never_import_training():
+    """Layering: checkpoint format/loading, inference, models, data and the Kaggle path stand
+    without cellseg.training, also inside functions (read from the source, every import form)."""
+    import re
+
+    pkg = ROOT / "cellseg"
+    files = [pkg / "checkpoint.py"] + [p for sub in ("infer", "models", "data", "kaggle")
+                                       for p in (pkg / sub).rglob("*.py")]
+    pattern = re.compile(r"cellseg\.training|from\s+cellseg\s+import\s+[^\n]*\btraining\b"
+                         r"|from\s+\.+\s*import\s+[^\n]*\btraining\b|from\s+\.+training")
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in files
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert len(files) > 20 and not offenders, offenders
