@@ -453,6 +453,23 @@ def test_early_stopping_stops_at_the_first_validation_without_improvement(small,
     assert load_checkpoint(out / "best.pt")["metrics"]["score"] == max(scores)
 
 
+def test_cli_flags_replace_config_fields_without_reparsing():
+    """--data/--out/--init-from/--device land in the config as given (no YAML round trip:
+    quotes, commas, brackets and '=' survive), after the --set overrides."""
+    from cellseg.training.loop import config_from_args, get_args_parser
+
+    odd = "/data/it's, [odd]=1"
+    args = get_args_parser().parse_args(
+        ["--config", "unet_tiny", "--data", odd, "--data", "b", "--out", "r: x", "--device", "cpu",
+         "--init-from", "p#1.pt", "--set", "train.out=ignored", "--set", "optim.lr=0.5"])
+    cfg = config_from_args(args)
+    assert cfg.data.sources == (odd, "b")
+    assert (cfg.train.out, cfg.train.device, cfg.train.init_from) == ("r: x", "cpu", "p#1.pt")
+    assert cfg.optim.lr == 0.5
+    assert config_from_args(get_args_parser().parse_args(["--config", "unet_tiny"])).train.out \
+        == "runs/unet_tiny"
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     from cellseg.config import ConfigError
 

@@ -87,7 +87,8 @@ def main(args: argparse.Namespace) -> int:
     log = _logger(dist.is_main)
     try:
         out = Path(tc.out)
-        # (pretrained-weight availability is checked here, before any data is read)
+        # pretrained-weight availability (--offline / --weights-cache) is checked HERE, first
+        # thing after the config, before any data is read or model built
         ckpt = _resume_checkpoint(out, cfg, log) if args.resume else None
         seed_all(tc.seed)
         family = get_family(cfg.model.family)
