@@ -300,8 +300,8 @@ class TrainSection:
 
     Length: the run ends after ``epochs`` passes over the data or ``max_steps`` optimiser steps,
     whichever comes first, and the LR schedule spans exactly that many steps (so ``max_steps``
-    sets the schedule's length). Cadence, in epochs and/or optimiser steps (0 turns a step
-    cadence off): validation every ``val_every`` epochs / ``val_every_steps`` steps and at the end;
+    sets the schedule's length). Cadence, in epochs and/or optimiser steps (0 turns either
+    off): validation every ``val_every`` epochs / ``val_every_steps`` steps and at the end;
     ``last.pt`` (the resume point) every ``save_every`` epochs / ``save_every_steps`` steps, at the
     end and on Ctrl-C/SIGTERM; ``best.pt`` only when the validation score improves (without
     validation: the final weights, flagged as such). ``early_stop_patience`` counts validations

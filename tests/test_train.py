@@ -361,29 +361,28 @@ def test_max_steps_sets_the_schedule_length(small, tmp_path):
     assert ck["scheduler"]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)  # fully decayed
 
 
-def test_checkpoint_and_validation_cadence(small, tmp_path):
-    """save_every=2 epochs: last.pt is not rewritten after epoch 1 or 3, only at 2 and at the
-    end; validation every 2 steps inside epochs; best.pt only when the score improves."""
+@pytest.mark.parametrize("save", [["train.save_every=2"],
+                                  ["train.save_every=0", "train.save_every_steps=4"]])
+def test_checkpoint_and_validation_cadence(small, tmp_path, monkeypatch, save):
+    """4 train images, batch 2: 2 steps per epoch, 3 epochs. last.pt is written at the cadence
+    (epoch 2 = step 4, by epochs or by steps) and at the end, not after every epoch; validation
+    every 3 steps (inside epoch 2, and at the end); best.pt only when the score improves."""
     from cellseg.checkpoint import load_checkpoint
     from cellseg.training import checkpoints as C
 
     written = []
     real = C.save_checkpoint
-    C.save_checkpoint = lambda path, **st: (written.append((Path(path).name, st["step"])),
-                                            real(path, **st))[1]
-    try:
-        out = tmp_path / "run"
-        # 4 train images, batch 2: 2 steps per epoch; 3 epochs
-        assert _train("unet_tiny", small, out, "train.epochs=3", "train.max_steps=null",
-                      "data.max_train_images=4", "train.save_every=2", "train.val_every=100",
-                      "train.val_every_steps=3") == 0
-    finally:
-        C.save_checkpoint = real
+    monkeypatch.setattr(C, "save_checkpoint", lambda path, **st: (
+        written.append((Path(path).name, st["step"])), real(path, **st))[1])
+    out = tmp_path / "run"
+    assert _train("unet_tiny", small, out, "train.epochs=3", "train.max_steps=null",
+                  "data.max_train_images=4", "train.val_every=100", "train.val_every_steps=3",
+                  *save) == 0
     assert [s for n, s in written if n == "last.pt"] == [4, 6]
     best_steps = [s for n, s in written if n == "best.pt"]
+    assert best_steps[0] == 3 and set(best_steps) <= {3, 6}  # the first validation is a best
     val_steps = [int(r["step"]) for r in _rows(out / "log.csv") if r.get("val_score")]
-    assert val_steps == [6]  # epoch-cadence validation only at the end (val_every=100)
-    assert best_steps and set(best_steps) <= {3, 6}  # mid-epoch validation at step 3, end at 6
+    assert val_steps == [6]  # epoch rows carry the epoch-end validations only
     best = load_checkpoint(out / "best.pt")
     assert best["selection"] == "val_score" and "optimizer" not in best
     assert best["metrics"]["score"] == load_checkpoint(out / "last.pt")["best_score"]

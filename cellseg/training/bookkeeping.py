@@ -120,9 +120,9 @@ class Bookkeeper:
         # the epoch's last batch and the run's last step are handled by end_epoch
         at_epoch_end = state.batch_in_epoch >= self.plan.batches_per_epoch
         if not at_epoch_end and step < self.plan.total_steps:
-            if tc.val_every_steps and step % tc.val_every_steps == 0:
+            if _due(step, tc.val_every_steps):
                 self._validate()
-            if tc.save_every_steps and step % tc.save_every_steps == 0:
+            if _due(step, tc.save_every_steps):
                 self._save()
         # under DDP every rank must leave the epoch at the same step
         self.interrupted = D.any_rank(bool(self.stop), self.dist.device)
@@ -139,10 +139,11 @@ class Bookkeeper:
         if finished:
             state.end_epoch()
         done = state.step >= self.plan.total_steps or (finished and state.epoch >= tc.epochs)
-        validated = False
-        if finished and (epoch_no % max(1, tc.val_every) == 0 or done) or (done and
-                                                                            not finished):
-            validated = self._validate()
+        # a step cadence that falls on the epoch's last step is honoured here (after_step
+        # leaves epoch ends to this method)
+        validated = (done or finished and (_due(epoch_no, tc.val_every)
+                                           or _due(state.step, tc.val_every_steps))) \
+            and self._validate()
         row: dict[str, Any] = {"epoch": epoch_no, "step": state.step, "lr": stats["lr"],
                                "seconds": round(stats["seconds"], 2),
                                "images_per_s": round(stats["images"] * self.dist.world_size
@@ -158,7 +159,8 @@ class Bookkeeper:
                 msg += f", val score {state.metrics['score']:.4f} (best {state.best_score:.4f})"
             self.log(msg)
         stop = done or self.interrupted or self.early_stopped
-        if stop or (finished and epoch_no % max(1, tc.save_every) == 0):
+        if stop or finished and (_due(epoch_no, tc.save_every)
+                                 or _due(state.step, tc.save_every_steps)):
             self._save(plot=validated or stop)
         if self.early_stopped:
             self.log(f"early stop: no improvement in {state.bad_vals} validations")
@@ -189,3 +191,8 @@ class Bookkeeper:
             return
         self.files.save_last(self.state)
         self.train_log.write(plot=plot)
+
+
+def _due(count: int, every: int) -> bool:
+    """A cadence of ``every`` (0: off) falls on ``count``."""
+    return every > 0 and count % every == 0
