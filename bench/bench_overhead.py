@@ -4,6 +4,7 @@ plain smp UNet.
     .venv/bin/python -m bench overhead                  # ~10 min on 2 busy cores
     BENCH_QUICK=1 .venv/bin/python -m bench overhead    # UNet only, fewer repeats (~4 min)
     BENCH_THREADS=2 .venv/bin/python -m bench overhead  # default 1 thread
+    BENCH_BEFORE=/work/main BENCH_QUICK=1 .venv/bin/python -m bench overhead  # + that code's full step
 
 Prints, besides a table of medians:
 
@@ -148,23 +149,26 @@ def _plain_unet_times(batch, n_steps: int, channels_last: bool = True) -> list[f
     return times
 
 
-def _full_run_seconds(name: str, steps: int, tmp: Path) -> float:
-    """Wall seconds of ``cellseg train`` for ``steps`` steps, in a fresh process."""
+def _full_run_seconds(name: str, steps: int, tmp: Path, repo: Path = ROOT) -> float:
+    """Wall seconds of ``cellseg train`` for ``steps`` steps, in a fresh process (``repo``: the
+    checkout whose code runs; an older one has its loop in ``cellseg.train``)."""
     import subprocess
 
     base, extra, _ = CONFIGS[name]
+    module = ("cellseg.training.loop" if (repo / "cellseg" / "training" / "loop.py").exists()
+              else "cellseg.train")
     argv = [sys.executable, "-c",
             f"import sys, torch; torch.set_num_threads({_threads()}); "
-            "from cellseg.training.loop import get_args_parser, main; "
+            f"from {module} import get_args_parser, main; "
             "sys.exit(main(get_args_parser().parse_args(sys.argv[1:])))",
             "--config", base, "--out", str(tmp / f"{name}_{steps}"), "--no-progress",
             "--device", "cpu"] + ["--data", str(LIVECELL)] * 6
     for kv in extra + COMMON + [f"train.max_steps={steps}"]:
         argv += ["--set", kv]
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", MPLBACKEND="Agg",
-               OMP_NUM_THREADS=str(_threads()), PYTHONPATH=str(ROOT))
+               OMP_NUM_THREADS=str(_threads()), PYTHONPATH=str(repo))
     t0 = time.perf_counter()
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     return time.perf_counter() - t0
@@ -219,6 +223,12 @@ def main() -> None:
             print(f"| {name} | bare step {med(bare):.2f} s | full step {med(full):.2f} s "
                   f"(runs of {k1} and {k2} steps) |")
             print(f"overhead {name} {med(full) / med(bare):.2f}", flush=True)
+            before = os.environ.get("BENCH_BEFORE")
+            if before:  # the same full-step slope with an older checkout's code
+                slopes = [(_full_run_seconds(name, k2, Path(tmp), Path(before))
+                           - _full_run_seconds(name, k1, Path(tmp), Path(before))) / (k2 - k1)
+                          for _ in range(repeats)]
+                print(f"| {name} | full step before ({before}) {med(slopes):.2f} s |", flush=True)
 
 
 if __name__ == "__main__":

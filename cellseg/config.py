@@ -310,7 +310,9 @@ class TrainSection:
     Step hygiene: ``amp`` runs the forward pass under autocast, float16 + GradScaler on CUDA;
     on CPU only with ``amp_dtype: bfloat16`` (no scaler). ``channels_last`` (null: on for dense
     families, whose convolutions run faster in that layout) and ``compile`` (``torch.compile``,
-    off by default) only change speed. ``prefetch`` batches per loader worker are kept ready.
+    off by default) only change speed. ``prefetch`` batches per loader worker are kept ready
+    (2 per worker already hides the loader behind the step; a Mask R-CNN batch holds full-size
+    masks, so more only costs memory).
     """
 
     epochs: int = 12
@@ -321,7 +323,7 @@ class TrainSection:
     amp_dtype: typing.Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool | None = None
     compile: bool = False
-    prefetch: int = 4
+    prefetch: int = 2
     ema_decay: float | None = None
     seed: int = 0
     max_steps: int | None = None

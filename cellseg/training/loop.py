@@ -71,8 +71,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(args: argparse.Namespace) -> int:
     """Train as configured by ``args`` (see ``get_args_parser``); return an exit code
     (0 done, 130 stopped by Ctrl-C/SIGTERM after writing ``last.pt``)."""
-    import torch
-
     from cellseg.models import get_family
     from cellseg.training import data as td
     from cellseg.training import distributed as D
