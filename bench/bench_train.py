@@ -48,7 +48,7 @@ def _loader_rate(cfg, family, model, records, n_images: int,
 def _step_rate(cfg, family, model, batches, n_steps: int) -> tuple[float, float]:
     import torch
 
-    from cellseg import engine
+    from cellseg.training import engine
 
     opt = engine.build_optimizer(model, cfg.optim)
     model.train()
@@ -109,7 +109,7 @@ def main() -> None:
                   f"{'ok' if ratio >= 3 else 'NO: loader-bound'} |", flush=True)
 
         # learning curve: the real `cellseg train` path, validation every epoch
-        from cellseg.train import get_args_parser, main as train_main
+        from cellseg.training.loop import get_args_parser, main as train_main
 
         epochs, val_every = (3, 1) if quick else (24, 3)
         out = tmp / "run"

@@ -101,21 +101,41 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class TrainSection:
-    """The loop: ``max_steps`` caps optimiser steps (smoke tests; the LR schedule still spans
-    ``epochs``, so a capped run resumed later follows the same curve); ``val_every`` is in epochs;
-    ``early_stop_patience`` counts validations without improvement (null: never stop early);
-    ``save_every_steps`` additionally refreshes ``last.pt`` mid-epoch (0: only at epoch ends)."""
+    """The loop and its cadence.
+
+    Length: the run ends after ``epochs`` passes over the data or ``max_steps`` optimiser steps,
+    whichever comes first, and the LR schedule spans exactly that many steps (so ``max_steps``
+    sets the schedule's length). Cadence, in epochs and/or optimiser steps (0 turns either
+    off): validation every ``val_every`` epochs / ``val_every_steps`` steps and at the end;
+    ``last.pt`` (the resume point) every ``save_every`` epochs / ``save_every_steps`` steps, at the
+    end and on Ctrl-C/SIGTERM; ``best.pt`` only when the validation score improves (without
+    validation: the final weights, flagged as such). ``early_stop_patience`` counts validations
+    without improvement (null: never stop early).
+
+    Step hygiene: ``amp`` runs the forward pass under autocast, float16 + GradScaler on CUDA;
+    on CPU only with ``amp_dtype: bfloat16`` (no scaler). ``channels_last`` (null: on for dense
+    families, whose convolutions run faster in that layout) and ``compile`` (``torch.compile``,
+    off by default) only change speed. ``prefetch`` batches per loader worker are kept ready
+    (2 per worker already hides the loader behind the step; a Mask R-CNN batch holds full-size
+    masks, so more only costs memory).
+    """
 
     epochs: int = 12
     batch_size: int = 4
     grad_accum: int = 1
     clip_norm: float | None = 10.0
     amp: bool = True
+    amp_dtype: typing.Literal["auto", "float16", "bfloat16"] = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    prefetch: int = 2
     ema_decay: float | None = None
     seed: int = 0
-    val_every: int = 1
-    early_stop_patience: int | None = None
     max_steps: int | None = None
+    val_every: int = 1
+    val_every_steps: int = 0
+    early_stop_patience: int | None = None
+    save_every: int = 1
     save_every_steps: int = 0
     out: str = "runs/train"
     init_from: str | None = None

@@ -373,7 +373,7 @@ def test_tiny_config_trains_with_cellseg_train(tmp_path):
     from cellseg.checkpoint import load_checkpoint, load_model
     from cellseg.config import load_train_config
     from cellseg.data.synthetic import generate
-    from cellseg.train import get_args_parser, main
+    from cellseg.training.loop import get_args_parser, main
 
     cfg = load_train_config("promptseg_tiny")
     assert cfg.model.family == "promptseg"

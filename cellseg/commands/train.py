@@ -7,8 +7,8 @@
     torchrun --nproc_per_node 2 -m cellseg train --config unet_tiny --data ... --out runs/ddp
     cellseg train --config unet_competition_finetune --data ... --weights-cache wcache --offline
 
-The arguments and the work live in ``cellseg.train`` (``get_args_parser``/``main``); the pretrained
-weight flags are resolved by ``cellseg.models.pretrained.check_pretrained_available``.
+The arguments and the work live in ``cellseg.training.loop`` (``get_args_parser``/``main``); the
+pretrained weight flags are resolved by ``cellseg.models.pretrained.check_pretrained_available``.
 """
 
 from __future__ import annotations
@@ -17,18 +17,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cellseg.train import add_arguments as _add
+    from cellseg.training.loop import add_arguments as _add
 
     _add(parser)
-    parser.add_argument("--weights-cache", default=None, metavar="DIR",
-                        help="pretrained weights cache, as written by `cellseg weights prefetch` "
-                             "(TORCH_HOME=DIR/torch, HF_HOME=DIR/huggingface)")
-    parser.add_argument("--offline", action="store_true",
-                        help="never download pretrained weights (also HF_HUB_OFFLINE=1): a "
-                             "missing file stops before any data is loaded")
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.train import main
+    from cellseg.training.loop import main
 
     return main(args)
