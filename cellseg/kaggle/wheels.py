@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 from cellseg.kaggle.image import ImageDescription, cache_root, load_image, normalize
 
-# imported only by `cellseg score` (cellseg/metrics_coco.py, lazily); the kernel never scores, and
+# imported only by `cellseg score` (cellseg/core/metrics_coco.py, lazily); the kernel never scores, and
 # the compiled wheel would have to match Kaggle's Python exactly.
 SCORING_ONLY: tuple[str, ...] = ("faster-coco-eval",)
 

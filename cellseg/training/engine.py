@@ -13,7 +13,7 @@ Loss values stay on the device between log points, so a GPU is synchronised once
 (the non-finite check) and not once per loss term. A non-finite loss stops the run with every
 loss term in the message. ``evaluate`` scores held-out images with the competition metric through
 the same code path as inference (``cellseg.infer.predict.predict_image`` then
-``cellseg.metrics.score_instances``).
+``cellseg.core.metrics.score_instances``).
 """
 
 from __future__ import annotations
@@ -287,13 +287,13 @@ def evaluate(model: nn.Module, family: Any, records: Sequence[Any], infer_cfg: A
 
     Predicts each image with ``cellseg.infer.predict.predict_image`` (tiling, postprocessing and
     overlap removal exactly as at submission time) and scores with
-    ``cellseg.metrics.score_instances``. Returns ``{"score": float, "n_images": int,
+    ``cellseg.core.metrics.score_instances``. Returns ``{"score": float, "n_images": int,
     "n_pred": int, "n_true": int, "score_<cell_type>": float, ...}``.
     """
     from tqdm import tqdm
 
     from cellseg.infer.predict import predict_image
-    from cellseg.metrics import score_instances
+    from cellseg.core.metrics import score_instances
 
     net = unwrap(model)
     was_training = net.training
