@@ -13,6 +13,9 @@ one sample / LIVECell well stay together, cell types spread). For every fold:
    subprocess (``OMP_NUM_THREADS`` = ``threads``) with ``train.max_steps`` = the step budget and no
    validation split; the held-out images are predicted with the inference config (the UNet's cell
    type is unknown at test time, so ``default`` thresholds apply, as in ``cellseg predict``).
+   ``extra_train`` sources (e.g. a pseudo-labelled folder) join every fold's training set; they
+   are never scored. (Pseudo-labels from a teacher that saw the held-out image leak it: for an
+   honest gain, make them with a teacher trained without it.)
 3. ``plain`` (``reference=True``): ``python -m bench.plain_unet`` on the same folders and budget.
 4. Both are scored by ``cellseg.metrics.match_image``; results per fold and method are saved as
    ``fold_K/<method>/result.json`` (``resume=True`` reuses them).
@@ -57,6 +60,7 @@ class CVSettings:
     seed: int = 0
     resume: bool = False
     overlays: str | None = None
+    extra_train: tuple[str, ...] = ()  # added to every fold's training set, never scored
 
 
 def make_cv_folds(records: Sequence["ImageRecord"], n_folds: int | None = None,
@@ -121,6 +125,8 @@ def kit_train_command(settings: CVSettings, train_data: Path, n_train: int, out:
            "--out", str(out), "--no-progress"]
     for _ in range(repeat):
         cmd += ["--data", str(train_data)]
+    for src in settings.extra_train:  # e.g. a pseudo-labelled folder: once per epoch
+        cmd += ["--data", str(src)]
     for o in (*settings.overrides, "data.fold=null", "data.val_split=null",
               f"train.max_steps={settings.steps}", f"train.epochs={epochs}",
               f"train.seed={settings.seed}"):
@@ -135,7 +141,7 @@ def plain_command(settings: CVSettings, train_data: Path, test_data: Path, out: 
                                 "cellseg package; run cellseg cv --reference from a source "
                                 "checkout")
     cmd = [sys.executable, "-m", "bench.plain_unet", "--train", str(train_data),
-           "--test", str(test_data), "--out", str(out), "--steps", str(settings.steps),
+           *map(str, settings.extra_train), "--test", str(test_data), "--out", str(out), "--steps", str(settings.steps),
            "--seed", str(settings.seed), "--threads", str(settings.threads)]
     return cmd + (["--tta"] if settings.tta else [])
 

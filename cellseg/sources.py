@@ -73,3 +73,53 @@ def load_sources(specs: Sequence[str | os.PathLike], *, split: str | None = None
     if annotated:
         out = [r for r in out if r.rles]
     return out
+
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
+
+
+def list_image_files(paths: Sequence[str | os.PathLike], *, recursive: bool = True,
+                     read_size: bool = False) -> list["ImageRecord"]:
+    """Unannotated records of every image in ``paths`` (folders, searched recursively, or files).
+
+    ``image_id`` is the file stem; when two files share a stem, the later ones get their folder
+    path relative to the given root prefixed (``sub__stem``) so ids stay unique. Sorted by path
+    within each given folder. ``read_size=False`` assumes 520x704 and opens nothing (the reader
+    checks the real size later).
+    Raises FileNotFoundError naming a path that does not exist.
+    """
+    from cellseg import rle as rle_codec
+    from cellseg.data.record import ImageRecord
+
+    found: list[tuple[Path, Path]] = []  # (root, file)
+    for p in paths:
+        p = Path(p)
+        if p.is_file():
+            found.append((p.parent, p))
+        elif p.is_dir():
+            it = p.rglob("*") if recursive else p.iterdir()
+            found += [(p, f) for f in sorted(it)
+                      if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            raise FileNotFoundError(f"image folder or file {p} does not exist; pass folders of "
+                                    f"*.png / *.tif images")
+    out, seen = [], set()
+    for root, f in found:
+        image_id = f.stem
+        if image_id in seen:
+            rel = f.relative_to(root).with_suffix("")
+            image_id = "__".join(rel.parts)
+            n = 1
+            while image_id in seen:
+                n, image_id = n + 1, f"{'__'.join(rel.parts)}_{n}"
+        seen.add(image_id)
+        if read_size:
+            from PIL import Image
+
+            with Image.open(f) as im:
+                h, w = im.height, im.width
+        else:
+            h, w = rle_codec.SHAPE
+        out.append(ImageRecord(image_id=image_id, image_path=f, height=int(h), width=int(w),
+                               source="images"))
+    return out

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use only the first N annotated images")
     parser.add_argument("--overlays", default=None, metavar="DIR",
                         help="write TP/FP/FN overlays of the held-out predictions here")
+    parser.add_argument("--extra-train", action="append", default=[], metavar="SRC",
+                        help="also train every fold on this source (e.g. pseudo-labels); "
+                             "never scored")
     parser.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
 
 
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                           n_folds=n_folds, methods=methods, infer_config=args.infer_config,
                           infer_overrides=tuple(args.infer_set), tta=args.tta,
                           threads=args.threads, seed=args.seed, resume=args.resume,
-                          overlays=args.overlays)
+                          overlays=args.overlays, extra_train=tuple(args.extra_train))
     extra = {"command": ["cellseg", "cv", *sys.argv[2:]] if sys.argv[1:2] == ["cv"] else None,
              "sources": list(args.data)}
     summary, rows = run_cv(records, args.out, settings,

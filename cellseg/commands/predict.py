@@ -1,6 +1,7 @@
 """`cellseg predict`: predict a folder of images and write submission.csv.
 
     cellseg predict --weights runs/unet/best.pt --images data/test --out submission.csv
+    cellseg predict --weights runs/unet/best.pt --images livecell/images sartorius/test --out sub.csv
     cellseg predict --weights a.pt b.pt --model-weights 1 0.5 --images test/ --out sub.csv \\
         --config tuned.yaml --set tta=[h,v] --save-masks masks/ --overlay overlays/
 
@@ -17,7 +18,9 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", nargs="+", required=True, metavar="W",
                         help="checkpoint(s); several make an ensemble")
-    parser.add_argument("--images", required=True, help="folder of *.png / *.tif images")
+    parser.add_argument("--images", nargs="+", required=True, metavar="DIR",
+                        help="folders of *.png / *.tif images (searched recursively; several "
+                             "allowed) or image files; ids are file stems (made unique)")
     parser.add_argument("--out", required=True, help="submission CSV to write (atomically)")
     parser.add_argument("--config", default="infer_default",
                         help="inference config: shipped name or YAML path (default: infer_default)")
@@ -49,7 +52,6 @@ def default_device(device: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from cellseg.config import ConfigError
-    from cellseg.data.sartorius import list_images
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import load_models, predict_to_submission
 
@@ -58,10 +60,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cellseg predict: {exc}", file=sys.stderr)
         return 2
+    from cellseg.sources import list_image_files
+
     # sizes are read with the images: a corrupt file must fail alone, not stop the listing
-    records = list_images(args.images, read_size=False)
+    try:
+        records = list_image_files(args.images, read_size=False)
+    except FileNotFoundError as exc:
+        print(f"cellseg predict: {exc}", file=sys.stderr)
+        return 2
     if not records:
-        print(f"cellseg predict: no images (*.png, *.tif) in {args.images}", file=sys.stderr)
+        print(f"cellseg predict: no images (*.png, *.tif) in {' '.join(args.images)}",
+              file=sys.stderr)
         return 2
     device = default_device(args.device)
     try:

@@ -3,9 +3,12 @@
     cellseg score --truth data/sartorius/train.csv --pred submission.csv
     cellseg score --truth data/sartorius --pred oof.csv --fold 0 --n-folds 5 --json score.json
     cellseg score --truth livecell_coco_val.json --pred results.json --report report/
+    cellseg score --truth data/sartorius data/livecell:val --pred mixed_submission.csv
 
-Truth (``--truth``): anything ``cellseg.data.loaders.load_records`` reads: a competition folder
-or train.csv, a LIVECell root (``--split``), a COCO JSON.
+Truth (``--truth``): one or more of what ``cellseg.data.loaders.load_records`` reads: a
+competition folder or train.csv, a LIVECell root, a COCO JSON; each optionally ``PATH:SPLIT``
+(``cellseg.sources``). Several sources are pooled as one set of images: the score is still the
+mean over images, and per cell type the mean over that type's images.
 Predictions (``--pred``): a submission.csv (``id,predicted``; rows have no score, so COCO AP
 gives each 1.0), or a COCO results JSON: a list of ``{image_id, segmentation (COCO RLE), score,
 category_id}``, ``image_id`` being the truth's COCO/LIVECell image id or the kit's image id.
@@ -28,12 +31,14 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--truth", required=True, type=Path,
-                        help="train.csv / competition folder / LIVECell root / COCO JSON")
+    parser.add_argument("--truth", required=True, nargs="+", metavar="SRC",
+                        help="train.csv / competition folder / LIVECell root / COCO JSON, "
+                             "optionally PATH:SPLIT; several are pooled")
     parser.add_argument("--pred", required=True, type=Path,
                         help="submission.csv or COCO results JSON")
     parser.add_argument("--split", default=None,
-                        help="split of a folder truth (competition: train; LIVECell: val)")
+                        help="split of the truth sources that name none "
+                             "(default: competition train, LIVECell val)")
     parser.add_argument("--ids", nargs="+", default=None, metavar="ID",
                         help="score only these image ids")
     parser.add_argument("--fold", type=int, default=None, help="score only this fold")
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         result["coco"] = None
     if extras:
         result["pred_extras"] = {k: float(np.mean(v)) for k, v in extras.items()}
-    result["truth"], result["pred"] = str(args.truth), str(args.pred)
+    result["truth"], result["pred"] = [str(t) for t in args.truth], str(args.pred)
     print(format_result(result))
     if args.json is not None:
         write_json(args.json, result)
@@ -98,15 +103,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_truth(path: Path, split: str | None) -> list:
-    from cellseg.data.loaders import detect, load_records
+def _load_truth(paths: Sequence[str], split: str | None) -> list:
+    from cellseg.sources import load_sources
 
-    kind = detect(path)
-    if split is None:
-        split = "val" if kind == "livecell" else "train"
-    records = load_records(path, split)
-    if not any(r.rles for r in records):
-        raise SystemExit(f"error: {path} ({kind}, split {split}) has no annotated image")
+    records: list = []
+    seen: set[str] = set()
+    for spec in paths:
+        try:
+            recs = load_sources([spec], split=split)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"error: --truth {spec}: {err}") from None
+        if not any(r.rles for r in recs):  # a source without annotations: wrong split?
+            raise SystemExit(f"error: --truth {spec} has no annotated image; check its split "
+                             f"(PATH:val, PATH:train or --split)")
+        dup = sorted(seen & {r.image_id for r in recs})
+        if dup:
+            raise SystemExit(f"error: --truth {spec} repeats image id(s) {dup[:3]} of an earlier "
+                             f"source; list each source once")
+        seen.update(r.image_id for r in recs)
+        records += recs
     return records
 
 

@@ -2,9 +2,13 @@
 
     cellseg tune --weights runs/unet/best.pt --data data/competition --fold 0 --out tuned.yaml
     cellseg predict --weights runs/unet/best.pt --config tuned.yaml --images test/ --out sub.csv
+    cellseg tune --weights runs/unet/best.pt --data data/sartorius --data data/livecell:val \
+        --decode --out tuned.yaml      # also the UNet decode thresholds (seed_thresh, ...)
 
 ``--data`` is anything ``cellseg.data.loaders.load_records`` reads (competition folder, train.csv,
-LIVECell root, COCO JSON). With ``--fold K`` only fold K of ``make_folds`` (the training split's
+LIVECell root, COCO JSON), optionally ``PATH:SPLIT``; repeat it (or list several) to pool sources.
+``--decode`` first tunes the dense family's decode arguments (``decode.seed_thresh`` etc., one
+global setting) on maps computed once, then the per-type thresholds on the tuned decode. With ``--fold K`` only fold K of ``make_folds`` (the training split's
 held-out fold, same ``--n-folds``/``--fold-seed`` as training) is used; without it, every record.
 Prints the score before and after; writes the tuned inference config atomically.
 """
@@ -17,8 +21,13 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", nargs="+", required=True, metavar="W", help="checkpoint(s)")
-    parser.add_argument("--data", required=True, help="labelled validation data")
-    parser.add_argument("--split", default="train", help="split for load_records (default: train)")
+    parser.add_argument("--data", required=True, action="extend", nargs="+", metavar="SRC",
+                        help="labelled validation data (PATH or PATH:SPLIT; several are pooled)")
+    parser.add_argument("--split", default=None,
+                        help="split of sources that name none (default: LIVECell val, else train)")
+    parser.add_argument("--decode", action="store_true",
+                        help="also tune the dense family's decode thresholds (UNet: seed_thresh, "
+                             "fg_thresh, border_thresh, min_marker_area); --cache is not used")
     parser.add_argument("--fold", type=int, default=None, help="use only this fold")
     parser.add_argument("--n-folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=0)
@@ -41,7 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cellseg.commands.predict import default_device
     from cellseg.config import ConfigError
-    from cellseg.data.loaders import load_records
     from cellseg.infer import tune
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import class_names, load_models
@@ -52,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cellseg tune: {exc}", file=sys.stderr)
         return 2
-    records = load_records(args.data, split=args.split)
+    from cellseg.sources import load_sources
+
+    try:
+        records = load_sources(args.data, split=args.split)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"cellseg tune: {exc}", file=sys.stderr)
+        return 2
     if args.fold is not None:
         from cellseg.data.folds import make_folds
 
@@ -62,11 +76,29 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images:
         records = records[:args.max_images]
     if not records:
-        print(f"cellseg tune: no annotated images in {args.data} (fold {args.fold})",
+        print(f"cellseg tune: no annotated images in {' '.join(args.data)} (fold {args.fold})",
               file=sys.stderr)
         return 2
-    raw = tune.load_cache(args.cache, records) if args.cache else None
+    decode_report = None
+    raw = tune.load_cache(args.cache, records) if args.cache and not args.decode else None
     models = None
+    if args.decode:
+        import dataclasses
+
+        device = default_device(args.device)
+        models = load_models(args.weights, device=device, weights=args.model_weights)
+        try:
+            family, maps = tune.collect_dense(models, records, cfg, device=device,
+                                              progress=not args.no_progress)
+        except ValueError as exc:
+            print(f"cellseg tune: {exc}", file=sys.stderr)
+            return 2
+        decode_by_type = {"yes": True, "no": False}.get(
+            args.by_type, bool(cfg.cell_type_names) or bool(class_names(models)))
+        decode, decode_report = tune.tune_decode(family, maps, records, cfg, by_type=decode_by_type,
+                                                 progress=not args.no_progress)
+        cfg = dataclasses.replace(cfg, decode=decode)
+        raw = tune.raw_from_maps(family, maps, cfg, decode)
     if raw is None:
         device = default_device(args.device)
         models = load_models(args.weights, device=device, weights=args.model_weights)
@@ -87,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     tuned, report = tune.tune_thresholds(raw, records, cfg, progress=not args.no_progress,
                                          by_type=by_type)
+    if decode_report is not None:
+        # "before" is the score of the starting config, before the decode was tuned
+        report["before_decode"] = report["before"]
+        report["before"] = decode_report["before"]
+        report["decode"] = decode_report
     tune.write_config(args.out, tuned)
     if args.report:
         write_json(args.report, report)
