@@ -31,7 +31,7 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--truth", required=True, nargs="+", metavar="SRC",
+    parser.add_argument("--truth", required=True, action="extend", nargs="+", metavar="SRC",
                         help="train.csv / competition folder / LIVECell root / COCO JSON, "
                              "optionally PATH:SPLIT; several are pooled")
     parser.add_argument("--pred", required=True, type=Path,
