@@ -131,10 +131,10 @@ def train(records: Sequence, steps: int, *, batch: int = 8, crop: int = 256, lr:
         loss.backward()
         opt.step()
         sched.step()
-        if not np.isfinite(float(loss)):
+        if not np.isfinite(float(loss.detach())):
             raise FloatingPointError(f"plain UNet: non-finite loss at step {step}: {parts}")
         if log_every and (step % log_every == 0 or step == steps):
-            log(f"plain step {step}/{steps}: loss {float(loss):.4f} ce {parts['ce']:.4f} "
+            log(f"plain step {step}/{steps}: loss {float(loss.detach()):.4f} ce {parts['ce']:.4f} "
                 f"dice {parts['dice']:.4f} ({(time.perf_counter() - t0) / step:.2f} s/step)")
     return model
 

@@ -61,6 +61,7 @@ class CVSettings:
     resume: bool = False
     overlays: str | None = None
     extra_train: tuple[str, ...] = ()  # added to every fold's training set, never scored
+    report_only: bool = False  # summarise the finished folds of ``out``; train nothing
 
 
 def make_cv_folds(records: Sequence["ImageRecord"], n_folds: int | None = None,
@@ -201,30 +202,40 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
     write_competition_folder(train, train_data, store=out / "images")
     write_competition_folder(held, test_data, store=out / "images")
     rows: list[dict[str, Any]] = []
+    infer_key = [settings.infer_config, list(settings.infer_overrides), settings.tta]
     for method in settings.methods:
         mdir = fold_dir / method
         done = mdir / "result.json"
-        if settings.resume and done.is_file():
-            import json
-
-            rows += json.loads(done.read_text())["rows"]
-            log(f"fold {fold} {method}: reused {done}")
-            continue
         if method == "kit":
             cmd = kit_train_command(settings, train_data, len(train), mdir)
+        elif method == "plain":
+            cmd = plain_command(settings, train_data, test_data, mdir)
+        else:
+            raise ValueError(f"unknown cv method {method!r}; valid: {', '.join(METHODS)}")
+        if (settings.resume or settings.report_only) and done.is_file():
+            import json
+
+            saved = json.loads(done.read_text())
+            # reuse only a result of the same training command and inference settings
+            if saved.get("command") == cmd and saved.get("infer", infer_key) == infer_key:
+                rows += saved["rows"]
+                log(f"fold {fold} {method}: reused {done}")
+                continue
+            log(f"fold {fold} {method}: {done} was made with other settings; running again")
+        if settings.report_only:
+            log(f"fold {fold} {method}: not finished, left out of the report")
+            continue
+        if method == "kit":
             secs = _run_logged(cmd, mdir / "train.log", settings.threads, f"fold {fold} kit training")
             ckpt = mdir / "best.pt" if (mdir / "best.pt").is_file() else mdir / "last.pt"
             preds = _kit_predict(ckpt, held, settings)
-        elif method == "plain":
-            cmd = plain_command(settings, train_data, test_data, mdir)
+        else:
             secs = _run_logged(cmd, mdir / "train.log", settings.threads, f"fold {fold} plain reference")
             from cellseg.submission import read_submission
 
             preds = dict(read_submission(mdir / "pred.csv"))
-        else:
-            raise ValueError(f"unknown cv method {method!r}; valid: {', '.join(METHODS)}")
         fold_rows = score_rows(method, fold, held, preds, secs, settings.overlays)
-        write_json(done, {"command": cmd, "rows": fold_rows})
+        write_json(done, {"command": cmd, "infer": infer_key, "rows": fold_rows})
         rows += fold_rows
         log(f"fold {fold} {method}: " + ", ".join(f"{r['image_id']} {r['score']:.4f} "
                                                    f"({r['n_pred']}/{r['n_true']} cells)"

@@ -81,6 +81,11 @@ def test_cv_tiny_run_on_real_samples(tmp_path, shared_sartorius, shared_livecell
     assert main(argv + ["--resume"]) == 0
     assert log.stat().st_mtime_ns == stamp
     assert json.loads((out / "cv.json").read_text())["rows"] == rows
+    # --report-only trains nothing: results of another step budget are left out, not reused
+    stale = [("2" if a == "1" and argv[i - 1] == "--steps" else a) for i, a in enumerate(argv)]
+    assert main(stale + ["--report-only"]) == 0
+    assert json.loads((out / "cv.json").read_text())["rows"] == []
+    assert log.stat().st_mtime_ns == stamp
 
 
 def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius) -> None:

@@ -9,7 +9,8 @@ Leave-one-image-out by default (``--folds K``: K grouped folds). Each fold train
 images and scores them with the competition metric; ``--reference`` also runs the plain-UNet
 benchmark (``bench/plain_unet.py``) on the same folds and budget. Prints mean ± sd per method and
 cell type and every image's score; writes ``OUT/cv.json`` and ``OUT/cv.csv``. ``--resume`` reuses
-finished folds. The logic lives in ``cellseg.cv``.
+finished folds; ``--report-only`` summarises what is finished (e.g. while a run goes on).
+The logic lives in ``cellseg.cv``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also train every fold on this source (e.g. pseudo-labels); "
                              "never scored")
     parser.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only summarise the folds already finished in --out (train nothing)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
                           n_folds=n_folds, methods=methods, infer_config=args.infer_config,
                           infer_overrides=tuple(args.infer_set), tta=args.tta,
                           threads=args.threads, seed=args.seed, resume=args.resume,
-                          overlays=args.overlays, extra_train=tuple(args.extra_train))
+                          overlays=args.overlays, extra_train=tuple(args.extra_train),
+                          report_only=args.report_only)
     extra = {"command": ["cellseg", "cv", *sys.argv[2:]] if sys.argv[1:2] == ["cv"] else None,
              "sources": list(args.data)}
     summary, rows = run_cv(records, args.out, settings,
