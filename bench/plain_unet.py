@@ -1,6 +1,7 @@
 """The plain-UNet reference the kit's recipe must beat on real images (issue 13).
 
-    python -m bench plain_unet            # train on 5 real samples, score the 6th (BENCH_STEPS=300)
+    python -m bench plain_unet            # train on 5 real samples, score the 6th (BENCH_STEPS=300,
+                                          # BENCH_QUICK=1: 30 steps; ~4 s/step on one idle core)
     python -m bench.plain_unet --train /data/sartorius /data/livecell:val --test held_out/ \\
         --steps 300 --out runs/plain [--tta] [--threads 1]
 
@@ -277,7 +278,7 @@ def main() -> None:
         print(f"(skipped: real samples not found at {root})")
         return
     torch.set_num_threads(1)
-    steps = int(os.environ.get("BENCH_STEPS", "300"))
+    steps = int(os.environ.get("BENCH_STEPS", "30" if os.environ.get("BENCH_QUICK") else "300"))
     records = load_annotated([str(root / "sartorius"), str(root / "livecell") + ":val"])
     held = next(r for r in records if r.cell_type == "MCF7")
     from cellseg.export import write_competition_folder
