@@ -26,6 +26,7 @@ the mean and sample standard deviation of the image scores, per cell type, and p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -113,22 +114,30 @@ def _run_logged(cmd: list[str], log_path: Path, threads: int, what: str) -> floa
 
 def kit_train_command(settings: CVSettings, train_data: Path, n_train: int, out: Path
                       ) -> list[str]:
-    """The ``python -m cellseg train`` command of one fold (the folder repeated so that an epoch
-    is about ``STEPS_PER_EPOCH`` steps; the schedule then spans about ``settings.steps``)."""
+    """The ``python -m cellseg train`` command of one fold: an epoch is about ``STEPS_PER_EPOCH``
+    steps (``data.samples_per_epoch`` where the config has it, else the folder listed repeatedly),
+    so the schedule spans about ``settings.steps`` and checkpoints are not written every step."""
     from cellseg.config import load_train_config
 
     cfg = load_train_config(settings.config, settings.overrides, check_model=False)
     per_step = cfg.train.batch_size * cfg.train.grad_accum
-    repeat = max(1, math.ceil(STEPS_PER_EPOCH * per_step / max(n_train, 1)))
-    steps_per_epoch = math.ceil(repeat * n_train / per_step)
-    epochs = max(1, math.ceil(settings.steps / steps_per_epoch))
     cmd = [sys.executable, "-m", "cellseg", "train", "--config", settings.config,
            "--out", str(out), "--no-progress"]
-    for _ in range(repeat):
+    sets = []
+    if "samples_per_epoch" in {f.name for f in dataclasses.fields(cfg.data)}:
+        # the loop draws this many samples per epoch from the listed images
+        steps_per_epoch = STEPS_PER_EPOCH
         cmd += ["--data", str(train_data)]
-    for src in settings.extra_train:  # e.g. a pseudo-labelled folder: once per epoch
+        sets.append(f"data.samples_per_epoch={STEPS_PER_EPOCH * per_step}")
+    else:  # older loops: an epoch is one pass over data.sources, so list the folder repeatedly
+        repeat = max(1, math.ceil(STEPS_PER_EPOCH * per_step / max(n_train, 1)))
+        steps_per_epoch = math.ceil(repeat * n_train / per_step)
+        for _ in range(repeat):
+            cmd += ["--data", str(train_data)]
+    for src in settings.extra_train:  # e.g. a pseudo-labelled folder
         cmd += ["--data", str(src)]
-    for o in (*settings.overrides, "data.fold=null", "data.val_split=null",
+    epochs = max(1, math.ceil(settings.steps / steps_per_epoch))
+    for o in (*settings.overrides, *sets, "data.fold=null", "data.val_split=null",
               f"train.max_steps={settings.steps}", f"train.epochs={epochs}",
               f"train.seed={settings.seed}"):
         cmd += ["--set", o]
@@ -142,8 +151,8 @@ def plain_command(settings: CVSettings, train_data: Path, test_data: Path, out: 
                                 "cellseg package; run cellseg cv --reference from a source "
                                 "checkout")
     cmd = [sys.executable, "-m", "bench.plain_unet", "--train", str(train_data),
-           *map(str, settings.extra_train), "--test", str(test_data), "--out", str(out), "--steps", str(settings.steps),
-           "--seed", str(settings.seed), "--threads", str(settings.threads)]
+           *map(str, settings.extra_train), "--test", str(test_data), "--out", str(out),
+           "--steps", str(settings.steps), "--seed", str(settings.seed), "--threads", str(settings.threads)]
     return cmd + (["--tta"] if settings.tta else [])
 
 

@@ -40,12 +40,19 @@ def test_summary_mean_sd_per_type() -> None:
 
 
 def test_kit_command_repeats_the_fold_for_a_real_epoch(tmp_path) -> None:
+    import dataclasses
+
+    from cellseg.config import DataConfig
+
     cmd = kit_train_command(CVSettings(config="unet_small_real", steps=100), tmp_path, 5,
                             tmp_path / "out")
-    # batch 8: 25 steps * 8 / 5 images -> the folder 40 times, 25 steps per epoch, 4 epochs
-    assert cmd.count("--data") == 40
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    # batch 8, 25 steps per epoch -> 4 epochs for 100 steps
     assert {"train.max_steps=100", "train.epochs=4", "data.fold=null"} <= set(sets)
+    if "samples_per_epoch" in {f.name for f in dataclasses.fields(DataConfig)}:
+        assert cmd.count("--data") == 1 and "data.samples_per_epoch=200" in sets
+    else:  # 25 steps * 8 / 5 images -> the folder listed 40 times
+        assert cmd.count("--data") == 40
     assert cmd[1:4] == ["-m", "cellseg", "train"]
 
 
