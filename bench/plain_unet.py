@@ -236,7 +236,8 @@ def run(train_specs: Sequence[str], test_specs: Sequence[str], out: str | os.Pat
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.plain_unet", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.plain_unet",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--train", nargs="+", required=True, metavar="SRC",
                    help="annotated training sources (PATH or PATH:SPLIT)")
     p.add_argument("--test", nargs="+", required=True, metavar="SRC",

@@ -152,7 +152,8 @@ def plain_command(settings: CVSettings, train_data: Path, test_data: Path, out: 
                                 "checkout")
     cmd = [sys.executable, "-m", "bench.plain_unet", "--train", str(train_data),
            *map(str, settings.extra_train), "--test", str(test_data), "--out", str(out),
-           "--steps", str(settings.steps), "--seed", str(settings.seed), "--threads", str(settings.threads)]
+           "--steps", str(settings.steps), "--seed", str(settings.seed),
+           "--threads", str(settings.threads)]
     return cmd + (["--tta"] if settings.tta else [])
 
 
@@ -235,11 +236,13 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             log(f"fold {fold} {method}: not finished, left out of the report")
             continue
         if method == "kit":
-            secs = _run_logged(cmd, mdir / "train.log", settings.threads, f"fold {fold} kit training")
+            secs = _run_logged(cmd, mdir / "train.log", settings.threads,
+                               f"fold {fold} kit training")
             ckpt = mdir / "best.pt" if (mdir / "best.pt").is_file() else mdir / "last.pt"
             preds = _kit_predict(ckpt, held, settings)
         else:
-            secs = _run_logged(cmd, mdir / "train.log", settings.threads, f"fold {fold} plain reference")
+            secs = _run_logged(cmd, mdir / "train.log", settings.threads,
+                               f"fold {fold} plain reference")
             from cellseg.submission import read_submission
 
             preds = dict(read_submission(mdir / "pred.csv"))
@@ -287,15 +290,17 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
     lines = [head]
     for m in methods:
         s = summary[m]
-        cells = " ".join(f"{s['per_cell_type'][t]['mean']:>7.4f}±{s['per_cell_type'][t]['sd']:<6.4f}"
-                         if t in s["per_cell_type"] else f"{'-':>14}" for t in types)
+        pt = s["per_cell_type"]
+        cells = " ".join(f"{pt[t]['mean']:>7.4f}±{pt[t]['sd']:<6.4f}" if t in pt else f"{'-':>14}"
+                         for t in types)
         lines.append(f"{m:<8} {s['mean']:>9.4f} ± {s['sd']:<6.4f} {cells}")
     lines.append("")
     lines.append(f"{'fold':>4} {'image':<36} {'type':<8} {'true':>5} " +
                  " ".join(f"{m + ' score':>11} {m + ' pred':>9}" for m in methods))
     by_key: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        by_key.setdefault((r["fold"], r["image_id"], r["cell_type"], r["n_true"]), {})[r["method"]] = r
+        key = (r["fold"], r["image_id"], r["cell_type"], r["n_true"])
+        by_key.setdefault(key, {})[r["method"]] = r
     for (fold, image_id, ctype, n_true), per in sorted(by_key.items()):
         cells = " ".join(f"{per[m]['score']:>11.4f} {per[m]['n_pred']:>9d}" if m in per
                          else f"{'-':>11} {'-':>9}" for m in methods)

@@ -73,7 +73,8 @@ def test_pseudo_label_real_unlabeled_images(tmp_path, shared_unlabeled) -> None:
     assert main(argv) == 0
     prov = json.loads((out / "pseudo_label.json").read_text())
     assert prov["models"] == [{"path": str(ckpt.resolve()), "sha256": sha256_file(ckpt)}]
-    assert prov["thresholds"]["min_score"] == 0.0 and prov["inference"]["decode"]["fg_thresh"] == 0.0
+    assert prov["thresholds"]["min_score"] == 0.0
+    assert prov["inference"]["decode"]["fg_thresh"] == 0.0
     assert prov["counts"]["images"] == 2 and prov["counts"]["accepted"] == 2
     assert prov["date"][:2] == "20"
     # `cellseg train` reads it as a competition source: images, cells, LIVECell cell type

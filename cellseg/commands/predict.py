@@ -1,7 +1,8 @@
 """`cellseg predict`: predict a folder of images and write submission.csv.
 
     cellseg predict --weights runs/unet/best.pt --images data/test --out submission.csv
-    cellseg predict --weights runs/unet/best.pt --images livecell/images sartorius/test --out sub.csv
+    cellseg predict --weights runs/unet/best.pt --images livecell/images sartorius/test \\
+        --out sub.csv
     cellseg predict --weights a.pt b.pt --model-weights 1 0.5 --images test/ --out sub.csv \\
         --config tuned.yaml --set tta=[h,v] --save-masks masks/ --overlay overlays/
 

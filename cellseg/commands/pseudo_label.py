@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true", help="flip TTA (h, v, hv)")
     parser.add_argument("--min-score", type=float, default=0.6,
                         help="keep cells whose (voted) score reaches this (default 0.6)")
-    parser.add_argument("--min-area", type=int, default=20, help="keep cells of >= this many pixels")
-    parser.add_argument("--max-area", type=int, default=None, help="keep cells of <= this many pixels")
+    parser.add_argument("--min-area", type=int, default=20,
+                        help="keep cells of >= this many pixels")
+    parser.add_argument("--max-area", type=int, default=None,
+                        help="keep cells of <= this many pixels")
     parser.add_argument("--min-cells", type=int, default=5,
                         help="reject an image with fewer confident cells (default 5)")
     parser.add_argument("--min-keep-fraction", type=float, default=0.5,

@@ -8,7 +8,8 @@
 ``--data`` is anything ``cellseg.data.loaders.load_records`` reads (competition folder, train.csv,
 LIVECell root, COCO JSON), optionally ``PATH:SPLIT``; repeat it (or list several) to pool sources.
 ``--decode`` first tunes the dense family's decode arguments (``decode.seed_thresh`` etc., one
-global setting) on maps computed once, then the per-type thresholds on the tuned decode. With ``--fold K`` only fold K of ``make_folds`` (the training split's
+global setting) on maps computed once, then the per-type thresholds on the tuned decode.
+With ``--fold K`` only fold K of ``make_folds`` (the training split's
 held-out fold, same ``--n-folds``/``--fold-seed`` as training) is used; without it, every record.
 Prints the score before and after; writes the tuned inference config atomically.
 """
