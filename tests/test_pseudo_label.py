@@ -99,3 +99,24 @@ def test_pseudo_label_user_mistakes_exit_2(tmp_path, shared_unlabeled) -> None:
                  "--out", out]) == 2
     assert main(["pseudo-label", "--rounds", "1", "--images", str(shared_unlabeled),
                  "--out", out]) == 2
+
+
+def test_rounds_teacher_then_student(tmp_path, shared_sartorius, shared_unlabeled) -> None:
+    """One round through the public commands: round 0 trains a teacher on the labelled image,
+    round 1 pseudo-labels 2 unlabeled images and trains a student on both sources."""
+    from cellseg.cli import main
+    from cellseg.data.loaders import load_records
+
+    out = tmp_path / "rounds"
+    argv = ["pseudo-label", "--rounds", "1", "--data", str(shared_sartorius),
+            "--images", str(shared_unlabeled), "--max-images", "2", "--out", str(out),
+            "--train-config", "unet_tiny", "--train-set", "data.fold=null", "--steps", "1",
+            "--min-score", "0", "--min-area", "1", "--min-cells", "1", *ONE_CELL]
+    assert main(argv) == 0
+    assert (out / "round_0" / "teacher" / "best.pt").is_file()
+    prov = json.loads((out / "round_1" / "pseudo" / "pseudo_label.json").read_text())
+    assert prov["models"][0]["path"] == str((out / "round_0" / "teacher" / "best.pt").resolve())
+    assert len(load_records(out / "round_1" / "pseudo")) == 2
+    student_log = (out / "round_1" / "student" / "train.log").read_text()
+    assert "3 training images" in student_log  # 1 labelled + 2 pseudo-labelled
+    assert (out / "round_1" / "student" / "best.pt").is_file()
