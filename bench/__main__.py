@@ -3,7 +3,8 @@
     python -m bench            # every bench/bench_*.py
     python -m bench rle metric # only those
 
-Each ``bench/bench_<name>.py`` defines ``main() -> None`` that prints a Markdown table.
+Each ``bench/bench_<name>.py`` defines ``main() -> None`` that prints a Markdown table; so do the
+modules named in ``EXTRA`` (benchmarks that are also run on their own, e.g. by ``cellseg cv``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+# name -> module of benchmarks that are not bench_<name>.py
+EXTRA: dict[str, str] = {"plain_unet": "bench.plain_unet"}
+
+
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
-    names = argv or sorted(p.stem[len("bench_"):] for p in here.glob("bench_*.py"))
+    names = argv or sorted([p.stem[len("bench_"):] for p in here.glob("bench_*.py")] + list(EXTRA))
     for name in names:
         print(f"\n## bench {name}\n", flush=True)
         t0 = time.perf_counter()
-        importlib.import_module(f"bench.bench_{name}").main()
+        importlib.import_module(EXTRA.get(name, f"bench.bench_{name}")).main()
         print(f"\n({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
     return 0
 

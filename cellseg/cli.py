@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("cellseg.commands.weights", "register released weights in weights/manifest.yaml"),
     "kaggle": ("cellseg.commands.kaggle", "build, rehearse, push and submit Kaggle kernels"),
     "demo": ("cellseg.commands.demo", "run the whole pipeline on synthetic data"),
+    "cv": ("cellseg.commands.cv", "cross-validate a recipe (and the plain-UNet reference) on a few images"),
+    "pseudo-label": ("cellseg.commands.pseudo_label", "pseudo-label unlabeled images as a new source"),
 }
 
 # argparse ``dest`` of the nested subcommand of commands that have one (shown in error lines)

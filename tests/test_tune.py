@@ -141,3 +141,114 @@ def test_tune_searches_pred_iou_filter_when_predictions_carry_it() -> None:
     _, report2 = tune.tune_thresholds([plain], recs, cfg, progress=False, by_type=False)
     assert "min_pred_iou" not in report2["per_type"]["default"]["thresholds"] or \
         report2["per_type"]["default"]["thresholds"]["min_pred_iou"] == 0.0
+
+
+# ----------------------------------------------------------------------------- decode tuning
+
+
+def _touching_pair_maps() -> tuple[ImageRecord, np.ndarray]:
+    """Two touching 12x12 squares. Maps: cell = 1 on both, no border signal, centre = 1 at each
+    square's middle and 0.5 along the contact: a seed threshold under 0.5 joins the two seeds
+    into one marker (one merged cell), 0.5 or more keeps two."""
+    cell = np.zeros(SHAPE, np.float32)
+    cell[10:22, 10:34] = 1.0
+    centre = np.zeros(SHAPE, np.float32)
+    centre[10:22, 10:34] = 0.5
+    centre[13:19, 13:19] = 1.0
+    centre[13:19, 25:31] = 1.0
+    centre[10:22, 21:23] = 0.5
+    maps = np.stack([cell, np.zeros(SHAPE, np.float32), centre])
+    a = np.zeros(SHAPE, bool)
+    a[10:22, 10:22] = True
+    b = np.zeros(SHAPE, bool)
+    b[10:22, 22:34] = True
+    rec = ImageRecord("pair", Path("pair.png"), *SHAPE, cell_type="astro",
+                      rles=(rle.encode(a), rle.encode(b)))
+    return rec, maps
+
+
+def test_tune_decode_splits_touching_cells_with_a_higher_seed_threshold() -> None:
+    from cellseg.models.unet import FAMILY
+
+    rec, maps = _touching_pair_maps()
+    cfg = InferenceConfig(default=TypeThresholds(score_thresh=0.0, min_area=0, nms_iou=1.0),
+                          decode={"seed_thresh": 0.3}, fill_holes=False)
+    before = tune.raw_from_maps(FAMILY, [maps], cfg, dict(cfg.decode))
+    assert len(before[0]) == 1  # the merge this tuning must undo
+    decode, report = tune.tune_decode(FAMILY, [maps], [rec], cfg, progress=False)
+    assert decode["seed_thresh"] >= 0.5
+    assert report["before"] < 0.5 and report["after"] == pytest.approx(1.0)
+    after = tune.raw_from_maps(FAMILY, [maps], cfg, decode)
+    assert len(after[0]) == 2
+
+
+def test_tune_decode_needs_a_known_dense_family() -> None:
+    import dataclasses
+
+    from cellseg.models.unet import FAMILY
+
+    rec, maps = _touching_pair_maps()
+    other = dataclasses.replace(FAMILY, name="mystery")
+    with pytest.raises(ValueError, match="no decode grid for family 'mystery'"):
+        tune.tune_decode(other, [maps], [rec], InferenceConfig(), progress=False)
+
+
+def _tiny_unet_ckpt(tmp_path: Path) -> Path:
+    torch = pytest.importorskip("torch")
+    from cellseg.checkpoint import save_checkpoint
+    from cellseg.models import get_family
+
+    torch.manual_seed(0)
+    model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
+                                     decoder_channels=(16, 8, 4), in_channels=1)
+    ckpt = tmp_path / "unet.pt"
+    save_checkpoint(ckpt, model=model.state_dict(), family="unet", model_args=model.cellseg_args)
+    return ckpt
+
+
+def test_collect_dense_maps_reproduce_predict_raw(tmp_path, shared_sartorius) -> None:
+    from cellseg.data.loaders import load_records
+    from cellseg.infer.predict import load_models, predict_raw
+
+    models = load_models([_tiny_unet_ckpt(tmp_path)], device="cpu")
+    records = load_records(shared_sartorius)
+    cfg = load_inference_config("infer_default", ["tta=[h]", "decode.seed_thresh=0.4"])
+    family, maps = tune.collect_dense(models, records, cfg, device="cpu", progress=False)
+    assert maps[0].shape == (3, *records[0].shape)
+    direct = predict_raw(models, [r.read_image() for r in records], cfg, device="cpu")[0]
+    again = tune.raw_from_maps(family, maps, cfg, dict(cfg.decode))[0]
+    assert len(again) == len(direct)
+    assert np.allclose(again.scores, direct.scores)
+    assert np.array_equal(again.to_label_image() > 0, direct.to_label_image() > 0)
+
+
+def test_cli_tune_pools_several_sources_and_tunes_decode(tmp_path, shared_sartorius,
+                                                         shared_livecell) -> None:
+    import json
+
+    from cellseg.cli import main
+
+    ckpt = _tiny_unet_ckpt(tmp_path)
+    out = tmp_path / "tuned.yaml"
+    argv = ["tune", "--weights", str(ckpt), "--data", str(shared_sartorius),
+            "--data", f"{shared_livecell}:val", "--max-images", "2", "--decode",
+            "--out", str(out), "--device", "cpu", "--report", str(tmp_path / "r.json"),
+            "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["decode"]["after"] >= report["decode"]["before"]
+    assert report["after"] >= report["before"]
+    # both sources reached the tuning: the first two records are one of each
+    assert report["per_type"]["default"]["n_images"] == 2
+    cfg = load_inference_config(out)
+    assert dict(cfg.decode) == report["decode"]["decode"]
+
+
+def test_cli_tune_second_data_is_not_ignored(tmp_path, shared_sartorius) -> None:
+    from cellseg.cli import main
+
+    ckpt = _tiny_unet_ckpt(tmp_path)
+    rc = main(["tune", "--weights", str(ckpt), "--data", str(shared_sartorius),
+               "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "t.yaml"),
+               "--no-progress"])
+    assert rc == 2  # the second source is read (and found missing), not silently dropped

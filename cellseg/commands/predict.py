@@ -1,6 +1,8 @@
 """`cellseg predict`: predict a folder of images and write submission.csv.
 
     cellseg predict --weights runs/unet/best.pt --images data/test --out submission.csv
+    cellseg predict --weights runs/unet/best.pt --images livecell/images sartorius/test \\
+        --out sub.csv
     cellseg predict --weights a.pt b.pt --model-weights 1 0.5 --images test/ --out sub.csv \\
         --config tuned.yaml --set tta=[h,v] --save-masks masks/ --overlay overlays/
 
@@ -23,7 +25,9 @@ __all__ = ["add_arguments", "run", "default_device"]  # default_device: kept for
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_weights_args(parser)
-    parser.add_argument("--images", required=True, help="folder of *.png / *.tif images")
+    parser.add_argument("--images", nargs="+", required=True, metavar="DIR",
+                        help="folders of *.png / *.tif images (searched recursively; several "
+                             "allowed) or image files; ids are file stems (made unique)")
     parser.add_argument("--out", required=True, help="submission CSV to write (atomically)")
     add_config_args(parser, default="infer_default")
     add_device_arg(parser)
@@ -40,12 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.data.sartorius import list_images
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import load_models, predict_to_submission
+    from cellseg.sources import list_image_files
 
     cfg = load_inference_config(args.config, args.set)
-    input_path(args.images, "--images", kind="folder")
+    for path in args.images:
+        input_path(path, "--images")
     check_weights(args)
     output_file(args.out, "--out")
     for flag, folder in (("--save-masks", args.save_masks), ("--overlay", args.overlay)):
@@ -54,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
     if args.results is not None:
         output_file(args.results, "--results")
     # sizes are read with the images: a corrupt file must fail alone, not stop the listing
-    records = list_images(args.images, read_size=False)
+    records = list_image_files(args.images, read_size=False)
     if not records:
-        raise UserError("no images (*.png, *.tif)", where=f"--images {args.images}",
-                        fix="pass the folder holding the test images")
+        raise UserError("no images (*.png, *.tif)", where=f"--images {' '.join(args.images)}",
+                        fix="pass the folder(s) holding the test images")
     device = default_device(args.device)
     models = load_models(args.weights, device=device, weights=args.model_weights)
     failed = predict_to_submission(models, records, cfg, args.out, cell_type=args.cell_type,

@@ -3,9 +3,12 @@
     cellseg score --truth data/sartorius/train.csv --pred submission.csv
     cellseg score --truth data/sartorius --pred oof.csv --fold 0 --n-folds 5 --json score.json
     cellseg score --truth livecell_coco_val.json --pred results.json --report report/
+    cellseg score --truth data/sartorius data/livecell:val --pred mixed_submission.csv
 
-Truth (``--truth``): anything ``cellseg.data.loaders.load_records`` reads: a competition folder
-or train.csv, a LIVECell root (``--split``), a COCO JSON.
+Truth (``--truth``): one or more of what ``cellseg.data.loaders.load_records`` reads: a
+competition folder or train.csv, a LIVECell root, a COCO JSON; each optionally ``PATH:SPLIT``
+(``cellseg.sources``). Several sources are pooled as one set of images: the score is still the
+mean over images, and per cell type the mean over that type's images.
 Predictions (``--pred``): a submission.csv (``id,predicted``; rows have no score, so COCO AP
 gives each 1.0), or a COCO results JSON: a list of ``{image_id, segmentation (COCO RLE), score,
 category_id}``, ``image_id`` being the truth's COCO/LIVECell image id or the kit's image id.
@@ -31,12 +34,14 @@ from cellseg.errors import InputError, UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--truth", required=True, type=Path,
-                        help="train.csv / competition folder / LIVECell root / COCO JSON")
+    parser.add_argument("--truth", required=True, action="extend", nargs="+", metavar="SRC",
+                        help="train.csv / competition folder / LIVECell root / COCO JSON, "
+                             "optionally PATH:SPLIT; several are pooled")
     parser.add_argument("--pred", required=True, type=Path,
                         help="submission.csv or COCO results JSON")
     parser.add_argument("--split", default=None,
-                        help="split of a folder truth (competition: train; LIVECell: val)")
+                        help="split of the truth sources that name none "
+                             "(default: competition train, LIVECell val)")
     parser.add_argument("--ids", nargs="+", default=None, metavar="ID",
                         help="score only these image ids")
     add_fold_args(parser, what="score")
@@ -58,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     from cellseg.core import masks, metrics
     from cellseg.io import write_json
 
-    input_path(args.truth, "--truth")
     input_path(args.pred, "--pred", kind="file")
     if args.json is not None:
         output_file(args.json, "--json")
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         result["coco"] = None
     if extras:
         result["pred_extras"] = {k: float(np.mean(v)) for k, v in extras.items()}
-    result["truth"], result["pred"] = str(args.truth), str(args.pred)
+    result["truth"], result["pred"] = [str(t) for t in args.truth], str(args.pred)
     print(format_result(result))
     if args.json is not None:
         write_json(args.json, result)
@@ -105,16 +109,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_truth(path: Path, split: str | None) -> list:
-    from cellseg.data.loaders import detect, load_records
+def _load_truth(paths: Sequence[str], split: str | None) -> list:
+    from cellseg.sources import load_sources
 
-    kind = detect(path)
-    if split is None:
-        split = "val" if kind == "livecell" else "train"
-    records = load_records(path, split)
-    if not any(r.rles for r in records):
-        raise InputError(f"no annotated image in {kind} data (split {split})",
-                         where=f"--truth {path}", fix="pass labelled data or another --split")
+    records: list = []
+    seen: set[str] = set()
+    for spec in paths:
+        input_path(spec.rsplit(":", 1)[0] if ":" in spec and not Path(spec).exists() else spec,
+                   "--truth")
+        recs = load_sources([spec], split=split)
+        if not any(r.rles for r in recs):  # a source without annotations: wrong split?
+            raise InputError("no annotated image", where=f"--truth {spec}",
+                             fix="check its split (PATH:val, PATH:train or --split)")
+        dup = sorted(seen & {r.image_id for r in recs})
+        if dup:
+            raise UserError(f"image id(s) {dup[:3]} repeat an earlier source",
+                            where=f"--truth {spec}", fix="list each source once")
+        seen.update(r.image_id for r in recs)
+        records += recs
     return records
 
 

@@ -2,9 +2,14 @@
 
     cellseg tune --weights runs/unet/best.pt --data data/competition --fold 0 --out tuned.yaml
     cellseg predict --weights runs/unet/best.pt --config tuned.yaml --images test/ --out sub.csv
+    cellseg tune --weights runs/unet/best.pt --data data/sartorius --data data/livecell:val \
+        --decode --out tuned.yaml      # also the UNet decode thresholds (seed_thresh, ...)
 
 ``--data`` is anything ``cellseg.data.loaders.load_records`` reads (competition folder, train.csv,
-LIVECell root, COCO JSON). With ``--fold K`` only fold K of ``make_folds`` (the training split's
+LIVECell root, COCO JSON), optionally ``PATH:SPLIT``; repeat it (or list several) to pool sources.
+``--decode`` first tunes the dense family's decode arguments (``decode.seed_thresh`` etc., one
+global setting) on maps computed once, then the per-type thresholds on the tuned decode.
+With ``--fold K`` only fold K of ``make_folds`` (the training split's
 held-out fold, same ``--n-folds``/``--fold-seed`` as training) is used; without it, every record.
 Prints the score before and after; writes the tuned inference config atomically.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cellseg.commands.common import (add_config_args, add_device_arg, add_fold_args,
                                      add_progress_arg, add_weights_args, default_device,
@@ -23,8 +29,13 @@ from cellseg.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_weights_args(parser)
-    parser.add_argument("--data", required=True, help="labelled validation data")
-    parser.add_argument("--split", default="train", help="split for load_records (default: train)")
+    parser.add_argument("--data", required=True, action="extend", nargs="+", metavar="SRC",
+                        help="labelled validation data (PATH or PATH:SPLIT; several are pooled)")
+    parser.add_argument("--split", default=None,
+                        help="split of sources that name none (default: LIVECell val, else train)")
+    parser.add_argument("--decode", action="store_true",
+                        help="also tune the dense family's decode thresholds (UNet: seed_thresh, "
+                             "fg_thresh, border_thresh, min_marker_area); --cache is not used")
     add_fold_args(parser, what="tune on")
     parser.add_argument("--out", required=True, help="tuned inference config YAML to write")
     add_config_args(parser, default="infer_default", what="starting inference")
@@ -41,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.data.loaders import load_records
+    from cellseg.sources import load_sources
     from cellseg.infer import tune
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import class_names, load_models
@@ -49,19 +60,37 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_inference_config(args.config, args.set)
     check_weights(args, exist=False)
-    input_path(args.data, "--data")
+    for spec in args.data:
+        input_path(spec.rsplit(":", 1)[0] if ":" in spec and not Path(spec).exists() else spec,
+                   "--data")
     output_file(args.out, "--out")
     if args.report:
         output_file(args.report, "--report")
-    records = select_fold(load_records(args.data, split=args.split), args)
+    records = select_fold(load_sources(args.data, split=args.split), args)
     records = [r for r in records if r.rles]
     if args.max_images:
         records = records[:args.max_images]
     if not records:
-        raise UserError(f"no annotated images (fold {args.fold})", where=f"--data {args.data}",
+        raise UserError(f"no annotated images (fold {args.fold})",
+                        where=f"--data {' '.join(args.data)}",
                         fix="pass labelled data (train.csv / COCO) or another --fold")
-    raw = tune.load_cache(args.cache, records) if args.cache else None
+    decode_report = None
+    raw = tune.load_cache(args.cache, records) if args.cache and not args.decode else None
     models = None
+    if args.decode:
+        import dataclasses
+
+        check_weights(args)
+        device = default_device(args.device)
+        models = load_models(args.weights, device=device, weights=args.model_weights)
+        family, maps = tune.collect_dense(models, records, cfg, device=device,
+                                          progress=not args.no_progress)
+        decode_by_type = {"yes": True, "no": False}.get(
+            args.by_type, bool(cfg.cell_type_names) or bool(class_names(models)))
+        decode, decode_report = tune.tune_decode(family, maps, records, cfg, by_type=decode_by_type,
+                                                 progress=not args.no_progress)
+        cfg = dataclasses.replace(cfg, decode=decode)
+        raw = tune.raw_from_maps(family, maps, cfg, decode)
     if raw is None:
         check_weights(args)
         device = default_device(args.device)
@@ -83,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     tuned, report = tune.tune_thresholds(raw, records, cfg, progress=not args.no_progress,
                                          by_type=by_type)
+    if decode_report is not None:
+        # "before" is the score of the starting config, before the decode was tuned
+        report["before_decode"] = report["before"]
+        report["before"] = decode_report["before"]
+        report["decode"] = decode_report
     tune.write_config(args.out, tuned)
     if args.report:
         write_json(args.report, report)

@@ -171,3 +171,100 @@ def write_config(path: str | os.PathLike, cfg: InferenceConfig) -> None:
     from cellseg.config import save_yaml
 
     save_yaml(path, cfg)
+
+
+# ----------------------------------------------------------------------------- decode thresholds
+
+# candidate values of a dense family's decode keyword arguments (``InferenceConfig.decode``)
+DECODE_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
+    "unet": {
+        "seed_thresh": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+        "fg_thresh": (0.3, 0.4, 0.5, 0.6, 0.7),
+        "border_thresh": (0.3, 0.4, 0.5, 0.6, 0.7),
+        "min_marker_area": (2, 4, 8, 16, 32),
+    },
+}
+
+
+class _CaptureFamily:
+    """A dense family whose ``decode`` also records the stitched maps it is given, so one model
+    pass serves every decode setting tried later."""
+
+    def __init__(self, family: Any) -> None:
+        self._family = family
+        self.maps: list[np.ndarray] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._family, name)
+
+    def decode(self, dense: np.ndarray, **params: Any) -> Instances:
+        self.maps.append(np.asarray(dense, np.float32))
+        return self._family.decode(dense, **params)
+
+
+def collect_dense(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: InferenceConfig,
+                  *, device: Any = None, progress: bool = True) -> tuple[Any, list[np.ndarray]]:
+    """(family, one (K, H, W) float32 map per record): the ensemble- and TTA-averaged maps that
+    the decode sees, for models of ONE dense family (decode tuning needs nothing else)."""
+    fams = {fam.name for _, fam, _ in models}
+    if len(fams) != 1 or any(fam.kind != "dense" for _, fam, _ in models):
+        raise ValueError(f"decode tuning needs models of one dense family (e.g. unet), got "
+                         f"{sorted(fams)}; tune without --decode")
+    capture = _CaptureFamily(models[0][1])
+    wrapped = [(m, capture, w) for m, _, w in models]
+    collect_raw(wrapped, records, cfg, device=device, progress=progress)
+    if len(capture.maps) != len(records):
+        raise RuntimeError(f"captured {len(capture.maps)} maps for {len(records)} images")
+    return models[0][1], capture.maps
+
+
+def raw_from_maps(family: Any, maps: Sequence[np.ndarray], cfg: InferenceConfig,
+                  decode: dict[str, Any], total_weight: float = 1.0) -> list[Instances]:
+    """Raw instances as ``predict_raw`` would give them with ``decode`` (decode + the same vote)."""
+    from cellseg.infer.merge import vote
+
+    out = []
+    for m in maps:
+        inst = family.decode(m, **decode)
+        out.append(vote([inst], [total_weight], iou=cfg.vote_iou))
+    return out
+
+
+def tune_decode(family: Any, maps: Sequence[np.ndarray], records: Sequence["ImageRecord"],
+                cfg: InferenceConfig, *, by_type: bool = False, grids: dict | None = None,
+                rounds: int = 2, total_weight: float = 1.0, progress: bool = True
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Coordinate ascent over the decode keyword arguments (global: ``cfg.decode`` is not per
+    type), scoring with the current postprocessing thresholds; a value changes only for a strict
+    gain, so the result is never below the start. Returns (decode dict, report
+    {"before", "after", "decode"})."""
+    from cellseg.core.metrics import runs_from_rles
+
+    grids = DECODE_GRIDS.get(family.name) if grids is None else grids
+    if not grids:
+        raise ValueError(f"no decode grid for family {family.name!r}; decode tuning knows "
+                         f"{', '.join(DECODE_GRIDS)}")
+    truths = [runs_from_rles(r.rles, r.shape) for r in records]
+    types = [_type_key(r) if by_type else None for r in records]
+
+    def evaluate(params: dict[str, Any]) -> float:
+        raw = raw_from_maps(family, maps, cfg, params, total_weight)
+        return float(score_images(raw, truths, cfg, types).mean())
+
+    params = dict(cfg.decode)
+    best = start = evaluate(params)
+    for _ in range(max(1, rounds)):
+        changed = False
+        for name, values in grids.items():
+            for v in values:
+                cand = {**params, name: v}
+                if cand == params:
+                    continue
+                s = evaluate(cand)
+                if s > best + 1e-12:
+                    best, params, changed = s, cand, True
+        if not changed:
+            break
+    if progress:
+        print(f"tune decode: {start:.4f} -> {best:.4f} with {params}", file=sys.stderr)
+    return params, {"before": start, "after": best, "decode": params}

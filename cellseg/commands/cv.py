@@ -1,0 +1,99 @@
+"""`cellseg cv`: cross-validate a training recipe on a handful of annotated images.
+
+    cellseg cv --data ../shared/data/sartorius --data ../shared/data/livecell:val \\
+        --config unet_small_real --steps 300 --reference --out runs/cv
+    cellseg cv --data data/sartorius --folds 5 --steps 2000 --set optim.lr=5e-4 --out runs/cv5
+
+Leave-one-image-out by default (``--folds K``: K grouped folds). Each fold trains the recipe with
+``python -m cellseg train`` for ``--steps`` steps (``--threads`` per process), predicts the held-out
+images and scores them with the competition metric; ``--reference`` also runs the plain-UNet
+benchmark (``bench/plain_unet.py``) on the same folds and budget. Prints mean ± sd per method and
+cell type and every image's score; writes ``OUT/cv.json`` and ``OUT/cv.csv``. ``--resume`` reuses
+finished folds; ``--report-only`` summarises what is finished (e.g. while a run goes on).
+The logic lives in ``cellseg.cv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", action="append", required=True, metavar="SRC",
+                        help="annotated source: competition folder, train.csv, LIVECell root or "
+                             "COCO JSON, optionally PATH:SPLIT (repeat for several)")
+    parser.add_argument("--split", default=None,
+                        help="split of sources that name none (default: LIVECell val, else train)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", default="unet_small_real", help="training config (recipe)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="training config override (repeatable)")
+    parser.add_argument("--steps", type=int, default=300, help="optimiser steps per fold")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="K grouped folds (default: leave one image out)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the plain-UNet reference (bench/plain_unet.py)")
+    parser.add_argument("--only-reference", action="store_true",
+                        help="run only the plain-UNet reference")
+    parser.add_argument("--infer-config", default="infer_default",
+                        help="inference config for the kit's predictions")
+    parser.add_argument("--infer-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="inference config override, e.g. decode.seed_thresh=0.7")
+    parser.add_argument("--tta", action="store_true", help="flip TTA for both methods")
+    parser.add_argument("--threads", type=int, default=1, help="threads per training process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="use only the first N annotated images")
+    parser.add_argument("--overlays", default=None, metavar="DIR",
+                        help="write TP/FP/FN overlays of the held-out predictions here")
+    parser.add_argument("--extra-train", action="append", default=[], metavar="SRC",
+                        help="also train every fold on this source (e.g. pseudo-labels); "
+                             "never scored")
+    parser.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only summarise the folds already finished in --out (train nothing)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cellseg.config import ConfigError, load_train_config
+    from cellseg.cv import CVSettings, format_table, run_cv
+    from cellseg.infer.config import load_inference_config
+    from cellseg.sources import load_sources
+
+    if args.steps < 1:
+        print(f"cellseg cv: --steps {args.steps} must be >= 1", file=sys.stderr)
+        return 2
+    methods = (("plain",) if args.only_reference
+               else ("kit", "plain") if args.reference else ("kit",))
+    try:
+        # check the configs before any training starts
+        load_train_config(args.config, args.overrides)
+        load_inference_config(args.infer_config, args.infer_set)
+        records = load_sources(args.data, split=args.split, annotated=True)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"cellseg cv: {exc}", file=sys.stderr)
+        return 2
+    if args.max_images:
+        records = records[:args.max_images]
+    n_folds = args.folds
+    if len(records) < 2 or (n_folds is not None and n_folds < 2):
+        print(f"cellseg cv: {len(records)} annotated image(s) in {args.data} and --folds "
+              f"{n_folds}; cross-validation needs >= 2 images and >= 2 folds", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, args.threads))
+    settings = CVSettings(config=args.config, overrides=tuple(args.overrides), steps=args.steps,
+                          n_folds=n_folds, methods=methods, infer_config=args.infer_config,
+                          infer_overrides=tuple(args.infer_set), tta=args.tta,
+                          threads=args.threads, seed=args.seed, resume=args.resume,
+                          overlays=args.overlays, extra_train=tuple(args.extra_train),
+                          report_only=args.report_only)
+    extra = {"command": ["cellseg", "cv", *sys.argv[2:]] if sys.argv[1:2] == ["cv"] else None,
+             "sources": list(args.data)}
+    summary, rows = run_cv(records, args.out, settings,
+                           log=lambda m: print(m, file=sys.stderr, flush=True), extra=extra)
+    print(format_table(summary, rows))
+    print(f"wrote {args.out}/cv.json and {args.out}/cv.csv")
+    return 0

@@ -1,0 +1,350 @@
+"""Cross-validation on a handful of annotated images: is a recipe better than another?
+
+    cellseg cv --data ../shared/data/sartorius --data ../shared/data/livecell:val \\
+        --config unet_small_real --steps 300 --reference --out runs/cv
+
+Folds: leave-one-image-out (the default), or ``n_folds`` grouped folds (``make_folds``: frames of
+one sample / LIVECell well stay together, cell types spread). For every fold:
+
+1. The fold's training images and its held-out images are written as two competition-layout
+   folders (``fold_K/train_data``, ``fold_K/test_data``; images stored once as PNG in
+   ``images/`` and linked), whatever their sources were.
+2. ``kit``: the recipe is trained through the public entry point, ``python -m cellseg train``, in a
+   subprocess (``OMP_NUM_THREADS`` = ``threads``) with ``train.max_steps`` = the step budget and no
+   validation split; the held-out images are predicted with the inference config (the UNet's cell
+   type is unknown at test time, so ``default`` thresholds apply, as in ``cellseg predict``).
+   ``extra_train`` sources (e.g. a pseudo-labelled folder) join every fold's training set; they
+   are never scored. (Pseudo-labels from a teacher that saw the held-out image leak it: for an
+   honest gain, make them with a teacher trained without it.)
+3. ``plain`` (``reference=True``): ``python -m bench.plain_unet`` on the same folders and budget.
+4. Both are scored by ``cellseg.core.metrics.match_image``; results per fold and method are saved as
+   ``fold_K/<method>/result.json`` (``resume=True`` reuses them).
+
+The report (``cv.json``, ``cv.csv``, written atomically; and the printed table) gives, per method,
+the mean and sample standard deviation of the image scores, per cell type, and per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cellseg.data.record import ImageRecord
+
+METHODS = ("kit", "plain")
+STEPS_PER_EPOCH = 25  # with a few images, repeat the fold's folder so an epoch is about this long
+
+
+@dataclass(frozen=True)
+class CVSettings:
+    """Everything that defines a CV run (recorded in ``cv.json``)."""
+
+    config: str = "unet_small_real"
+    overrides: tuple[str, ...] = ()
+    steps: int = 300
+    n_folds: int | None = None  # None: leave one image out
+    methods: tuple[str, ...] = ("kit",)
+    infer_config: str = "infer_default"
+    infer_overrides: tuple[str, ...] = ()
+    tta: bool = False
+    threads: int = 1
+    seed: int = 0
+    resume: bool = False
+    overlays: str | None = None
+    extra_train: tuple[str, ...] = ()  # added to every fold's training set, never scored
+    report_only: bool = False  # summarise the finished folds of ``out``; train nothing
+
+
+def make_cv_folds(records: Sequence["ImageRecord"], n_folds: int | None = None,
+                  seed: int = 0) -> list[list[str]]:
+    """Held-out image ids of each fold: one image per fold (``n_folds`` None or >= the number of
+    images), else ``make_folds`` groups (sample / well kept together, cell types spread)."""
+    ids = [r.image_id for r in records]
+    if len(ids) < 2:
+        raise ValueError(f"cross-validation needs at least 2 annotated images, got {len(ids)}")
+    if n_folds is None or n_folds >= len(ids):
+        return [[i] for i in ids]
+    from cellseg.data.folds import make_folds
+
+    folds = make_folds(records, n_folds=n_folds, seed=seed)
+    return [[i for i in ids if folds[i] == k] for k in range(n_folds)]
+
+
+def repo_root() -> Path | None:
+    """The source checkout holding ``bench/`` (the plain reference lives there), or None."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "bench" / "plain_unet.py").is_file() else None
+
+
+def _env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[key] = str(threads)
+    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    env.setdefault("MPLBACKEND", "Agg")
+    root = repo_root()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _run_logged(cmd: list[str], log_path: Path, threads: int, what: str) -> float:
+    """Run ``cmd`` with its output in ``log_path``; return seconds; raise with the log's tail."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as fh:
+        fh.write(" ".join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(threads))
+    if rc != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{what} failed (exit {rc}); log {log_path}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def kit_train_command(settings: CVSettings, train_data: Path, n_train: int, out: Path
+                      ) -> list[str]:
+    """The ``python -m cellseg train`` command of one fold: an epoch is about ``STEPS_PER_EPOCH``
+    steps (``data.samples_per_epoch`` where the config has it, else the folder listed repeatedly),
+    so the schedule spans about ``settings.steps`` and checkpoints are not written every step."""
+    from cellseg.config import load_train_config
+
+    cfg = load_train_config(settings.config, settings.overrides, check_model=False)
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    cmd = [sys.executable, "-m", "cellseg", "train", "--config", settings.config,
+           "--out", str(out), "--no-progress"]
+    sets = []
+    if "samples_per_epoch" in {f.name for f in dataclasses.fields(cfg.data)}:
+        # the loop draws this many samples per epoch from the listed images
+        steps_per_epoch = STEPS_PER_EPOCH
+        cmd += ["--data", str(train_data)]
+        sets.append(f"data.samples_per_epoch={STEPS_PER_EPOCH * per_step}")
+    else:  # older loops: an epoch is one pass over data.sources, so list the folder repeatedly
+        repeat = max(1, math.ceil(STEPS_PER_EPOCH * per_step / max(n_train, 1)))
+        steps_per_epoch = math.ceil(repeat * n_train / per_step)
+        for _ in range(repeat):
+            cmd += ["--data", str(train_data)]
+    for src in settings.extra_train:  # e.g. a pseudo-labelled folder
+        cmd += ["--data", str(src)]
+    epochs = max(1, math.ceil(settings.steps / steps_per_epoch))
+    for o in (*settings.overrides, *sets, "data.fold=null", "data.val_split=null",
+              f"train.max_steps={settings.steps}", f"train.epochs={epochs}",
+              f"train.seed={settings.seed}"):
+        cmd += ["--set", o]
+    return cmd
+
+
+def plain_command(settings: CVSettings, train_data: Path, test_data: Path, out: Path) -> list[str]:
+    """The ``python -m bench.plain_unet`` command of one fold."""
+    if repo_root() is None:
+        raise FileNotFoundError("the plain reference (bench/plain_unet.py) is not beside this "
+                                "cellseg package; run cellseg cv --reference from a source "
+                                "checkout")
+    cmd = [sys.executable, "-m", "bench.plain_unet", "--train", str(train_data),
+           *map(str, settings.extra_train), "--test", str(test_data), "--out", str(out),
+           "--steps", str(settings.steps), "--seed", str(settings.seed),
+           "--threads", str(settings.threads)]
+    return cmd + (["--tta"] if settings.tta else [])
+
+
+def score_rows(method: str, fold: int, records: Sequence["ImageRecord"], preds: dict[str, Any],
+               seconds: float, overlay_dir: str | None = None) -> list[dict[str, Any]]:
+    """One row per held-out record: competition score of ``preds[image_id]`` (label image,
+    ``Runs``, RLE list or ``Instances``; missing = no prediction)."""
+    from cellseg.core import metrics
+
+    rows = []
+    for r in records:
+        truth = metrics.runs_from_rles(r.rles, r.shape)
+        pred = metrics.as_runs(preds.get(r.image_id, []), r.shape)
+        res = metrics.match_image(truth, pred, r.shape, image_id=r.image_id,
+                                  cell_type=r.cell_type)
+        rows.append({"method": method, "fold": fold, "image_id": r.image_id,
+                     "cell_type": r.cell_type or "unknown", "source": r.source,
+                     "score": float(res.score), "n_true": int(res.n_true),
+                     "n_pred": int(res.n_pred), "seconds": round(seconds, 1)})
+        if overlay_dir is not None:
+            write_overlay(Path(overlay_dir) / f"{method}_{r.image_id}.png", r.read_image(),
+                          truth, pred, res)
+    return rows
+
+
+def write_overlay(path: Path, image: np.ndarray, truth: Any, pred: Any, result: Any) -> None:
+    """``cellseg.report.overlay`` (TP green, FP red, FN yellow at IoU > 0.5) as an RGB PNG."""
+    from cellseg.io import write_png
+    from cellseg.report import overlay
+
+    rgb = (overlay(image, truth, pred, result) * 255).round().astype(np.uint8)
+    write_png(path, rgb[..., ::-1])  # OpenCV writes BGR
+
+
+def _kit_predict(ckpt: Path, records: Sequence["ImageRecord"], settings: CVSettings) -> dict:
+    from cellseg.infer.config import load_inference_config
+    from cellseg.infer.predict import load_models, predict_images
+
+    overrides = list(settings.infer_overrides) + (["tta=[h,v,hv]"] if settings.tta else [])
+    cfg = load_inference_config(settings.infer_config, overrides)
+    models = load_models([ckpt], device="cpu")
+    preds = predict_images(models, [r.read_image() for r in records], cfg,
+                           cell_types=[None] * len(records), device="cpu")
+    return {r.image_id: p for r, p in zip(records, preds)}
+
+
+def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRecord"],
+             out: Path, settings: CVSettings, log: Callable[[str], None] = print
+             ) -> list[dict[str, Any]]:
+    """Train and score every method of one fold; returns the score rows."""
+    from cellseg.export import write_competition_folder
+    from cellseg.io import write_json
+
+    fold_dir = out / f"fold_{fold}"
+    train_data, test_data = fold_dir / "train_data", fold_dir / "test_data"
+    write_competition_folder(train, train_data, store=out / "images")
+    write_competition_folder(held, test_data, store=out / "images")
+    rows: list[dict[str, Any]] = []
+    infer_key = [settings.infer_config, list(settings.infer_overrides), settings.tta]
+    for method in settings.methods:
+        mdir = fold_dir / method
+        done = mdir / "result.json"
+        if method == "kit":
+            cmd = kit_train_command(settings, train_data, len(train), mdir)
+        elif method == "plain":
+            cmd = plain_command(settings, train_data, test_data, mdir)
+        else:
+            raise ValueError(f"unknown cv method {method!r}; valid: {', '.join(METHODS)}")
+        if (settings.resume or settings.report_only) and done.is_file():
+            import json
+
+            saved = json.loads(done.read_text())
+            # reuse only a result of the same training command and inference settings
+            if saved.get("command") == cmd and saved.get("infer", infer_key) == infer_key:
+                rows += saved["rows"]
+                log(f"fold {fold} {method}: reused {done}")
+                continue
+            log(f"fold {fold} {method}: {done} was made with other settings; running again")
+        if settings.report_only:
+            log(f"fold {fold} {method}: not finished, left out of the report")
+            continue
+        if method == "kit":
+            secs = _run_logged(cmd, mdir / "train.log", settings.threads,
+                               f"fold {fold} kit training")
+            ckpt = mdir / "best.pt" if (mdir / "best.pt").is_file() else mdir / "last.pt"
+            preds = _kit_predict(ckpt, held, settings)
+        else:
+            secs = _run_logged(cmd, mdir / "train.log", settings.threads,
+                               f"fold {fold} plain reference")
+            from cellseg.core.submission import read_submission
+
+            preds = dict(read_submission(mdir / "pred.csv"))
+        fold_rows = score_rows(method, fold, held, preds, secs, settings.overlays)
+        write_json(done, {"command": cmd, "infer": infer_key, "rows": fold_rows})
+        rows += fold_rows
+        log(f"fold {fold} {method}: " + ", ".join(f"{r['image_id']} {r['score']:.4f} "
+                                                   f"({r['n_pred']}/{r['n_true']} cells)"
+                                                   for r in fold_rows) + f" [{secs:.0f} s]")
+    return rows
+
+
+def _mean_sd(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()) if v.size else float("nan"),
+            "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: mean ± sd over images, per cell type, per fold, and the image scores."""
+    out: dict[str, Any] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        types = sorted({r["cell_type"] for r in mine})
+        folds = sorted({r["fold"] for r in mine})
+        out[method] = {
+            **_mean_sd([r["score"] for r in mine]),
+            "per_cell_type": {t: _mean_sd([r["score"] for r in mine if r["cell_type"] == t])
+                              for t in types},
+            "per_fold": {str(f): _mean_sd([r["score"] for r in mine if r["fold"] == f])["mean"]
+                         for f in folds},
+            "per_image": {r["image_id"]: r["score"] for r in mine},
+            "n_pred": int(sum(r["n_pred"] for r in mine)),
+            "n_true": int(sum(r["n_true"] for r in mine)),
+            "seconds": float(sum(r["seconds"] for r in mine)),
+        }
+    return out
+
+
+def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """The printed report: one line per method (mean ± sd, per cell type), then per image."""
+    methods = list(summary)
+    types = sorted({r["cell_type"] for r in rows})
+    head = f"{'method':<8} {'score (mean ± sd)':>18} " + " ".join(f"{t:>14}" for t in types)
+    lines = [head]
+    for m in methods:
+        s = summary[m]
+        pt = s["per_cell_type"]
+        cells = " ".join(f"{pt[t]['mean']:>7.4f}±{pt[t]['sd']:<6.4f}" if t in pt else f"{'-':>14}"
+                         for t in types)
+        lines.append(f"{m:<8} {s['mean']:>9.4f} ± {s['sd']:<6.4f} {cells}")
+    lines.append("")
+    lines.append(f"{'fold':>4} {'image':<36} {'type':<8} {'true':>5} " +
+                 " ".join(f"{m + ' score':>11} {m + ' pred':>9}" for m in methods))
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        key = (r["fold"], r["image_id"], r["cell_type"], r["n_true"])
+        by_key.setdefault(key, {})[r["method"]] = r
+    for (fold, image_id, ctype, n_true), per in sorted(by_key.items()):
+        cells = " ".join(f"{per[m]['score']:>11.4f} {per[m]['n_pred']:>9d}" if m in per
+                         else f"{'-':>11} {'-':>9}" for m in methods)
+        lines.append(f"{fold:>4} {image_id:<36} {ctype:<8} {n_true:>5} {cells}")
+    return "\n".join(lines)
+
+
+def write_reports(out: Path, settings: CVSettings, folds: list[list[str]],
+                  rows: list[dict[str, Any]], extra: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Write ``out/cv.json`` and ``out/cv.csv`` atomically; return the summary."""
+    import csv
+    import dataclasses
+
+    from cellseg.io import atomic_open, write_json
+
+    summary = summarise(rows)
+    write_json(out / "cv.json", {"settings": dataclasses.asdict(settings), "folds": folds,
+                                 "summary": summary, "rows": rows, **(extra or {})})
+    keys = ["method", "fold", "image_id", "cell_type", "source", "score", "n_true", "n_pred",
+            "seconds"]
+    with atomic_open(out / "cv.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in keys})
+    return summary
+
+
+def run_cv(records: Sequence["ImageRecord"], out: str | os.PathLike, settings: CVSettings,
+           log: Callable[[str], None] = print, extra: dict[str, Any] | None = None
+           ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Cross-validate ``settings.methods`` over the annotated ``records``; returns (summary, rows)
+    and writes the reports after every fold (a killed run keeps what it finished)."""
+    records = [r for r in records if r.rles]
+    folds = make_cv_folds(records, settings.n_folds, settings.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    by_id = {r.image_id: r for r in records}
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    for k, held_ids in enumerate(folds):
+        held = [by_id[i] for i in held_ids]
+        train = [r for r in records if r.image_id not in set(held_ids)]
+        rows += run_fold(k, held, train, out, settings, log)
+        summary = write_reports(out, settings, folds, rows, extra)
+    return summary, rows

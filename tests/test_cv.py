@@ -1,0 +1,104 @@
+"""`cellseg cv`: folds, summaries, the fold's training command, and a tiny real run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from cellseg.cv import CVSettings, kit_train_command, make_cv_folds, summarise
+from cellseg.data.record import ImageRecord
+
+
+def _rec(i: str, ctype: str, sample: str | None = None) -> ImageRecord:
+    return ImageRecord(i, Path(f"{i}.png"), 8, 8, cell_type=ctype, sample_id=sample,
+                       rles=("1 3",))
+
+
+def test_leave_one_out_and_grouped_k_fold() -> None:
+    recs = [_rec("a", "x", "s1"), _rec("b", "x", "s1"), _rec("c", "y"), _rec("d", "y")]
+    assert make_cv_folds(recs) == [["a"], ["b"], ["c"], ["d"]]
+    assert make_cv_folds(recs, n_folds=10) == [["a"], ["b"], ["c"], ["d"]]
+    folds = make_cv_folds(recs, n_folds=2)
+    assert sorted(i for f in folds for i in f) == ["a", "b", "c", "d"]
+    # frames of one sample are never split between training and held-out
+    assert any({"a", "b"} <= set(f) for f in folds)
+    with pytest.raises(ValueError, match="at least 2"):
+        make_cv_folds(recs[:1])
+
+
+def test_summary_mean_sd_per_type() -> None:
+    rows = [{"method": "kit", "fold": k, "image_id": str(k), "cell_type": t, "source": "s",
+             "score": s, "n_true": 10, "n_pred": 5, "seconds": 1.0}
+            for k, (t, s) in enumerate([("x", 0.1), ("x", 0.3), ("y", 0.5)])]
+    s = summarise(rows)["kit"]
+    assert s["mean"] == pytest.approx(0.3) and s["sd"] == pytest.approx(0.2) and s["n"] == 3
+    assert s["per_cell_type"]["x"]["mean"] == pytest.approx(0.2)
+    assert s["per_cell_type"]["y"] == {"mean": 0.5, "sd": 0.0, "n": 1}
+
+
+def test_kit_command_repeats_the_fold_for_a_real_epoch(tmp_path) -> None:
+    import dataclasses
+
+    from cellseg.config import DataConfig
+
+    cmd = kit_train_command(CVSettings(config="unet_small_real", steps=100), tmp_path, 5,
+                            tmp_path / "out")
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    # batch 8, 25 steps per epoch -> 4 epochs for 100 steps
+    assert {"train.max_steps=100", "train.epochs=4", "data.fold=null"} <= set(sets)
+    if "samples_per_epoch" in {f.name for f in dataclasses.fields(DataConfig)}:
+        assert cmd.count("--data") == 1 and "data.samples_per_epoch=200" in sets
+    else:  # 25 steps * 8 / 5 images -> the folder listed 40 times
+        assert cmd.count("--data") == 40
+    assert cmd[1:4] == ["-m", "cellseg", "train"]
+
+
+def test_cv_tiny_run_on_real_samples(tmp_path, shared_sartorius, shared_livecell) -> None:
+    """2 images, leave one out, kit (unet_tiny) and the plain reference, 1 step each."""
+    from cellseg.cli import main
+
+    out = tmp_path / "cv"
+    argv = ["cv", "--data", str(shared_sartorius), "--data", f"{shared_livecell}:val",
+            "--max-images", "2", "--config", "unet_tiny", "--steps", "1", "--reference",
+            "--out", str(out), "--overlays", str(tmp_path / "ov")]
+    assert main(argv) == 0
+    result = json.loads((out / "cv.json").read_text())
+    held = [f[0] for f in result["folds"]]
+    assert len(held) == 2 and len(set(held)) == 2
+    for k, image_id in enumerate(held):
+        # the held-out image never reaches that fold's training data
+        with open(out / f"fold_{k}" / "train_data" / "train.csv") as fh:
+            assert image_id not in {row["id"] for row in csv.DictReader(fh)}
+    rows = result["rows"]
+    assert sorted((r["method"], r["image_id"]) for r in rows) == sorted(
+        (m, i) for m in ("kit", "plain") for i in held)
+    for m in ("kit", "plain"):
+        scores = [r["score"] for r in rows if r["method"] == m]
+        assert result["summary"][m]["mean"] == pytest.approx(sum(scores) / 2)
+        assert all(0.0 <= s <= 1.0 for s in scores)
+    with open(out / "cv.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    assert len(list((tmp_path / "ov").glob("*.png"))) == 4
+    # --resume reuses finished folds instead of training again
+    log = out / "fold_0" / "kit" / "train.log"
+    stamp = log.stat().st_mtime_ns
+    assert main(argv + ["--resume"]) == 0
+    assert log.stat().st_mtime_ns == stamp
+    assert json.loads((out / "cv.json").read_text())["rows"] == rows
+    # --report-only trains nothing: results of another step budget are left out, not reused
+    stale = [("2" if a == "1" and argv[i - 1] == "--steps" else a) for i, a in enumerate(argv)]
+    assert main(stale + ["--report-only"]) == 0
+    assert json.loads((out / "cv.json").read_text())["rows"] == []
+    assert log.stat().st_mtime_ns == stamp
+
+
+def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius) -> None:
+    from cellseg.cli import main
+
+    base = ["cv", "--out", str(tmp_path / "o"), "--steps", "1"]
+    assert main(base + ["--data", str(tmp_path / "missing")]) == 2
+    assert main(base + ["--data", str(shared_sartorius)]) == 2  # one image cannot be split
+    assert main(base + ["--data", str(shared_sartorius), "--set", "optim.nope=1"]) == 2
