@@ -10,7 +10,7 @@ cross-entropy + soft Dice, Adam 1e-3 with cosine decay over the run, random 256x
 flips and 90-degree rotations, batch 8, per-image standardisation. Inference runs the whole image
 (padded to a multiple of 32; optional 4-flip TTA) and splits cells by watershed on interior
 markers. The loop, targets, loss and decode are written here, independently of the kit, on
-purpose: only reading annotations (``cellseg.sources``), RLE encoding and the competition metric
+purpose: only reading annotations (``cellseg.data.sources``), RLE encoding and the competition metric
 (``cellseg.core.metrics``) are shared, so both methods are scored by the same code.
 
 ``cellseg cv --reference`` runs this module as a subprocess per fold. Outputs in ``--out``:
@@ -59,7 +59,7 @@ def standardise(image: np.ndarray) -> np.ndarray:
 
 def load_annotated(specs: Sequence[str]) -> list:
     """Annotated records of ``specs`` (paths, optionally ``PATH:SPLIT``)."""
-    from cellseg.sources import load_sources
+    from cellseg.data.sources import load_sources
 
     return load_sources(specs, annotated=True)
 
@@ -198,7 +198,7 @@ def run(train_specs: Sequence[str], test_specs: Sequence[str], out: str | os.Pat
 
     from cellseg.core import metrics, rle
     from cellseg.io import write_json
-    from cellseg.sources import load_sources
+    from cellseg.data.sources import load_sources
     from cellseg.core.submission import SubmissionWriter
 
     out = Path(out)

@@ -1,4 +1,4 @@
-"""Several sources at once: ``cellseg.sources``, ``score --truth A B``, ``predict --images A B``."""
+"""Several sources at once: ``cellseg.data.sources``, ``score --truth A B``, ``predict --images A B``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cellseg.sources import list_image_files, load_sources, parse_source
+from cellseg.data.sources import list_image_files, load_sources, parse_source
 
 
 def test_parse_source_reads_a_split_suffix_only_when_it_is_one(tmp_path) -> None:
@@ -26,7 +26,7 @@ def test_load_sources_mixes_competition_and_livecell(shared_sartorius, shared_li
     assert [r.source for r in recs].count("livecell") == 5  # LIVECell root defaults to val
     with pytest.raises(ValueError, match="is in both"):
         load_sources([str(shared_sartorius), str(shared_sartorius / "train.csv")])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):  # SourceError: one CLI line
         load_sources([str(shared_sartorius / "nope")])
 
 
@@ -73,14 +73,15 @@ def test_score_truth_several_sources_averages_per_image(tmp_path, shared_sartori
     assert result["per_cell_type"]["shsy5y"] == 1.0 and result["per_cell_type"]["MCF7"] == 0.0
 
 
-def test_score_truth_source_without_annotations_is_an_error(tmp_path, shared_sartorius) -> None:
+def test_score_truth_source_without_annotations_is_an_error(tmp_path, shared_sartorius,
+                                                             capsys) -> None:
     from cellseg.cli import main
 
     sub = tmp_path / "s.csv"
     sub.write_text("id,predicted\n")
-    with pytest.raises(SystemExit, match="no annotated image"):
-        main(["score", "--truth", str(shared_sartorius), f"{shared_sartorius}:test",
-              "--pred", str(sub)])
+    assert main(["score", "--truth", str(shared_sartorius), f"{shared_sartorius}:test",
+                 "--pred", str(sub)]) == 2
+    assert "no annotated image" in capsys.readouterr().err
 
 
 def test_predict_images_several_and_nested_folders(tmp_path, shared_sartorius,

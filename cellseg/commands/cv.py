@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from cellseg.config import ConfigError, load_train_config
     from cellseg.cv import CVSettings, format_table, run_cv
     from cellseg.infer.config import load_inference_config
-    from cellseg.sources import load_sources
+    from cellseg.data.sources import load_sources
 
     if args.steps < 1:
         print(f"cellseg cv: --steps {args.steps} must be >= 1", file=sys.stderr)

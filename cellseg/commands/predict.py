@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import load_models, predict_to_submission
-    from cellseg.sources import list_image_files
+    from cellseg.data.sources import list_image_files
 
     cfg = load_inference_config(args.config, args.set)
     for path in args.images:

@@ -74,7 +74,7 @@ def _pseudo_args(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from cellseg.config import ConfigError
     from cellseg.infer.config import load_inference_config
-    from cellseg.sources import list_image_files
+    from cellseg.data.sources import list_image_files
 
     try:
         cfg = load_inference_config(args.config, args.set + (["tta=[h,v,hv]"] if args.tta else []))

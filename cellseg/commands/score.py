@@ -7,7 +7,7 @@
 
 Truth (``--truth``): one or more of what ``cellseg.data.loaders.load_records`` reads: a
 competition folder or train.csv, a LIVECell root, a COCO JSON; each optionally ``PATH:SPLIT``
-(``cellseg.sources``). Several sources are pooled as one set of images: the score is still the
+(``cellseg.data.sources``). Several sources are pooled as one set of images: the score is still the
 mean over images, and per cell type the mean over that type's images.
 Predictions (``--pred``): a submission.csv (``id,predicted``; rows have no score, so COCO AP
 gives each 1.0), or a COCO results JSON: a list of ``{image_id, segmentation (COCO RLE), score,
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from cellseg.core import masks, metrics
     from cellseg.io import write_json
 
+    for spec in args.truth:
+        input_path(_source_path(spec), "--truth")
     input_path(args.pred, "--pred", kind="file")
     if args.json is not None:
         output_file(args.json, "--json")
@@ -109,15 +111,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_path(spec: str) -> str:
+    """The path of a ``PATH[:SPLIT]`` source spec."""
+    return spec.rsplit(":", 1)[0] if ":" in spec and not Path(spec).exists() else spec
+
+
 def _load_truth(paths: Sequence[str], split: str | None) -> list:
-    from cellseg.sources import load_sources
+    from cellseg.data.sources import load_sources
 
     records: list = []
     seen: set[str] = set()
     for spec in paths:
-        input_path(spec.rsplit(":", 1)[0] if ":" in spec and not Path(spec).exists() else spec,
-                   "--truth")
-        recs = load_sources([spec], split=split)
+        recs = load_sources([spec], split=split, check_images=False)
         if not any(r.rles for r in recs):  # a source without annotations: wrong split?
             raise InputError("no annotated image", where=f"--truth {spec}",
                              fix="check its split (PATH:val, PATH:train or --split)")

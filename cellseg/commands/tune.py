@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.sources import load_sources
+    from cellseg.data.sources import load_sources
     from cellseg.infer import tune
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import class_names, load_models
@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     output_file(args.out, "--out")
     if args.report:
         output_file(args.report, "--report")
+    if args.fold is not None:  # before reading any data
+        from cellseg.data.folds import check_fold
+
+        check_fold(args.fold, args.n_folds)
     records = select_fold(load_sources(args.data, split=args.split), args)
     records = [r for r in records if r.rles]
     if args.max_images:
