@@ -54,8 +54,7 @@ def _checkpoint(family: str, config: str, path: Path) -> Path:
     torch.manual_seed(0)
     cfg = load_train_config(config, check_model=False)
     model = get_family(family).build(**cfg.model.args)
-    args = getattr(model, "cellseg_args", None) or dict(cfg.model.args)
-    save_checkpoint(path, model=model.state_dict(), family=family, model_args=args)
+    save_checkpoint(path, model=model.state_dict(), spec=model.spec)
     return path
 
 

@@ -6,8 +6,11 @@
 A checkpoint is a plain dict saved with ``torch.save``:
 
     model        state_dict of the network (EMA weights live apart, under "ema")
-    family       "unet" | "maskrcnn" | "promptseg"
-    model_args   keyword arguments of ``family.build`` (so loading needs nothing but this file)
+    spec         ``model.spec.to_dict()`` (``cellseg.models.base.ModelSpec``: family, build
+                 arguments, norm, class map): what ``load_model`` rebuilds the network from
+    family       "unet" | "maskrcnn" | "promptseg" (copied from ``spec``)
+    model_args   keyword arguments of ``family.build`` (copied from ``spec``; checkpoints written
+                 before ``spec`` existed have only ``family`` / ``model_args``, and load from them)
     config       the full training config as a plain dict (``cellseg.config.to_dict``)
     epoch, step  progress counters (epoch = number of finished epochs)
     metrics      validation metrics, e.g. {"score": 0.31, ...}
@@ -97,13 +100,22 @@ def _check_plain(obj: Any, where: str) -> None:
 def save_checkpoint(path: str | os.PathLike, **state: Any) -> str:
     """Atomically write ``state`` (see module docstring) to ``path``; return the file's sha256.
 
-    ``version`` and ``format`` are filled in when absent. Also writes ``<path>.sha256``
-    (``"<hex>  <name>\\n"``, the ``sha256sum`` format).
+    Pass ``spec=model.spec`` (a ``ModelSpec`` or its ``to_dict()``): ``family`` and
+    ``model_args`` are filled in from it. ``version`` and ``format`` are filled in when absent.
+    Also writes ``<path>.sha256`` (``"<hex>  <name>\\n"``, the ``sha256sum`` format).
     """
     import torch
 
+    spec = state.get("spec")
+    if spec is not None:
+        spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+        state["spec"] = spec
+        if state.setdefault("family", spec["family"]) != spec["family"]:
+            raise ValueError(f"save_checkpoint: family={state['family']!r} but the spec is of "
+                             f"family {spec['family']!r}; pass only spec=")
+        state.setdefault("model_args", spec["args"])
     if "model" not in state or "family" not in state:
-        raise ValueError("save_checkpoint needs at least model=<state_dict> and family=<name>")
+        raise ValueError("save_checkpoint needs at least model=<state_dict> and spec=model.spec")
     state.setdefault("model_args", {})
     state.setdefault("version", code_version())
     state.setdefault("format", FORMAT_VERSION)
@@ -155,29 +167,47 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
     return ckpt
 
 
+def build_args(ckpt: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(family name, ``build`` keyword arguments) of a checkpoint dict: from its ``spec``, or from
+    ``family`` / ``model_args`` in checkpoints written before the spec existed."""
+    spec = ckpt.get("spec")
+    if spec:
+        from cellseg.models.base import ModelSpec
+
+        spec = ModelSpec.from_dict(spec)
+        return spec.family, dict(spec.args)
+    return str(ckpt["family"]), dict(ckpt.get("model_args") or {})
+
+
 def load_model(path: str | os.PathLike, device: Any = "cpu", *, ema: bool = True,
                verify: bool = False) -> tuple["torch.nn.Module", Any, dict[str, Any]]:  # noqa: F821
     """Rebuild the network from the checkpoint alone and load its weights.
 
-    Returns ``(model in eval mode on device, family, checkpoint dict)``. With ``ema`` the EMA
-    weights are used when the checkpoint has them.
+    The network is built from the checkpoint's ``spec`` (``build_args``), so ``model.spec`` is
+    the one the training run had. Returns ``(model in eval mode on device, family, checkpoint
+    dict)``. With ``ema`` the EMA weights are used when the checkpoint has them.
     """
     from cellseg.models import get_family
 
     ckpt = load_checkpoint(path, map_location="cpu", verify=verify)
-    family = get_family(ckpt["family"])
     try:
-        model = family.build(**dict(ckpt.get("model_args") or {}))
+        name, args = build_args(ckpt)
+        family = get_family(name)
+    except (KeyError, ValueError) as exc:  # a spec of another cellseg version / an unknown family
+        raise InputError(f"cannot read the model spec ({str(exc).strip(chr(39))})", where=str(path),
+                         fix="re-train it with this cellseg version") from exc
+    try:
+        model = family.build(**args)
     except TypeError as exc:  # model_args of another cellseg version (a renamed/moved argument)
-        raise InputError(f"model arguments do not fit family {ckpt['family']!r} ({exc})",
+        raise InputError(f"model arguments do not fit family {name!r} ({exc})",
                          where=str(path), fix="re-train it with this cellseg version") from exc
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise InputError(f"weights do not fit family {ckpt['family']!r} built with "
-                         f"{ckpt.get('model_args')} ({first})", where=str(path),
+        raise InputError(f"weights do not fit family {name!r} built with "
+                         f"{args} ({first})", where=str(path),
                          fix="the checkpoint is corrupt or from another cellseg version; "
                          "re-train it") from exc
     model.to(device).eval()

@@ -96,9 +96,12 @@ def test_load_model_rebuilds_unet_with_identical_outputs(tmp_path):
     with torch.no_grad():
         expected = model(family.preprocess(model, images))
     path = tmp_path / "unet.pt"
-    save_checkpoint(path, model=model.state_dict(), family="unet", model_args=cfg.model.args)
+    save_checkpoint(path, model=model.state_dict(), spec=model.spec)
     model2, fam2, ck = load_model(path)
     assert fam2.name == "unet" and not model2.training
+    assert model2.spec == model.spec and ck["spec"] == model.spec.to_dict()
+    # family / model_args are copied from the spec for readers that predate it
+    assert ck["family"] == "unet" and ck["model_args"] == model.spec.to_dict()["args"]
     with torch.no_grad():
         got = model2(fam2.preprocess(model2, images))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -111,3 +114,43 @@ def test_load_model_rebuilds_unet_with_identical_outputs(tmp_path):
     k = next(k for k, v in ema.items() if v.is_floating_point())
     assert torch.equal(m_ema.state_dict()[k], ema[k])
     assert torch.equal(m_raw.state_dict()[k], model.state_dict()[k])
+
+
+def test_model_spec_round_trip_and_copies():
+    from cellseg.models.base import ModelSpec
+
+    args = {"encoder_name": "resnet18", "decoder_channels": [16, 8, 4]}
+    spec = ModelSpec("unet", args, {"mean": [128.0], "std": [11.58], "in_channels": 1},
+                     class_map={"astro": 1}, outputs=["cell", "border"])
+    args["decoder_channels"].append(2)  # the spec holds its own copy
+    assert spec.args["decoder_channels"] == [16, 8, 4] and spec.outputs == ("cell", "border")
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="class_mapp"):
+        ModelSpec.from_dict({**spec.to_dict(), "class_mapp": None})
+    with pytest.raises(AttributeError):
+        spec.family = "maskrcnn"  # frozen
+
+
+def test_load_model_falls_back_to_family_and_model_args(tmp_path):
+    """Checkpoints written before the spec existed have only family / model_args."""
+    from cellseg.models import get_family
+
+    family = get_family("unet")
+    args = dict(encoder_name="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4),
+                norm="dataset", in_channels=1)
+    torch.manual_seed(0)
+    model = family.build(**args)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model=model.state_dict(), family="unet", model_args=args)
+    assert "spec" not in load_checkpoint(path)
+    again, _, _ = load_model(path)
+    assert again.spec == model.spec and again.spec.norm["std"] == [11.58]
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v)
+
+
+def test_save_checkpoint_refuses_a_family_that_contradicts_the_spec(tmp_path):
+    from cellseg.models.base import ModelSpec
+
+    with pytest.raises(ValueError, match="family='maskrcnn'.*'unet'"):
+        save_checkpoint(tmp_path / "x.pt", model={}, family="maskrcnn", spec=ModelSpec("unet"))

@@ -44,13 +44,13 @@ def check_instances(inst: Instances, shape: tuple[int, int]) -> None:
 def test_build_args_and_norm(family):
     model = family.build(**TINY, class_per_cell_type=True, norm="dataset")
     assert model.roi_heads.box_predictor.cls_score.out_features == 4  # 3 cell types + background
-    assert model.cellseg_class_map == {"shsy5y": 0, "astro": 1, "cort": 2}
-    assert family.build(**TINY).cellseg_class_map is None
+    assert model.spec.class_map == {"shsy5y": 0, "astro": 1, "cort": 2}
+    assert family.build(**TINY).spec.class_map is None
     assert model.roi_heads.detections_per_img == 100
-    assert model.cellseg_norm["mean"] == [128.0] * 3
+    assert model.spec.norm["mean"] == [128.0] * 3
     # torchvision must not normalise a second time
     assert model.transform.image_mean == [0.0] * 3 and model.transform.image_std == [1.0] * 3
-    again = family.build(**model.cellseg_args)
+    again = family.build(**model.spec.args)
     assert {k: v.shape for k, v in again.state_dict().items()} == \
         {k: v.shape for k, v in model.state_dict().items()}
     scaled = family.build(**TINY, input_scale=2.0)
@@ -178,7 +178,7 @@ def test_backbone_weights_from_a_local_file(family, tmp_path):
     assert isinstance(body.bn1, FrozenBatchNorm2d)  # pretrained statistics stay fixed
     assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad
     assert body.layer2[0].conv1.weight.requires_grad  # 3 trainable layers by default
-    args = model.cellseg_args
+    args = model.spec.args
     assert args["backbone_weights"] is None and args["frozen_bn"] is True
     rebuilt = family.build(**args)  # what a checkpoint does: same tensors, no file needed
     assert set(rebuilt.state_dict()) == set(model.state_dict())

@@ -45,14 +45,14 @@ def test_unknown_family_lists_valid_names():
 
 def test_build_stores_norm_and_rebuild_args(family, monkeypatch, tmp_path):
     model = family.build(**TINY, norm="dataset")
-    assert model.cellseg_norm == {"mean": [128.0] * 3, "std": [11.58] * 3, "in_channels": 3}
-    assert model.cellseg_channels == ["cell", "border", "centre"]
-    again = family.build(**model.cellseg_args)
-    assert again.cellseg_norm == model.cellseg_norm
+    assert model.spec.norm == {"mean": [128.0] * 3, "std": [11.58] * 3, "in_channels": 3}
+    assert model.spec.outputs == ("cell", "border", "centre")
+    again = family.build(**model.spec.args)
+    assert again.spec.norm == model.spec.norm
     assert {k: v.shape for k, v in again.state_dict().items()} == \
         {k: v.shape for k, v in model.state_dict().items()}
     gray = family.build(**TINY, in_channels=1)
-    assert gray.cellseg_norm["in_channels"] == 1 and len(gray.cellseg_norm["mean"]) == 1
+    assert gray.spec.norm["in_channels"] == 1 and len(gray.spec.norm["mean"]) == 1
     # "imagenet" is a pretrained NAME (tests/test_pretrained.py); offline with an empty cache it
     # stops with one line naming the file and its URL
     from cellseg.models.pretrained import MissingPretrained
@@ -146,7 +146,7 @@ def test_encoder_weights_from_local_files(family, tmp_path):
         model = family.build(**RESNET, encoder_weights=str(path))
         for k, v in source.encoder.state_dict().items():
             assert torch.equal(model.encoder.state_dict()[k], v), k
-        assert model.cellseg_args["encoder_weights"] is None  # checkpoints rebuild without the file
+        assert model.spec.args["encoder_weights"] is None  # checkpoints rebuild without the file
     gray = family.build(**RESNET, in_channels=1, encoder_weights=str(pth))
     assert torch.allclose(gray.encoder.conv1.weight, source.encoder.conv1.weight.sum(1, keepdim=True))
     with pytest.raises(FileNotFoundError, match="never downloaded"):

@@ -22,7 +22,7 @@ def _tiny_unet_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
     fam = get_family("unet")
     model = fam.build(encoder_name="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4))
-    save_checkpoint(path, model=model.state_dict(), family="unet", model_args=model.cellseg_args)
+    save_checkpoint(path, model=model.state_dict(), spec=model.spec)
     return path
 
 
@@ -35,8 +35,7 @@ def _tiny_maskrcnn_checkpoint(path: Path) -> Path:
     model = fam.build(backbone="resnet18", fpn_channels=32, box_head_dim=64, mask_head_channels=16,
                       detections_per_img=50, rpn_pre_nms_top_n_test=200,
                       rpn_post_nms_top_n_test=100)
-    save_checkpoint(path, model=model.state_dict(), family="maskrcnn",
-                    model_args=model.cellseg_args)
+    save_checkpoint(path, model=model.state_dict(), spec=model.spec)
     return path
 
 

@@ -384,7 +384,7 @@ def test_backbone_imagenet_by_name(env, no_network, tmp_path):
     model = get_family("maskrcnn").build(backbone="resnet18", backbone_weights="imagenet",
                                          fpn_channels=32, box_head_dim=64, mask_head_channels=16)
     assert torch.equal(model.backbone.body.layer3[0].conv1.weight, ref["layer3.0.conv1.weight"])
-    origin = model.cellseg_args["pretrained_origin"]
+    origin = model.spec.args["pretrained_origin"]
     assert origin[0]["name"] == "backbone:resnet18:imagenet" and origin[0]["into"] == "backbone.body"
 
 
@@ -394,7 +394,7 @@ def test_sam_vit_b_by_name(official_cache, env, no_network):
     env.setenv("TORCH_HOME", str(official_cache / "torch"))
     env.setenv("HF_HUB_OFFLINE", "1")
     model = get_family("promptseg").build(decoder="sam", sam_checkpoint="vit_b", crop_size=16)
-    args = model.cellseg_args
+    args = model.spec.args
     assert args["sam"]["embed_dim"] == 768 and args["sam"]["depth"] == 12  # ViT-B sizes filled in
     assert "sam_checkpoint" not in args and args["pretrained_origin"][0]["name"] == "sam:vit_b"
     ref = _state(official_cache / "torch" / "hub" / "checkpoints" / "sam_vit_b_01ec64.pth")

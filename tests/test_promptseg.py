@@ -148,7 +148,7 @@ def test_sam_weights_load_from_local_file(tmp_path):
     b = FAMILY.build(decoder="sam", crop_size=16, sam=TINY_SAM, sam_checkpoint=str(path))
     for (k, va), vb in zip(a.decoder.sam.state_dict().items(), b.decoder.sam.state_dict().values()):
         torch.testing.assert_close(va, vb, msg=k)
-    assert "sam_checkpoint" not in b.cellseg_args  # the weights live in the state_dict
+    assert "sam_checkpoint" not in b.spec.args  # the weights live in the state_dict
     wrong = dict(TINY_SAM, embed_dim=16)
     with pytest.raises(ValueError, match="does not fit"):
         FAMILY.build(decoder="sam", crop_size=16, sam=wrong, sam_checkpoint=str(path))
@@ -268,10 +268,10 @@ def test_rebuild_from_model_args_loads_state_dict():
     """What a checkpoint stores (model_args + state_dict) rebuilds the same model."""
     torch.manual_seed(0)
     model = FAMILY.build(neighbours=False, **TINY_CROP)
-    again = FAMILY.build(**model.cellseg_args)
+    again = FAMILY.build(**model.spec.args)
     # strict load: every key and shape of the original must exist in the rebuilt model
     again.load_state_dict(model.state_dict())
-    assert again.cellseg_args == model.cellseg_args
+    assert again.spec.args == model.spec.args
     assert again.decoder.head.out_channels == 1
     for k, v in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v, msg=k)
@@ -301,7 +301,7 @@ def test_predict_instances_with_tiny_detector():
     model.train()
     assert not model.detector.training
     assert not any(p.requires_grad for p in model.detector.parameters())
-    again = FAMILY.build(**model.cellseg_args)
+    again = FAMILY.build(**model.spec.args)
     again.load_state_dict(model.state_dict())
 
 
@@ -314,11 +314,11 @@ def test_detector_from_checkpoint_is_embedded(tmp_path):
     torch.manual_seed(1)
     det = get_family("maskrcnn").build(**_tiny_detector_args())
     path = tmp_path / "det.pt"
-    save_checkpoint(path, model=det.state_dict(), family="maskrcnn", model_args=det.cellseg_args)
+    save_checkpoint(path, model=det.state_dict(), spec=det.spec)
     model = FAMILY.build(detector_checkpoint=str(path), **TINY_CROP)
     for k, v in det.state_dict().items():
         torch.testing.assert_close(model.detector.state_dict()[k], v, msg=k)
-    args = model.cellseg_args
+    args = model.spec.args
     assert "detector_checkpoint" not in args and args["detector"]["backbone"] == "resnet18"
     path.unlink()
     again = FAMILY.build(**args)

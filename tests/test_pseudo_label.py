@@ -49,7 +49,7 @@ def _tiny_unet(tmp_path: Path) -> Path:
     model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
                                      decoder_channels=(16, 8, 4), in_channels=1)
     ckpt = tmp_path / "teacher.pt"
-    save_checkpoint(ckpt, model=model.state_dict(), family="unet", model_args=model.cellseg_args)
+    save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
     return ckpt
 
 

@@ -96,7 +96,7 @@ def test_predict_images_several_and_nested_folders(tmp_path, shared_sartorius,
     model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
                                      decoder_channels=(16, 8, 4), in_channels=1)
     ckpt = tmp_path / "unet.pt"
-    save_checkpoint(ckpt, model=model.state_dict(), family="unet", model_args=model.cellseg_args)
+    save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
     nested = tmp_path / "nested"
     src = sorted((shared_livecell / "images").rglob("*.tif"))[:2]
     for k, p in enumerate(src):

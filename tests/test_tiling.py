@@ -205,8 +205,10 @@ class TypedComponentFamily(ComponentFamily):
 
 
 def test_model_class_names_drive_the_cell_type_vote():
-    model = torch.nn.Linear(1, 1)
-    model.cellseg_class_map = {"shsy5y": 0, "astro": 1}
+    from cellseg.models.base import ModelSpec, attach_spec
+
+    model = attach_spec(torch.nn.Linear(1, 1),
+                        ModelSpec("maskrcnn", class_map={"shsy5y": 0, "astro": 1}))
     img = _cells_image((64, 64), [(5, 5, 15, 15), (30, 30, 45, 40)])
     cfg = _cfg(tile_size=None, empty_policy="allow_empty",
                types={"astro": {"score_thresh": 0.1, "min_area": 10_000, "nms_iou": 1.0}})

@@ -82,7 +82,7 @@ def test_cli_tune_on_real_train_image(tmp_path, shared_sartorius):
     model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
                                      decoder_channels=(16, 8, 4))
     ckpt = tmp_path / "unet.pt"
-    save_checkpoint(ckpt, model=model.state_dict(), family="unet", model_args=model.cellseg_args)
+    save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
     argv = ["tune", "--weights", str(ckpt), "--data", str(shared_sartorius), "--out",
             str(tmp_path / "tuned.yaml"), "--cache", str(tmp_path / "raw.pkl"), "--device", "cpu",
             "--set", "tile_size=null", "--report", str(tmp_path / "r.json"), "--no-progress"]
@@ -202,7 +202,7 @@ def _tiny_unet_ckpt(tmp_path: Path) -> Path:
     model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
                                      decoder_channels=(16, 8, 4), in_channels=1)
     ckpt = tmp_path / "unet.pt"
-    save_checkpoint(ckpt, model=model.state_dict(), family="unet", model_args=model.cellseg_args)
+    save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
     return ckpt
 
 

@@ -7,7 +7,7 @@
 
 Normalisation lives here once: datasets (``normalise``, numpy, in workers) and every family's
 ``preprocess`` (``normalise_batch``, torch, at inference) use the same ``norm`` dict that the model
-carries as ``model.cellseg_norm`` ({"mean", "std" on the 0-255 scale, one value per input channel,
+carries as ``model.spec.norm`` ({"mean", "std" on the 0-255 scale, one value per input channel,
 "in_channels"}). A grayscale image is repeated over the input channels.
 
 Augmentation moves image and instances together (flips, 90-degree rotations, random scale, crop

@@ -44,7 +44,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from cellseg.data.record import ImageRecord
     from cellseg.models.base import ModelFamily
 
-ModelSpec = tuple["torch.nn.Module", "ModelFamily", float]
+# one ensemble member: (network, its family, vote weight); the network's own description is
+# ``model.spec`` (``cellseg.models.base.ModelSpec``)
+Member = tuple["torch.nn.Module", "ModelFamily", float]
 
 
 class Timer:
@@ -69,7 +71,7 @@ _NO_TIMER = Timer()
 
 
 def load_models(paths: Sequence[str | os.PathLike], device: Any = "cpu",
-                weights: Sequence[float] | None = None) -> list[ModelSpec]:
+                weights: Sequence[float] | None = None) -> list[Member]:
     """Load checkpoints (``cellseg.checkpoint.load_model``) as (model, family, weight) triples.
 
     ``weights``: one per path (default 1 each).
@@ -87,7 +89,7 @@ def load_models(paths: Sequence[str | os.PathLike], device: Any = "cpu",
     return out
 
 
-def _model_weights(models: Sequence[ModelSpec], cfg: InferenceConfig) -> list[float]:
+def _model_weights(models: Sequence[Member], cfg: InferenceConfig) -> list[float]:
     if cfg.model_weights:
         if len(cfg.model_weights) != len(models):
             raise ValueError(f"model_weights has {len(cfg.model_weights)} values for "
@@ -96,14 +98,21 @@ def _model_weights(models: Sequence[ModelSpec], cfg: InferenceConfig) -> list[fl
     return [float(w) for _, _, w in models]
 
 
-def class_names(models: Sequence[ModelSpec]) -> tuple[str, ...]:
-    """Cell type names of the label indices of per-type heads (``model.cellseg_class_map``,
+def class_names(models: Sequence[Member]) -> tuple[str, ...]:
+    """Cell type names of the label indices of per-type heads (``model.spec.class_map``,
     {name: index}), from the first model that has one; () when none has."""
     for model, _, _ in models:
-        cmap = getattr(model, "cellseg_class_map", None)
+        cmap = _class_map(model)
         if cmap:
             return tuple(name for name, _ in sorted(cmap.items(), key=lambda kv: kv[1]))
     return ()
+
+
+def _class_map(model: Any) -> dict[str, int] | None:
+    """``model.spec.class_map``; None for a class-agnostic model or a network built elsewhere
+    (no ``spec``)."""
+    spec = getattr(model, "spec", None)
+    return spec.class_map if spec is not None else None
 
 
 def _device_of(model: "torch.nn.Module") -> "torch.device":
@@ -238,7 +247,7 @@ def _instance_passes(model: "torch.nn.Module", family: "ModelFamily",
 # ----------------------------------------------------------------------------- prediction
 
 
-def predict_raw(models: Sequence[ModelSpec], images: Sequence[np.ndarray], cfg: InferenceConfig,
+def predict_raw(models: Sequence[Member], images: Sequence[np.ndarray], cfg: InferenceConfig,
                 *, device: Any = None, timer: Timer | None = None) -> list[Instances]:
     """Every model, every flip pass, tiles merged and outputs voted: one ``Instances`` per image,
     in native coordinates, BEFORE postprocessing (thresholds, NMS, overlap removal).
@@ -260,7 +269,7 @@ def predict_raw(models: Sequence[ModelSpec], images: Sequence[np.ndarray], cfg: 
     typed = bool(cfg.cell_type_names or class_names(models))
 
     def agnostic(inst: Instances, model: Any) -> Instances:
-        if typed and not getattr(model, "cellseg_class_map", None):
+        if typed and not _class_map(model):
             inst.labels = np.full(len(inst), -1, np.int64)
         return inst
 
@@ -297,7 +306,7 @@ def predict_raw(models: Sequence[ModelSpec], images: Sequence[np.ndarray], cfg: 
                 for p in prepared]
 
 
-def predict_images(models: Sequence[ModelSpec], images: Sequence[np.ndarray], cfg: InferenceConfig,
+def predict_images(models: Sequence[Member], images: Sequence[np.ndarray], cfg: InferenceConfig,
                    *, cell_types: Sequence[str | None] | None = None, device: Any = None,
                    timer: Timer | None = None) -> list[Instances]:
     """``predict_raw`` then ``postprocess`` for each image (final, non-overlapping instances).
@@ -315,7 +324,7 @@ def predict_images(models: Sequence[ModelSpec], images: Sequence[np.ndarray], cf
         return [postprocess(r, cfg, cell_type=ct) for r, ct in zip(raw, cell_types)]
 
 
-def predict_image(models: Sequence[ModelSpec], image: np.ndarray, cfg: InferenceConfig, *,
+def predict_image(models: Sequence[Member], image: np.ndarray, cfg: InferenceConfig, *,
                   cell_type: str | None = None, device: Any = None) -> Instances:
     """Predict one (H, W) uint8 image: postprocessed, non-overlapping ``Instances`` in native
     coordinates (``cell_type`` forces the per-type thresholds; else they are voted)."""
@@ -325,7 +334,7 @@ def predict_image(models: Sequence[ModelSpec], image: np.ndarray, cfg: Inference
 # ----------------------------------------------------------------------------- submission
 
 
-def predict_to_submission(models: Sequence[ModelSpec], records: Sequence["ImageRecord"],
+def predict_to_submission(models: Sequence[Member], records: Sequence["ImageRecord"],
                           cfg: InferenceConfig, out_path: str | os.PathLike, *,
                           cell_type: str | None = None, save_masks: str | os.PathLike | None = None,
                           overlay: str | os.PathLike | None = None, device: Any = None,
@@ -411,7 +420,7 @@ def _coco_results(image_id: str, inst: Instances, labels: np.ndarray, rles: list
     return out
 
 
-def _predict_chunk(models: Sequence[ModelSpec], chunk: Sequence["ImageRecord"],
+def _predict_chunk(models: Sequence[Member], chunk: Sequence["ImageRecord"],
                    cfg: InferenceConfig, cell_type: str | None, device: Any, failed: list[str],
                    timer: Timer) -> list[tuple[np.ndarray | None, Instances]]:
     """(image or None, final instances) per record; failures get the empty policy."""

@@ -6,9 +6,12 @@ to know about one kind of model. Families are plain objects in the dict
 
 Conventions shared by all families:
 - Input images are 8-bit grayscale (H, W). ``preprocess`` turns a batch of them into the float
-  tensor the network eats, (B, C, H, W) float32, using the normalisation stored on the model
-  (``model.cellseg_norm``: dict with ``mean``, ``std`` (0-255 scale) and ``in_channels``), so a
+  tensor the network eats, (B, C, H, W) float32, using the normalisation in the model's spec
+  (``model.spec.norm``: dict with ``mean``, ``std`` (0-255 scale) and ``in_channels``), so a
   checkpoint alone is enough to predict.
+- ``build`` returns the network with ``model.spec``, a frozen ``ModelSpec`` (family, the build
+  arguments without weight files, norm, class map, output names), set by ``attach_spec``. Checkpoints
+  store ``spec.to_dict()`` under ``"spec"`` and ``cellseg.checkpoint.load_model`` rebuilds from it.
 - Targets are built in data-loader workers by ``make_target`` from the augmented image and its
   instance masks, so the main process never decodes masks.
 - ``kind == "dense"``: the network predicts per-pixel maps; inference stitches tiles of
@@ -19,7 +22,9 @@ Conventions shared by all families:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, Sequence
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -55,3 +60,74 @@ class ModelFamily(Protocol):
     # instance families
     def predict_instances(self, model: "torch.nn.Module", images: "torch.Tensor") -> list[Instances]:  # noqa: F821
         """(B, C, H, W) preprocessed -> one ``Instances`` per image (before postprocessing)."""
+
+
+def _plain(obj: Any) -> Any:
+    """A deep copy made of plain dicts / lists / tuples (what a checkpoint may hold)."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a built network is: everything that rebuilds it and feeds it, apart from its weights.
+
+    family: the family name (``cellseg.models.FAMILIES``).
+    args: keyword arguments of ``family.build`` that rebuild the architecture WITHOUT any weight
+        file (weight names/files set to None; ``pretrained_origin`` records where they came from).
+    norm: ``{"mean": [C floats], "std": [C floats], "in_channels": C}`` on the 0-255 scale, used by
+        ``preprocess`` and the data set.
+    class_map: cell type -> class index of a per-cell-type head; None when class-agnostic.
+    outputs: names of the dense output maps (``("cell", "border", "centre")``); () for instance
+        families.
+
+    The mapping fields are private deep copies; treat them as read-only (``dataclasses.replace``
+    makes a changed spec). Saved in checkpoints as ``to_dict()`` under ``"spec"``.
+    """
+
+    family: str
+    args: dict[str, Any] = field(default_factory=dict)
+    norm: dict[str, Any] = field(default_factory=dict)
+    class_map: dict[str, int] | None = None
+    outputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # copies, so the caller's dicts (a config, another model's spec) never alias this one
+        object.__setattr__(self, "args", _plain(dict(self.args)))
+        object.__setattr__(self, "norm", _plain(dict(self.norm)))
+        if self.class_map is not None:
+            object.__setattr__(self, "class_map", {str(k): int(v) for k, v in self.class_map.items()})
+        object.__setattr__(self, "outputs", tuple(str(o) for o in self.outputs))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (``torch.load(weights_only=True)`` accepts it)."""
+        return {"family": self.family, "args": _plain(self.args), "norm": _plain(self.norm),
+                "class_map": dict(self.class_map) if self.class_map is not None else None,
+                "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+        """Inverse of ``to_dict``; unknown keys are a ValueError naming the valid ones."""
+        known = {"family", "args", "norm", "class_map", "outputs"}
+        unknown = sorted(set(data) - known)
+        if unknown or "family" not in data:
+            raise ValueError(f"model spec keys {sorted(data)}: needs 'family', valid keys "
+                             f"{sorted(known)}")
+        return cls(family=str(data["family"]), args=data.get("args") or {},
+                   norm=data.get("norm") or {}, class_map=data.get("class_map"),
+                   outputs=tuple(data.get("outputs") or ()))
+
+
+M = TypeVar("M")
+
+
+def attach_spec(model: M, spec: ModelSpec) -> M:
+    """Set ``model.spec`` (the one place a family's ``build`` records what it built); returns
+    the model."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"attach_spec needs a ModelSpec, got {type(spec).__name__}")
+    model.spec = spec  # type: ignore[attr-defined]  (nn.Module keeps plain attributes in __dict__)
+    return model

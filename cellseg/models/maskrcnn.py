@@ -17,7 +17,7 @@ Choices (see FACTS sections 4-5):
   FPN level (5 levels); the default covers LIVECell's 4, 9, 17, 31, 64, 127 px anchors with two
   sizes per level; ``aspect_ratios`` 0.25-4 as LIVECell.
 - Up to ``detections_per_img=2000`` cells, raised RPN proposal counts, low ``box_score_thresh``.
-- Normalisation happens ONCE, in ``preprocess`` / the data set with ``model.cellseg_norm``;
+- Normalisation happens ONCE, in ``preprocess`` / the data set with ``model.spec.norm``;
   torchvision's internal transform is told mean 0 / std 1 so it does not normalise again.
 - ``predict_instances`` never builds full-image masks: each 28x28 mask probability map is pasted
   into its own box with ``cellseg.models.paste.paste_masks`` (threshold ``mask_threshold``);
@@ -37,6 +37,7 @@ import numpy as np
 
 from cellseg.data.targets import TargetSpec, crops_from_masks, masks_from_layers
 from cellseg.core.instances import Instances
+from cellseg.models.base import ModelSpec, attach_spec
 
 DEFAULT_ANCHORS: tuple[tuple[int, ...], ...] = ((4, 6), (9, 13), (17, 24), (31, 45), (64, 127))
 _RESNET_WIDTH = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256, "resnet152": 256}
@@ -59,7 +60,7 @@ def _cell_transform_class():
             self.paste_masks = True  # predict_instances turns this off to keep 28x28 crops
 
         def normalize(self, image: torch.Tensor) -> torch.Tensor:
-            return image  # already normalised with model.cellseg_norm
+            return image  # already normalised with model.spec.norm
 
         def resize(self, image, target=None):
             if self.input_scale is None:
@@ -215,7 +216,7 @@ class MaskRCNNFamily:
         pretrained_origin: where the weights came from (filled in by ``build``); informational.
         num_classes: cell classes; background is added internally. Ignored (set to
             ``len(cell_types)``) when ``class_per_cell_type``: then class i is ``cell_types[i]``
-            and ``model.cellseg_class_map`` maps cell type -> class for the data set.
+            and ``model.spec.class_map`` maps cell type -> class for the data set.
         anchor_sizes: per FPN level (5), in original-image pixels; each level the same count.
         input_scale: fixed upscale factor (None = torchvision min_size/max_size resizing).
         """
@@ -296,10 +297,9 @@ class MaskRCNNFamily:
             origin.append({**record, "into": "model", "tensors": len(loaded),
                            "reinitialised": reinit})
         model.transform = _cell_transform_class()(input_scale, min_size, max_size, in_channels)
-        model.cellseg_norm = resolve_norm(norm, in_channels)
-        model.cellseg_class_map = ({t: i for i, t in enumerate(cell_types)}
-                                   if class_per_cell_type else None)
-        model.cellseg_args = {
+        norm = resolve_norm(norm, in_channels)
+        class_map = {t: i for i, t in enumerate(cell_types)} if class_per_cell_type else None
+        args = {
             "backbone": backbone, "heads": heads, "weights": None, "backbone_weights": None,
             "trainable_backbone_layers": trainable_backbone_layers, "frozen_bn": frozen_bn,
             "in_channels": in_channels, "num_classes": num_classes,
@@ -316,14 +316,14 @@ class MaskRCNNFamily:
             "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
             "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
             "rpn_batch_size_per_image": rpn_batch_size_per_image, "rpn_nms_thresh": rpn_nms_thresh,
-            "norm": model.cellseg_norm, "pretrained_origin": origin}
-        return model
+            "norm": norm, "pretrained_origin": origin}
+        return attach_spec(model, ModelSpec(self.name, args, norm, class_map=class_map))
 
     def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
         """(B, H, W) uint8 -> (B, C, H, W) float32 on the model's device, normalised."""
         from cellseg.data.transforms import normalise_batch
 
-        return normalise_batch(images, model.cellseg_norm, _device(model))
+        return normalise_batch(images, model.spec.norm, _device(model))
 
     # ----------------------------------------------------------------------------- training
     def target_spec(self, *, in_channels: int = 3, norm: str | Mapping[str, Any] = "imagenet",

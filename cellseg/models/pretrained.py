@@ -33,7 +33,7 @@ Offline (``--offline``, ``HF_HUB_OFFLINE=1``, or no network): a missing file rai
 ``MissingPretrained``, one line naming the file, its URL and where to put it. Training checks this
 before any data is loaded (``check_pretrained_available``).
 
-A model built from a name or file records it in ``model.cellseg_args["pretrained_origin"]`` (name,
+A model built from a name or file records it in ``model.spec.args["pretrained_origin"]`` (name,
 url, file, sha256, layers re-initialised), so checkpoints say where their weights came from, while
 the weight keys themselves are recorded as None: a checkpoint rebuilds without any pretrained file.
 """

@@ -47,6 +47,7 @@ from torch.nn import functional as F
 
 from cellseg.core.instances import Instances
 from cellseg.core.masks import mask_boxes
+from cellseg.models.base import ModelSpec, attach_spec
 from cellseg.models.paste import paste_masks
 from cellseg.models.promptseg_crop import CropDecoder, stability_score  # noqa: F401 (API)
 
@@ -127,7 +128,7 @@ class PromptSegModel(nn.Module):
     """Mask decoder (+ optional frozen detector) and the settings that turn its output into
     instances. Build it with ``FAMILY.build``; attributes are documented there."""
 
-    def __init__(self, decoder: nn.Module, *, norm: dict[str, Any], margin: float, min_region: float,
+    def __init__(self, decoder: nn.Module, *, margin: float, min_region: float,
                  jitter: float, max_train_instances: int, mask_threshold: float,
                  stability_offset: float, iou_weight: float, neighbour_weight: float, decode_chunk: int | None,
                  detector: nn.Module | None = None, detector_family: str = "maskrcnn") -> None:
@@ -137,7 +138,6 @@ class PromptSegModel(nn.Module):
         if detector is not None:
             detector.requires_grad_(False)  # stage 1 is trained by its own family
         self.detector_family = detector_family
-        self.cellseg_norm = dict(norm)
         self.margin, self.min_region, self.jitter = float(margin), float(min_region), float(jitter)
         self.max_train_instances = int(max_train_instances)
         self.mask_threshold, self.stability_offset = float(mask_threshold), float(stability_offset)
@@ -224,7 +224,7 @@ class PromptSegFamily:
             from cellseg.models import get_family
 
             det = get_family(detector_family).build(**dict(detector))
-        model = PromptSegModel(dec, norm=norm, margin=margin, min_region=min_region, jitter=jitter,
+        model = PromptSegModel(dec, margin=margin, min_region=min_region, jitter=jitter,
                                max_train_instances=max_train_instances,
                                mask_threshold=mask_threshold, stability_offset=stability_offset,
                                iou_weight=iou_weight,
@@ -235,15 +235,14 @@ class PromptSegFamily:
         args = dict(decoder=decoder, in_channels=in_channels, mean=mean, std=std,
                     crop_size=crop_size, margin=margin, min_region=min_region,
                     neighbours=neighbours, base_channels=base_channels, levels=levels, sam=sam,
-                    detector=getattr(det, "cellseg_args", detector) if det else None,
+                    detector=dict(det.spec.args) if det is not None else None,
                     detector_family=detector_family, jitter=jitter,
                     max_train_instances=max_train_instances, mask_threshold=mask_threshold,
                     stability_offset=stability_offset, iou_weight=iou_weight,
                     neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
                     pretrained_origin=[dict(o) for o in pretrained_origin or []]
                     + ([dec.pretrained_origin] if getattr(dec, "pretrained_origin", None) else []))
-        model.cellseg_args = args
-        return model
+        return attach_spec(model, ModelSpec(self.name, args, norm))
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -251,7 +250,7 @@ class PromptSegFamily:
         """(B, H, W) uint8 -> (B, C, H, W) float32 on the model's device, (x - mean) / std."""
         from cellseg.data.transforms import normalise_batch
 
-        return normalise_batch(images, model.cellseg_norm, next(model.parameters()).device)
+        return normalise_batch(images, model.spec.norm, next(model.parameters()).device)
 
     def target_spec(self, *, in_channels: int = 1, mean: float = 128.0, std: float = 13.0,
                     **_build_args: Any) -> "TargetSpec":
@@ -440,7 +439,7 @@ class PromptSegFamily:
         # re-normalise the tensor for the detector in place of a uint8 round trip (host copy,
         # rounding, and the detector's preprocess normalising it again): one affine map on the
         # device, raw = x * std + mean, then (raw - mean_d) / std_d per detector channel
-        norm, det_norm = model.cellseg_norm, model.detector.cellseg_norm
+        norm, det_norm = model.spec.norm, model.detector.spec.norm
         raw = images[:, :1] * float(norm["std"][0]) + float(norm["mean"][0])
         mean_d = torch.tensor(det_norm["mean"], dtype=raw.dtype, device=raw.device)
         std_d = torch.tensor(det_norm["std"], dtype=raw.dtype, device=raw.device)
@@ -496,13 +495,11 @@ def _load_detector(path: str, family: str) -> nn.Module:
                                 f"`cellseg train` (model.family={family}) or pass detector=<args>")
     from cellseg.checkpoint import load_model
 
-    det, fam, ckpt = load_model(path)
+    det, fam, _ = load_model(path)
     if fam.name != family or fam.kind != "instances":
         raise ValueError(f"detector checkpoint {path} holds family {fam.name!r}; promptseg needs "
                          f"an instance family ({family!r})")
-    if not getattr(det, "cellseg_args", None):
-        det.cellseg_args = dict(ckpt.get("model_args") or {})
-    return det
+    return det  # built by its family: det.spec.args rebuild it without the checkpoint file
 
 
 FAMILY = PromptSegFamily()

@@ -16,9 +16,9 @@ through huggingface_hub exactly where smp keeps them), or a LOCAL file (``.pth``
 a state dict of the encoder, optionally prefixed ``encoder.`` or wrapped in "state_dict"/"model";
 a plain timm state dict fits a ``tu-`` encoder). A 3-channel first conv is summed to fit 1-channel
 input. Pair ImageNet weights with ``norm="imagenet"``. The arguments that rebuild the network
-without the weight file are kept on ``model.cellseg_args`` (for checkpoints; ``pretrained_origin``
-records the name/file and sha256 the encoder started from), the normalisation on
-``model.cellseg_norm``.
+without the weight file are kept in ``model.spec.args`` (``cellseg.models.base.ModelSpec``, saved in
+checkpoints; ``pretrained_origin`` records the name/file and sha256 the encoder started from), the
+normalisation in ``model.spec.norm``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from cellseg.data.targets import UNET_CHANNELS, TargetSpec, unet_maps
 from cellseg.core.instances import Instances
+from cellseg.models.base import ModelSpec, attach_spec
 from cellseg.models.pretrained import load_into, load_state_file  # noqa: F401  (re-export)
 
 STRIDE = 32  # smp UNet with depth 5 needs H and W divisible by 2**5
@@ -103,20 +104,19 @@ class UNetFamily:
             n = load_into(model.encoder, state, prefixes=("encoder.",),
                           what=f"encoder weights {encoder_weights}")
             origin.append({**record, "into": "encoder", "tensors": n})
-        model.cellseg_norm = resolve_norm(norm, in_channels)
-        model.cellseg_channels = list(self.channels)
-        model.cellseg_args = {"encoder_name": encoder_name, "encoder_weights": None,
-                              "in_channels": in_channels, "encoder_depth": encoder_depth,
-                              "decoder_channels": list(decoder_channels),
-                              "decoder_attention_type": decoder_attention_type,
-                              "norm": model.cellseg_norm, "pretrained_origin": origin}
-        return model
+        norm = resolve_norm(norm, in_channels)
+        args = {"encoder_name": encoder_name, "encoder_weights": None,
+                "in_channels": in_channels, "encoder_depth": encoder_depth,
+                "decoder_channels": list(decoder_channels),
+                "decoder_attention_type": decoder_attention_type,
+                "norm": norm, "pretrained_origin": origin}
+        return attach_spec(model, ModelSpec(self.name, args, norm, outputs=self.channels))
 
     def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
         """(B, H, W) uint8 -> (B, C, H, W) float32 on the model's device, normalised."""
         from cellseg.data.transforms import normalise_batch
 
-        return normalise_batch(images, model.cellseg_norm, _device(model))
+        return normalise_batch(images, model.spec.norm, _device(model))
 
     # ----------------------------------------------------------------------------- training
     def target_spec(self, *, in_channels: int = 3, norm: str | Mapping[str, Any] = "imagenet",

@@ -1,6 +1,6 @@
 """Writing a run's checkpoints: ``last.pt`` to resume from, ``best.pt`` to ship.
 
-    files = RunCheckpoints(out, family="unet", model_args=..., config=to_dict(cfg), data=desc)
+    files = RunCheckpoints(out, spec=model.spec.to_dict(), config=to_dict(cfg), data=desc)
     files.save_last(state)                  # full resume state (optimiser, schedule, RNG, ...)
     files.save_best(state, selection="val_score")
 
@@ -29,8 +29,8 @@ SELECTIONS = ("val_score", "last_no_validation")
 
 
 class RunCheckpoints:
-    """``last.pt`` / ``best.pt`` of one run folder; ``meta`` (family, model_args, config, data)
-    goes into both."""
+    """``last.pt`` / ``best.pt`` of one run folder; ``meta`` (spec, config, data, ...) goes into
+    both."""
 
     def __init__(self, out: str | Path, **meta: Any) -> None:
         self.out = Path(out)

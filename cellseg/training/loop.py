@@ -108,9 +108,6 @@ def main(args: argparse.Namespace) -> int:
         seed_all(tc.seed)
         family = get_family(cfg.model.family)
         model = family.build(**cfg.model.args)
-        # the family's own record of its arguments (norm resolved, weight files dropped) rebuilds
-        # the network from the checkpoint alone
-        model_args = to_dict(getattr(model, "cellseg_args", None) or dict(cfg.model.args))
         if ckpt is None and tc.init_from:
             _init_weights(model, tc.init_from, cfg.model.family, log)
         opts = _step_options(cfg, family, dist, not args.no_progress)
@@ -125,7 +122,9 @@ def main(args: argparse.Namespace) -> int:
                                   wrap=_ddp_wrapper(dist))
         if ckpt is not None:
             state.load_state_dict(ckpt)
-        files = RunCheckpoints(out, family=cfg.model.family, model_args=model_args,
+        # the family's own record of the network (norm resolved, weight files dropped) rebuilds
+        # it from the checkpoint alone
+        files = RunCheckpoints(out, spec=model.spec.to_dict(),
                                config=to_dict(cfg), data=data_desc,
                                target_spec=spec.to_dict())
         _prepare_out(out, cfg, dist)
