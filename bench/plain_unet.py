@@ -196,7 +196,7 @@ def run(train_specs: Sequence[str], test_specs: Sequence[str], out: str | os.Pat
     test images are annotated; returns (and writes to ``out/scores.json``) the summary."""
     import torch
 
-    from cellseg.core import metrics, rle
+    from cellseg.core import masks, metrics, rle
     from cellseg.io import write_json
     from cellseg.data.sources import load_sources
     from cellseg.core.submission import SubmissionWriter
@@ -217,7 +217,7 @@ def run(train_specs: Sequence[str], test_specs: Sequence[str], out: str | os.Pat
     with SubmissionWriter(out / "pred.csv") as writer:
         for r in test_records:
             labels = decode(predict_probs(model, r.read_image(), tta=tta))
-            rles = rle.encode_labels(labels)
+            rles = masks.encode_labels(labels)
             writer.add(r.image_id, rles, shape=r.shape)
             if r.rles:
                 res = metrics.match_image(r.rles, labels, r.shape)
