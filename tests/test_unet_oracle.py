@@ -4,10 +4,11 @@ competition metric. A target or decode change that loses cells (a border too wid
 dense cells, a seed threshold, a minimum area, a sigmoid/softmax mismatch ...) fails here before
 anyone spends an hour training.
 
-Measured (issue 13, 6 real images: 1 Sartorius shsy5y + 5 LIVECell val): perfect maps 0.965
-(per image 0.901-0.996; the plain-UNet reference's own targets + decode score 0.961); maps
-blurred with a Gaussian of sigma 1 px (a stand-in for a network's soft output) 0.928.
-The bounds below leave a margin of about 0.03-0.05 under those figures.
+Measured (issue 13, 6 real images: 1 Sartorius shsy5y + 5 LIVECell val, 1,638 cells): perfect
+maps 0.965 with decode_unet's seed_thresh 0.3 and 0.949 with infer_default's 0.7 (per image
+0.90-0.99; the plain-UNet reference's own targets + decode score 0.961); maps blurred with a
+Gaussian of sigma 1 px (a stand-in for a network's soft output) 0.928 / 0.915. Border width 3
+would score 0.921 and fail. The bounds leave a margin of about 0.02-0.035 under those figures.
 """
 
 from __future__ import annotations
