@@ -76,7 +76,7 @@ def test_slightly_blurred_targets_still_separate_touching_real_cells(real_record
 
 @pytest.mark.parametrize("config", UNET_CONFIGS)
 def test_training_and_prediction_normalise_alike(config):
-    """The data pipeline normalises with the TargetSpec's norm, predict with model.cellseg_norm:
+    """The data pipeline normalises with the TargetSpec's norm, predict with model.spec.norm:
     they come from the same config arguments and must be equal."""
     from cellseg.config import load_train_config
     from cellseg.models import get_family
@@ -86,6 +86,6 @@ def test_training_and_prediction_normalise_alike(config):
     args = {**cfg.model.args, "encoder_weights": None}  # never download in a test
     spec = family.target_spec(**args)
     model = family.build(**args)
-    assert spec.norm["mean"] == model.cellseg_norm["mean"]
-    assert spec.norm["std"] == model.cellseg_norm["std"]
-    assert spec.norm["in_channels"] == model.cellseg_norm["in_channels"]
+    assert spec.norm["mean"] == model.spec.norm["mean"]
+    assert spec.norm["std"] == model.spec.norm["std"]
+    assert spec.norm["in_channels"] == model.spec.norm["in_channels"]
