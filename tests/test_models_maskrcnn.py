@@ -184,3 +184,23 @@ def test_backbone_weights_from_a_local_file(family, tmp_path):
     assert set(rebuilt.state_dict()) == set(model.state_dict())
     with pytest.raises(FileNotFoundError):
         family.build(**TINY, backbone_weights=str(tmp_path / "nope.pth"))
+
+
+def test_loss_on_a_crop_without_cells_in_layers_form():
+    """A training crop with no cell comes as zero label layers (the data pipeline's compact
+    target): the loss must treat it as a negative image, not crash (make demo hit this)."""
+    from cellseg.data.targets import masks_from_layers
+
+    assert masks_from_layers(np.zeros((0, 5, 7), np.uint16), 0).shape == (0, 5, 7)
+    assert masks_from_layers(torch.zeros((0, 5, 7), dtype=torch.int32), 0).shape == (0, 5, 7)
+    torch.manual_seed(0)
+    family = get_family("maskrcnn")
+    model = family.build(**TINY).train()
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64),
+             "layers": torch.zeros((0, 64, 64), dtype=torch.int32)}
+    one = {"boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]]),
+           "labels": torch.ones((1,), dtype=torch.int64),
+           "layers": torch.zeros((1, 64, 64), dtype=torch.int32)}
+    one["layers"][0, 10:30, 10:30] = 1
+    losses = family.loss(model, torch.rand(2, 3, 64, 64), [empty, one])
+    assert torch.isfinite(losses["loss"])

@@ -209,12 +209,16 @@ def masks_from_layers(layers: np.ndarray, n: int) -> np.ndarray:
 
         k, h, w = layers.shape
         out = torch.zeros((n + 1, h * w), dtype=torch.uint8, device=layers.device)
+        if k == 0:  # a crop without cells: no layer planes (reshape(0, -1) is ambiguous)
+            return out[1:].reshape(n, h, w)
         flat = layers.reshape(k, -1).long()
         cols = torch.arange(h * w, device=layers.device).expand(k, -1)
         out[flat.reshape(-1), cols.reshape(-1)] = 1
         return out[1:].reshape(n, h, w)
     k, h, w = layers.shape
     out = np.zeros((n + 1, h * w), bool)
+    if k == 0:
+        return out[1:].reshape(n, h, w)
     flat = layers.reshape(k, -1).astype(np.intp)
     out[flat, np.arange(h * w)[None, :]] = True
     return out[1:].reshape(n, h, w)
