@@ -95,10 +95,15 @@ def test_cv_tiny_run_on_real_samples(tmp_path, shared_sartorius, shared_livecell
     assert log.stat().st_mtime_ns == stamp
 
 
-def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius) -> None:
+def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius, capsys) -> None:
     from cellseg.cli import main
 
     base = ["cv", "--out", str(tmp_path / "o"), "--steps", "1"]
-    assert main(base + ["--data", str(tmp_path / "missing")]) == 2
-    assert main(base + ["--data", str(shared_sartorius)]) == 2  # one image cannot be split
-    assert main(base + ["--data", str(shared_sartorius), "--set", "optim.nope=1"]) == 2
+    for extra, words in ((["--data", str(tmp_path / "missing")], "does not exist"),
+                         (["--data", str(shared_sartorius)], ">= 2 images"),  # cannot be split
+                         (["--data", str(shared_sartorius), "--set", "optim.nope=1"],
+                          "unknown key optim.nope")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("cellseg cv: "), err
+        assert words in err[0]

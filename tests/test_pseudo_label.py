@@ -90,15 +90,18 @@ def test_pseudo_label_real_unlabeled_images(tmp_path, shared_unlabeled) -> None:
     assert load_records(out) == []
 
 
-def test_pseudo_label_user_mistakes_exit_2(tmp_path, shared_unlabeled) -> None:
+def test_pseudo_label_user_mistakes_exit_2(tmp_path, shared_unlabeled, capsys) -> None:
     from cellseg.cli import main
 
     out = str(tmp_path / "pl")
-    assert main(["pseudo-label", "--images", str(shared_unlabeled), "--out", out]) == 2
-    assert main(["pseudo-label", "--weights", "x.pt", "--images", str(tmp_path / "none"),
-                 "--out", out]) == 2
-    assert main(["pseudo-label", "--rounds", "1", "--images", str(shared_unlabeled),
-                 "--out", out]) == 2
+    for argv, words in (
+            (["--images", str(shared_unlabeled)], "no teacher"),
+            (["--weights", "x.pt", "--images", str(tmp_path / "none")], "does not exist"),
+            (["--rounds", "1", "--images", str(shared_unlabeled)], "--rounds needs")):
+        assert main(["pseudo-label", *argv, "--out", out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("cellseg pseudo-label: "), err
+        assert words in err[0] and "Traceback" not in err[0]
 
 
 def test_rounds_teacher_then_student(tmp_path, shared_sartorius, shared_unlabeled) -> None:

@@ -58,31 +58,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cellseg.config import ConfigError, load_train_config
+    from cellseg.config import load_train_config
+    from cellseg.errors import UserError
     from cellseg.cv import CVSettings, format_table, run_cv
     from cellseg.infer.config import load_inference_config
     from cellseg.data.sources import load_sources
 
     if args.steps < 1:
-        print(f"cellseg cv: --steps {args.steps} must be >= 1", file=sys.stderr)
-        return 2
+        raise UserError(f"--steps {args.steps} is not a step count", where="--steps",
+                        fix="pass --steps 1 or more")
     methods = (("plain",) if args.only_reference
                else ("kit", "plain") if args.reference else ("kit",))
-    try:
-        # check the configs before any training starts
-        load_train_config(args.config, args.overrides)
-        load_inference_config(args.infer_config, args.infer_set)
-        records = load_sources(args.data, split=args.split, annotated=True)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"cellseg cv: {exc}", file=sys.stderr)
-        return 2
+    # check the configs and sources before any training starts (errors: one line, exit 2)
+    load_train_config(args.config, args.overrides)
+    load_inference_config(args.infer_config, args.infer_set)
+    records = load_sources(args.data, split=args.split, annotated=True)
     if args.max_images:
         records = records[:args.max_images]
     n_folds = args.folds
     if len(records) < 2 or (n_folds is not None and n_folds < 2):
-        print(f"cellseg cv: {len(records)} annotated image(s) in {args.data} and --folds "
-              f"{n_folds}; cross-validation needs >= 2 images and >= 2 folds", file=sys.stderr)
-        return 2
+        raise UserError(f"{len(records)} annotated image(s) and --folds {n_folds}",
+                        where=f"--data {' '.join(map(str, args.data))}",
+                        fix="cross-validation needs >= 2 images and >= 2 folds")
     torch.set_num_threads(max(1, args.threads))
     settings = CVSettings(config=args.config, overrides=tuple(args.overrides), steps=args.steps,
                           n_folds=n_folds, methods=methods, infer_config=args.infer_config,

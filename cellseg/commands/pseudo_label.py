@@ -72,29 +72,24 @@ def _pseudo_args(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellseg.config import ConfigError
-    from cellseg.infer.config import load_inference_config
     from cellseg.data.sources import list_image_files
+    from cellseg.errors import UserError
+    from cellseg.infer.config import load_inference_config
 
-    try:
-        cfg = load_inference_config(args.config, args.set + (["tta=[h,v,hv]"] if args.tta else []))
-        records = list_image_files(args.images)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"cellseg pseudo-label: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_inference_config(args.config, args.set + (["tta=[h,v,hv]"] if args.tta else []))
+    records = list_image_files(args.images)
     if args.max_images:
         records = records[:args.max_images]
     if not records:
-        print(f"cellseg pseudo-label: no *.png / *.tif image under {args.images}", file=sys.stderr)
-        return 2
+        raise UserError("no *.png / *.tif image", where=f"--images {args.images}",
+                        fix="pass the folder(s) of unlabeled images")
     if not 0 <= args.min_keep_fraction <= 1:
-        print("cellseg pseudo-label: --min-keep-fraction must be in [0, 1]", file=sys.stderr)
-        return 2
+        raise UserError(f"--min-keep-fraction {args.min_keep_fraction} is not a fraction",
+                        where="--min-keep-fraction", fix="pass a value in [0, 1]")
     if args.rounds:
         if not args.data:
-            print("cellseg pseudo-label: --rounds needs the labelled sources (--data SRC)",
-                  file=sys.stderr)
-            return 2
+            raise UserError("--rounds needs the labelled sources", where="--rounds",
+                            fix="add --data SRC (repeatable)")
         from cellseg.pseudo import run_rounds
 
         last = run_rounds(args.data, args.images, args.out, rounds=args.rounds,
@@ -105,19 +100,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"last student: {last}")
         return 0
     if not args.weights:
-        print("cellseg pseudo-label: pass the teacher checkpoint(s) with --weights (or --rounds "
-              "with --data to train one)", file=sys.stderr)
-        return 2
+        raise UserError("no teacher", where="--weights",
+                        fix="pass the teacher checkpoint(s) with --weights (or --rounds with "
+                            "--data to train one)")
     from cellseg.commands.predict import default_device
     from cellseg.infer.predict import load_models
     from cellseg.pseudo import PseudoSettings, pseudo_label
 
     device = default_device(args.device)
-    try:
-        models = load_models(args.weights, device=device)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"cellseg pseudo-label: {exc}", file=sys.stderr)
-        return 2
+    models = load_models(args.weights, device=device)
     settings = PseudoSettings(min_score=args.min_score, min_area=args.min_area,
                               max_area=args.max_area, min_cells=args.min_cells,
                               min_keep_fraction=args.min_keep_fraction, cell_type=args.cell_type)
