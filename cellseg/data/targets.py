@@ -50,6 +50,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
+from cellseg.core.masks import mask_boxes
+
 UNET_CHANNELS: tuple[str, ...] = ("cell", "border", "centre")
 MAX_INSTANCES = 65534  # ids live in uint16 layers; 0 is background
 
@@ -149,21 +151,16 @@ class TargetSpec:
 
 def crops_from_masks(masks: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
     """(N, H, W) bool masks -> N ``((x0, y0, x1, y1), crop bool (y1-y0, x1-x0))``; empty masks are
-    returned with a zero-size box."""
+    returned with a zero-size box (tight boxes: ``cellseg.core.masks.mask_boxes``)."""
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
     out = []
-    rows_any = masks.any(axis=2)  # (N, H)
-    cols_any = masks.any(axis=1)  # (N, W)
-    for i in range(masks.shape[0]):
-        ys = np.flatnonzero(rows_any[i])
-        xs = np.flatnonzero(cols_any[i])
-        if ys.size == 0:
+    for m, (x0, y0, x1, y1) in zip(masks, mask_boxes(masks).tolist()):
+        if x1 <= x0:
             out.append(((0, 0, 0, 0), np.zeros((0, 0), bool)))
             continue
-        y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-        out.append(((int(x0), int(y0), int(x1), int(y1)), masks[i, y0:y1, x0:x1]))
+        out.append(((x0, y0, x1, y1), m[y0:y1, x0:x1]))
     return out
 
 
@@ -547,5 +544,5 @@ def instance_target_from_layers(layers: np.ndarray, classes: np.ndarray, *,
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     """(N, H, W) bool -> (N, 4) float32 boxes ``x0, y0, x1, y1`` with exclusive upper bounds
     (the continuous pixel extent); an empty mask gives (0, 0, 0, 0)."""
-    crops = crops_from_masks(masks)
-    return np.array([b for b, _ in crops], np.float32).reshape(-1, 4)
+    return mask_boxes(np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:])
+                      ).astype(np.float32)
