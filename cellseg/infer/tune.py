@@ -17,7 +17,7 @@ import dataclasses
 import os
 import pickle
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +34,30 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "nms_iou": (0.3, 0.4, 0.5, 0.6, 0.7, 1.0),
 }
 EXTRA_GRID: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+def coordinate_ascent(start: Any, grids: Mapping[str, Sequence[Any]],
+                      evaluate: Callable[[Any], float], rounds: int,
+                      replace: Callable[[Any, str, Any], Any]) -> tuple[Any, float, float]:
+    """Coordinate ascent over ``grids`` (name -> candidate values) from ``start``: each value
+    replaces the current one only for a strict gain, so the result never scores below the start.
+    ``replace(params, name, value)`` builds a candidate. Returns (best params, best score,
+    start score)."""
+    params = start
+    best = first = evaluate(start)
+    for _ in range(max(1, rounds)):
+        changed = False
+        for name, values in grids.items():
+            for v in values:
+                cand = replace(params, name, v)
+                if cand == params:
+                    continue
+                s = evaluate(cand)
+                if s > best + 1e-12:
+                    best, params, changed = s, cand, True
+        if not changed:
+            break
+    return params, best, first
 
 
 def collect_raw(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: InferenceConfig, *,
@@ -139,20 +163,9 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
         def evaluate(t: TypeThresholds) -> float:
             return float(score_images(g_raw, g_truth, _with_thresholds(cfg, ctype, t), g_types).mean())
 
-        best = evaluate(th)
-        start = best
-        for _ in range(max(1, rounds)):
-            changed = False
-            for name, values in grids.items():
-                for v in values:
-                    cand = dataclasses.replace(th, **{name: type(getattr(th, name))(v)})
-                    if cand == th:
-                        continue
-                    s = evaluate(cand)
-                    if s > best + 1e-12:
-                        best, th, changed = s, cand, True
-            if not changed:
-                break
+        th, best, start = coordinate_ascent(
+            th, grids, evaluate, rounds,
+            lambda t, name, v: dataclasses.replace(t, **{name: type(getattr(t, name))(v)}))
         tuned = _with_thresholds(tuned, ctype, th)
         after_all[idx] = score_images(g_raw, g_truth, tuned, g_types)
         per_type[ctype or "default"] = {"n_images": len(idx), "before": start, "after": best,
@@ -251,20 +264,8 @@ def tune_decode(family: Any, maps: Sequence[np.ndarray], records: Sequence["Imag
         raw = raw_from_maps(family, maps, cfg, params, total_weight)
         return float(score_images(raw, truths, cfg, types).mean())
 
-    params = dict(cfg.decode)
-    best = start = evaluate(params)
-    for _ in range(max(1, rounds)):
-        changed = False
-        for name, values in grids.items():
-            for v in values:
-                cand = {**params, name: v}
-                if cand == params:
-                    continue
-                s = evaluate(cand)
-                if s > best + 1e-12:
-                    best, params, changed = s, cand, True
-        if not changed:
-            break
+    params, best, start = coordinate_ascent(dict(cfg.decode), grids, evaluate, rounds,
+                                     lambda p, name, v: {**p, name: v})
     if progress:
         print(f"tune decode: {start:.4f} -> {best:.4f} with {params}", file=sys.stderr)
     return params, {"before": start, "after": best, "decode": params}
