@@ -16,8 +16,15 @@ one sample / LIVECell well stay together, cell types spread). For every fold:
    ``extra_train`` sources (e.g. a pseudo-labelled folder) join every fold's training set; they
    are never scored. (Pseudo-labels from a teacher that saw the held-out image leak it: for an
    honest gain, make them with a teacher trained without it.)
-3. ``plain`` (``reference=True``): ``python -m bench.plain_unet`` on the same folders and budget.
-4. Both are scored by ``cellseg.core.metrics.match_image``; results per fold and method are saved as
+3. ``kit_pl`` (``pseudo_images`` set): the fold's ``kit`` model is the teacher. It labels the
+   unlabeled images (``cellseg.pseudo.pseudo_label``: confident cells only, whole images rejected
+   when unsure; annotated images are never among them), and a student is trained from scratch
+   with the same recipe and step budget on the fold's training images plus those pseudo-labels
+   (``pseudo_weight`` of the samples drawn from them). The teacher never saw the held-out image,
+   so the gain measured is honest; the teacher's training and the labelling come on top of the
+   student's budget.
+4. ``plain`` (``reference=True``): ``python -m bench.plain_unet`` on the same folders and budget.
+5. All are scored by ``cellseg.core.metrics.match_image``; results per fold and method are saved as
    ``fold_K/<method>/result.json`` (``resume=True`` reuses them).
 
 The report (``cv.json``, ``cv.csv``, written atomically; and the printed table) gives, per method,
@@ -41,7 +48,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from cellseg.data.record import ImageRecord
 
-METHODS = ("kit", "plain")
+METHODS = ("kit", "kit_pl", "plain")
 STEPS_PER_EPOCH = 25  # with a few images, repeat the fold's folder so an epoch is about this long
 
 
@@ -63,6 +70,13 @@ class CVSettings:
     overlays: str | None = None
     extra_train: tuple[str, ...] = ()  # added to every fold's training set, never scored
     report_only: bool = False  # summarise the finished folds of ``out``; train nothing
+    # kit_pl: unlabeled image folders/files, the filters, and the pseudo-labels' share of samples
+    pseudo_images: tuple[str, ...] = ()
+    pseudo_min_score: float = 0.6
+    pseudo_min_keep_fraction: float = 0.5
+    pseudo_min_cells: int = 5
+    pseudo_weight: float = 0.5
+    pseudo_tta: bool = False
 
 
 def make_cv_folds(records: Sequence["ImageRecord"], n_folds: int | None = None,
@@ -144,6 +158,56 @@ def kit_train_command(settings: CVSettings, train_data: Path, n_train: int, out:
     return cmd
 
 
+def student_train_command(settings: CVSettings, train_data: Path, n_train: int,
+                          pseudo_data: Path, out: Path) -> list[str]:
+    """The ``kit_pl`` student's command: the fold's kit command plus the pseudo-labelled folder
+    as the last source, drawn for ``pseudo_weight`` of the samples (by image count, a few dozen
+    pseudo-labelled images would otherwise drown a handful of annotated ones)."""
+    with_pl = dataclasses.replace(settings, extra_train=(*settings.extra_train, str(pseudo_data)))
+    cmd = kit_train_command(with_pl, train_data, n_train, out)
+    if cmd.count("--data") != 2 + len(settings.extra_train):
+        raise ValueError("cv kit_pl needs a training config with data.samples_per_epoch")
+    n_labelled = 1 + len(settings.extra_train)
+    w = settings.pseudo_weight
+    if not 0.0 < w < 1.0:
+        raise ValueError(f"pseudo_weight {w} must lie strictly between 0 and 1")
+    weights = [1.0] * n_labelled + [round(n_labelled * w / (1.0 - w), 6)]
+    return cmd + ["--set", "data.source_weights=[" + ",".join(map(str, weights)) + "]"]
+
+
+def unlabeled_records(settings: CVSettings, annotated: Sequence["ImageRecord"]
+                      ) -> list["ImageRecord"]:
+    """The images of ``settings.pseudo_images`` that are not annotated, by id or by file (an
+    annotated image is either held out, and must not be trained on, or has true labels)."""
+    from cellseg.data.sources import list_image_files
+
+    ids = {r.image_id for r in annotated}
+    files = {Path(r.image_path).resolve() for r in annotated}
+    return [r for r in list_image_files(list(settings.pseudo_images))
+            if r.image_id not in ids and Path(r.image_path).resolve() not in files]
+
+
+def make_pseudo_labels(teacher: Path, records: Sequence["ImageRecord"], out: Path,
+                       settings: CVSettings) -> dict[str, Any]:
+    """Label ``records`` with the fold's teacher into the competition folder ``out``."""
+    from cellseg.infer.config import load_inference_config
+    from cellseg.infer.predict import load_models
+    from cellseg.pseudo import PseudoSettings, pseudo_label
+
+    overrides = list(settings.infer_overrides) + (["tta=[h,v,hv]"] if settings.pseudo_tta else [])
+    cfg = load_inference_config(settings.infer_config, overrides)
+    thresholds = PseudoSettings(min_score=settings.pseudo_min_score,
+                                min_cells=settings.pseudo_min_cells,
+                                min_keep_fraction=settings.pseudo_min_keep_fraction)
+    return pseudo_label(load_models([teacher], device="cpu"), records, cfg, out, thresholds,
+                        weights_paths=[teacher], device="cpu", progress=False,
+                        log=lambda m: None)
+
+
+def _kit_checkpoint(mdir: Path) -> Path:
+    return mdir / "best.pt" if (mdir / "best.pt").is_file() else mdir / "last.pt"
+
+
 def plain_command(settings: CVSettings, train_data: Path, test_data: Path, out: Path) -> list[str]:
     """The ``python -m bench.plain_unet`` command of one fold."""
     if repo_root() is None:
@@ -201,9 +265,10 @@ def _kit_predict(ckpt: Path, records: Sequence["ImageRecord"], settings: CVSetti
 
 
 def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRecord"],
-             out: Path, settings: CVSettings, log: Callable[[str], None] = print
-             ) -> list[dict[str, Any]]:
-    """Train and score every method of one fold; returns the score rows."""
+             out: Path, settings: CVSettings, log: Callable[[str], None] = print,
+             unlabeled: Sequence["ImageRecord"] = ()) -> list[dict[str, Any]]:
+    """Train and score every method of one fold (``unlabeled``: the ``kit_pl`` teacher's images);
+    returns the score rows."""
     from cellseg.export import write_competition_folder
     from cellseg.io import write_json
 
@@ -213,11 +278,18 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
     write_competition_folder(held, test_data, store=out / "images")
     rows: list[dict[str, Any]] = []
     infer_key = [settings.infer_config, list(settings.infer_overrides), settings.tta]
+    pseudo_key = [list(settings.pseudo_images), settings.pseudo_min_score,
+                  settings.pseudo_min_keep_fraction, settings.pseudo_min_cells,
+                  settings.pseudo_tta]
     for method in settings.methods:
+        key = infer_key + pseudo_key if method == "kit_pl" else infer_key
         mdir = fold_dir / method
         done = mdir / "result.json"
         if method == "kit":
             cmd = kit_train_command(settings, train_data, len(train), mdir)
+        elif method == "kit_pl":
+            cmd = student_train_command(settings, train_data, len(train), fold_dir / "pseudo",
+                                        mdir)
         elif method == "plain":
             cmd = plain_command(settings, train_data, test_data, mdir)
         else:
@@ -227,7 +299,7 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
 
             saved = json.loads(done.read_text())
             # reuse only a result of the same training command and inference settings
-            if saved.get("command") == cmd and saved.get("infer", infer_key) == infer_key:
+            if saved.get("command") == cmd and saved.get("infer", key) == key:
                 rows += saved["rows"]
                 log(f"fold {fold} {method}: reused {done}")
                 continue
@@ -238,8 +310,29 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
         if method == "kit":
             secs = _run_logged(cmd, mdir / "train.log", settings.threads,
                                f"fold {fold} kit training")
-            ckpt = mdir / "best.pt" if (mdir / "best.pt").is_file() else mdir / "last.pt"
-            preds = _kit_predict(ckpt, held, settings)
+            preds = _kit_predict(_kit_checkpoint(mdir), held, settings)
+        elif method == "kit_pl":
+            teacher = _kit_checkpoint(fold_dir / "kit")
+            if not teacher.is_file():
+                raise RuntimeError(f"fold {fold} kit_pl: no teacher {teacher}; the kit method "
+                                   f"must run first")
+            t0 = time.perf_counter()
+            prov = make_pseudo_labels(teacher, unlabeled, fold_dir / "pseudo", settings)
+            c = prov["counts"]
+            log(f"fold {fold} kit_pl: teacher {teacher} kept {c['cells']} of "
+                f"{c['cells_predicted']} cells on {c['accepted']}/{c['images']} images "
+                f"[{time.perf_counter() - t0:.0f} s]")
+            if not c["accepted"]:
+                from cellseg.errors import UserError
+
+                raise UserError(f"fold {fold}: the teacher's pseudo-labels rejected all "
+                                f"{c['images']} images",
+                                where=str(fold_dir / "pseudo" / "pseudo_label.json"),
+                                fix="lower --pseudo-min-score / --pseudo-min-keep-fraction / "
+                                    "--pseudo-min-cells, or train the teacher longer (--steps)")
+            secs = _run_logged(cmd, mdir / "train.log", settings.threads,
+                               f"fold {fold} kit_pl student training")
+            preds = _kit_predict(_kit_checkpoint(mdir), held, settings)
         else:
             secs = _run_logged(cmd, mdir / "train.log", settings.threads,
                                f"fold {fold} plain reference")
@@ -247,7 +340,7 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
 
             preds = dict(read_submission(mdir / "pred.csv"))
         fold_rows = score_rows(method, fold, held, preds, secs, settings.overlays)
-        write_json(done, {"command": cmd, "infer": infer_key, "rows": fold_rows})
+        write_json(done, {"command": cmd, "infer": key, "rows": fold_rows})
         rows += fold_rows
         log(f"fold {fold} {method}: " + ", ".join(f"{r['image_id']} {r['score']:.4f} "
                                                    f"({r['n_pred']}/{r['n_true']} cells)"
@@ -340,11 +433,12 @@ def run_cv(records: Sequence["ImageRecord"], out: str | os.PathLike, settings: C
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     by_id = {r.image_id: r for r in records}
+    unlabeled = unlabeled_records(settings, records) if "kit_pl" in settings.methods else []
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for k, held_ids in enumerate(folds):
         held = [by_id[i] for i in held_ids]
         train = [r for r in records if r.image_id not in set(held_ids)]
-        rows += run_fold(k, held, train, out, settings, log)
+        rows += run_fold(k, held, train, out, settings, log, unlabeled)
         summary = write_reports(out, settings, folds, rows, extra)
     return summary, rows

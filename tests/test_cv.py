@@ -95,6 +95,41 @@ def test_cv_tiny_run_on_real_samples(tmp_path, shared_sartorius, shared_livecell
     assert log.stat().st_mtime_ns == stamp
 
 
+def test_cv_pseudo_label_student_per_fold(tmp_path, shared_sartorius, shared_livecell) -> None:
+    """kit_pl: each fold's kit model labels unlabeled real images (never an annotated one), and a
+    student trains on the fold's images plus those labels, half of its samples drawn from them."""
+    from cellseg.cli import main
+
+    tifs = sorted((shared_livecell / "images").rglob("*.tif"))
+    # two unlabeled images and the annotated one that --max-images 2 keeps (fold 1's held-out)
+    annotated_tif = [t for t in tifs if t.stem == "MCF7_Phase_G4_2_02d16h00m_1"]
+    pseudo = [t for t in tifs if t not in annotated_tif][:2] + annotated_tif
+    assert len(pseudo) == 3
+    out = tmp_path / "cv"
+    argv = ["cv", "--data", str(shared_sartorius), "--data", f"{shared_livecell}:val",
+            "--max-images", "2", "--config", "unet_tiny", "--steps", "1", "--out", str(out),
+            # a 1-step teacher is not confident: decode and accept whatever it finds
+            "--infer-set", "decode.seed_thresh=0", "--infer-set", "decode.fg_thresh=0",
+            "--infer-set", "default.score_thresh=0", "--pseudo-min-score", "0",
+            "--pseudo-min-keep-fraction", "0", "--pseudo-min-cells", "1",
+            "--pseudo-images", *map(str, pseudo)]
+    code = main(argv)
+    result = json.loads((out / "cv.json").read_text()) if code == 0 else None
+    assert code == 0, result
+    rows = result["rows"]
+    assert sorted({r["method"] for r in rows}) == ["kit", "kit_pl"]
+    annotated = {r["image_id"] for r in rows}
+    for k in range(2):
+        prov = json.loads((out / f"fold_{k}" / "pseudo" / "pseudo_label.json").read_text())
+        # the fold's own kit model is the teacher, and no annotated image is pseudo-labelled
+        assert prov["models"][0]["path"] == str((out / f"fold_{k}" / "kit" / "best.pt").resolve())
+        assert annotated == {"0030fd0e6378", annotated_tif[0].stem}
+        assert sorted(prov["images"]) == sorted(t.stem for t in pseudo[:2])
+        log = (out / f"fold_{k}" / "kit_pl" / "train.log").read_text().splitlines()[0]
+        assert str(out / f"fold_{k}" / "pseudo") in log
+        assert "data.source_weights=[1.0,1.0]" in log
+
+
 def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius, capsys) -> None:
     from cellseg.cli import main
 
@@ -102,8 +137,23 @@ def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius, capsys) -> None:
     for extra, words in ((["--data", str(tmp_path / "missing")], "does not exist"),
                          (["--data", str(shared_sartorius)], ">= 2 images"),  # cannot be split
                          (["--data", str(shared_sartorius), "--set", "optim.nope=1"],
-                          "unknown key optim.nope")):
+                          "unknown key optim.nope"),
+                         (["--data", str(shared_sartorius), "--only-reference",
+                           "--pseudo-images", str(tmp_path)], "needs the kit's models"),
+                         (["--data", str(shared_sartorius), "--pseudo-images", str(tmp_path)],
+                          "no *.png / *.tif image")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("cellseg cv: "), err
         assert words in err[0]
+
+
+def test_cv_student_command_weights_the_pseudo_labels(tmp_path) -> None:
+    from cellseg.cv import student_train_command
+
+    s = CVSettings(config="unet_small_real", steps=100, extra_train=("x",), pseudo_weight=0.8)
+    cmd = student_train_command(s, tmp_path / "t", 5, tmp_path / "pl", tmp_path / "o")
+    datas = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--data"]
+    assert datas == [str(tmp_path / "t"), "x", str(tmp_path / "pl")]
+    # two labelled sources at weight 1 each, pseudo-labels 4x their sum: 80% of the samples
+    assert cmd[-2:] == ["--set", "data.source_weights=[1.0,1.0,8.0]"]

@@ -8,8 +8,11 @@ Leave-one-image-out by default (``--folds K``: K grouped folds). Each fold train
 ``python -m cellseg train`` for ``--steps`` steps (``--threads`` per process), predicts the held-out
 images and scores them with the competition metric; ``--reference`` also runs the plain-UNet
 benchmark (``bench/plain_unet.py``) on the same folds and budget. Prints mean ± sd per method and
-cell type and every image's score; writes ``OUT/cv.json`` and ``OUT/cv.csv``. ``--resume`` reuses
-finished folds; ``--report-only`` summarises what is finished (e.g. while a run goes on).
+cell type and every image's score; writes ``OUT/cv.json`` and ``OUT/cv.csv``.
+``--pseudo-images DIR`` adds ``kit_pl``: each fold's kit model pseudo-labels those images and a
+student is trained on the fold's images plus its pseudo-labels (the gain of pseudo-labels, without
+leaking the held-out image). ``--resume`` reuses finished folds; ``--report-only`` summarises
+what is finished (e.g. while a run goes on).
 The logic lives in ``cellseg.cv``.
 """
 
@@ -50,6 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra-train", action="append", default=[], metavar="SRC",
                         help="also train every fold on this source (e.g. pseudo-labels); "
                              "never scored")
+    g = parser.add_argument_group("pseudo-labels (method kit_pl: each fold's kit model teaches "
+                                  "a student)")
+    g.add_argument("--pseudo-images", nargs="+", default=[], metavar="DIR",
+                   help="unlabeled image folders/files; adds the kit_pl method (annotated "
+                        "images are left out)")
+    g.add_argument("--pseudo-min-score", type=float, default=0.6,
+                   help="keep cells whose score reaches this (default 0.6)")
+    g.add_argument("--pseudo-min-keep-fraction", type=float, default=0.5,
+                   help="reject an image where fewer of its cells are confident (default 0.5)")
+    g.add_argument("--pseudo-min-cells", type=int, default=5,
+                   help="reject an image with fewer confident cells (default 5)")
+    g.add_argument("--pseudo-weight", type=float, default=0.5,
+                   help="share of the student's samples drawn from pseudo-labels (default 0.5)")
+    g.add_argument("--pseudo-tta", action="store_true", help="the teacher labels with flip TTA")
     parser.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
     parser.add_argument("--report-only", action="store_true",
                         help="only summarise the folds already finished in --out (train nothing)")
@@ -69,6 +86,20 @@ def run(args: argparse.Namespace) -> int:
                         fix="pass --steps 1 or more")
     methods = (("plain",) if args.only_reference
                else ("kit", "plain") if args.reference else ("kit",))
+    if args.pseudo_images:
+        if args.only_reference:
+            raise UserError("--pseudo-images needs the kit's models as teachers",
+                            where="--only-reference", fix="drop --only-reference")
+        if not 0.0 < args.pseudo_weight < 1.0:
+            raise UserError(f"--pseudo-weight {args.pseudo_weight} is not a share",
+                            where="--pseudo-weight", fix="pass a value strictly between 0 and 1")
+        from cellseg.data.sources import list_image_files
+
+        if not list_image_files(args.pseudo_images):
+            raise UserError("no *.png / *.tif image", where=f"--pseudo-images "
+                            f"{' '.join(args.pseudo_images)}",
+                            fix="pass the folder(s) of unlabeled images")
+        methods = (methods[0], "kit_pl", *methods[1:])
     # check the configs and sources before any training starts (errors: one line, exit 2)
     load_train_config(args.config, args.overrides)
     load_inference_config(args.infer_config, args.infer_set)
@@ -86,7 +117,12 @@ def run(args: argparse.Namespace) -> int:
                           infer_overrides=tuple(args.infer_set), tta=args.tta,
                           threads=args.threads, seed=args.seed, resume=args.resume,
                           overlays=args.overlays, extra_train=tuple(args.extra_train),
-                          report_only=args.report_only)
+                          report_only=args.report_only,
+                          pseudo_images=tuple(args.pseudo_images),
+                          pseudo_min_score=args.pseudo_min_score,
+                          pseudo_min_keep_fraction=args.pseudo_min_keep_fraction,
+                          pseudo_min_cells=args.pseudo_min_cells,
+                          pseudo_weight=args.pseudo_weight, pseudo_tta=args.pseudo_tta)
     extra = {"command": ["cellseg", "cv", *sys.argv[2:]] if sys.argv[1:2] == ["cv"] else None,
              "sources": list(args.data)}
     summary, rows = run_cv(records, args.out, settings,
