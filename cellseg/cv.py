@@ -9,6 +9,9 @@ one sample / LIVECell well stay together, cell types spread). For every fold:
 1. The fold's training images and its held-out images are written as two competition-layout
    folders (``fold_K/train_data``, ``fold_K/test_data``; images stored once as PNG in
    ``images/`` and linked), whatever their sources were.
+``only_folds`` runs some folds only (the others' finished results are reported): two processes
+with disjoint ``only_folds`` and the same ``out`` share a CV run; ``report_only`` sums it up.
+
 2. ``kit``: the recipe is trained through the public entry point, ``python -m cellseg train``, in a
    subprocess (``OMP_NUM_THREADS`` = ``threads``) with ``train.max_steps`` = the step budget and no
    validation split; the held-out images are predicted with the inference config (the UNet's cell
@@ -70,6 +73,7 @@ class CVSettings:
     overlays: str | None = None
     extra_train: tuple[str, ...] = ()  # added to every fold's training set, never scored
     report_only: bool = False  # summarise the finished folds of ``out``; train nothing
+    only_folds: tuple[int, ...] = ()  # run these folds; report the others' finished results
     # kit_pl: unlabeled image folders/files, the filters, and the pseudo-labels' share of samples
     pseudo_images: tuple[str, ...] = ()
     pseudo_min_score: float = 0.6
@@ -274,8 +278,9 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
 
     fold_dir = out / f"fold_{fold}"
     train_data, test_data = fold_dir / "train_data", fold_dir / "test_data"
-    write_competition_folder(train, train_data, store=out / "images")
-    write_competition_folder(held, test_data, store=out / "images")
+    if not settings.report_only:  # (another process may be running this fold: leave it alone)
+        write_competition_folder(train, train_data, store=out / "images")
+        write_competition_folder(held, test_data, store=out / "images")
     rows: list[dict[str, Any]] = []
     infer_key = [settings.infer_config, list(settings.infer_overrides), settings.tta]
     pseudo_key = [list(settings.pseudo_images), settings.pseudo_min_score,
@@ -439,6 +444,10 @@ def run_cv(records: Sequence["ImageRecord"], out: str | os.PathLike, settings: C
     for k, held_ids in enumerate(folds):
         held = [by_id[i] for i in held_ids]
         train = [r for r in records if r.image_id not in set(held_ids)]
-        rows += run_fold(k, held, train, out, settings, log, unlabeled)
+        # --only-fold: the other folds are reported when finished (by another process, say)
+        mine = not settings.only_folds or k in settings.only_folds
+        fold_settings = settings if mine else dataclasses.replace(settings, report_only=True)
+        rows += run_fold(k, held, train, out, fold_settings, log if mine else (lambda m: None),
+                         unlabeled)
         summary = write_reports(out, settings, folds, rows, extra)
     return summary, rows

@@ -64,8 +64,14 @@ def test_cv_tiny_run_on_real_samples(tmp_path, shared_sartorius, shared_livecell
     argv = ["cv", "--data", str(shared_sartorius), "--data", f"{shared_livecell}:val",
             "--max-images", "2", "--config", "unet_tiny", "--steps", "1", "--reference",
             "--out", str(out), "--overlays", str(tmp_path / "ov")]
-    assert main(argv) == 0
+    # two "processes" share the run: each trains its fold and reports the other's when finished
+    assert main(argv + ["--only-fold", "0"]) == 0
+    first = json.loads((out / "cv.json").read_text())
+    assert {r["fold"] for r in first["rows"]} == {0}
+    assert not (out / "fold_1" / "kit").exists()
+    assert main(argv + ["--only-fold", "1"]) == 0
     result = json.loads((out / "cv.json").read_text())
+    assert [r for r in result["rows"] if r["fold"] == 0] == first["rows"]
     held = [f[0] for f in result["folds"]]
     assert len(held) == 2 and len(set(held)) == 2
     for k, image_id in enumerate(held):
@@ -130,7 +136,7 @@ def test_cv_pseudo_label_student_per_fold(tmp_path, shared_sartorius, shared_liv
         assert "data.source_weights=[1.0,1.0]" in log
 
 
-def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius, capsys) -> None:
+def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius, shared_livecell, capsys) -> None:
     from cellseg.cli import main
 
     base = ["cv", "--out", str(tmp_path / "o"), "--steps", "1"]
@@ -141,7 +147,9 @@ def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius, capsys) -> None:
                          (["--data", str(shared_sartorius), "--only-reference",
                            "--pseudo-images", str(tmp_path)], "needs the kit's models"),
                          (["--data", str(shared_sartorius), "--pseudo-images", str(tmp_path)],
-                          "no *.png / *.tif image")):
+                          "no *.png / *.tif image"),
+                         (["--data", f"{shared_livecell}:val", "--only-fold", "9"],
+                          "--only-fold 9 is not a fold")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("cellseg cv: "), err

@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="share of the student's samples drawn from pseudo-labels (default 0.5)")
     g.add_argument("--pseudo-tta", action="store_true", help="the teacher labels with flip TTA")
     parser.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
+    parser.add_argument("--only-fold", type=int, action="append", default=[], metavar="K",
+                        help="run only fold K (repeatable; 0-based); finished results of the "
+                             "other folds in --out are reported, so processes can share a run")
     parser.add_argument("--report-only", action="store_true",
                         help="only summarise the folds already finished in --out (train nothing)")
 
@@ -111,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{len(records)} annotated image(s) and --folds {n_folds}",
                         where=f"--data {' '.join(map(str, args.data))}",
                         fix="cross-validation needs >= 2 images and >= 2 folds")
+    n_run = len(records) if n_folds is None or n_folds >= len(records) else n_folds
+    bad = [k for k in args.only_fold if not 0 <= k < n_run]
+    if bad:
+        raise UserError(f"--only-fold {bad[0]} is not a fold of this run", where="--only-fold",
+                        fix=f"pass 0..{n_run - 1}")
     torch.set_num_threads(max(1, args.threads))
     settings = CVSettings(config=args.config, overrides=tuple(args.overrides), steps=args.steps,
                           n_folds=n_folds, methods=methods, infer_config=args.infer_config,
@@ -122,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
                           pseudo_min_score=args.pseudo_min_score,
                           pseudo_min_keep_fraction=args.pseudo_min_keep_fraction,
                           pseudo_min_cells=args.pseudo_min_cells,
-                          pseudo_weight=args.pseudo_weight, pseudo_tta=args.pseudo_tta)
+                          pseudo_weight=args.pseudo_weight, pseudo_tta=args.pseudo_tta,
+                          only_folds=tuple(args.only_fold))
     extra = {"command": ["cellseg", "cv", *sys.argv[2:]] if sys.argv[1:2] == ["cv"] else None,
              "sources": list(args.data)}
     summary, rows = run_cv(records, args.out, settings,
