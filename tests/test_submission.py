@@ -148,3 +148,24 @@ def test_writer_output_on_real_sample_validates(tmp_path, shared_sartorius):
         w.add(image_id, inst)
     assert validate_submission(out, images=shared_sartorius / "train") == []
     assert read_submission(out)[image_id] == encode_labels(lab)
+
+
+def test_validate_against_a_folder_with_a_broken_image(tmp_path, shared_sartorius):
+    """A test file that is not an image is still expected (the kernel writes its empty-policy
+    row); its size is taken as the competition's, so its RLE is still bounds-checked."""
+    import shutil
+
+    images = tmp_path / "test"
+    images.mkdir()
+    real = next((shared_sartorius / "train").glob("*.png"))
+    shutil.copy(real, images / real.name)
+    (images / "broken.png").write_bytes(b"not a png at all")
+    cell = rle.encode(np.pad(np.ones((4, 4), bool), ((0, 516), (0, 700))))
+    out = write_submission(tmp_path / "s.csv", [(real.stem, [cell]), ("broken", [cell])])
+    assert out == 2
+    assert validate_submission(tmp_path / "s.csv", images=images) == []
+    missing = write_submission(tmp_path / "m.csv", [(real.stem, [cell])])
+    assert missing == 1
+    assert _errors(validate_submission(tmp_path / "m.csv", images=images)) == [(None, "broken")]
+    outside = _write(tmp_path / "o.csv", f"id,predicted\n{real.stem},{cell}\nbroken,366000 100\n")
+    assert _errors(validate_submission(outside, images=images)) == [(3, "broken")]
