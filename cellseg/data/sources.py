@@ -4,7 +4,8 @@
     train, val, desc, source_of = load_data(cfg.data)   # cfg.data: cellseg.config.DataConfig
 
 Each source has its own ``split`` and ``val_split`` (``data.split: [val, train]`` pairs with
-``data.sources: [LIVECell root, competition folder]``). A source with a ``val_split`` gives its
+``data.sources: [LIVECell root, competition folder]``; a source written ``PATH:SPLIT``, as in
+``--data ../shared/data/livecell:val``, names its own split). A source with a ``val_split`` gives its
 validation records from that split; the others are pooled and split into grouped folds
 (``data.fold`` held out, ``make_folds``: by sample_id, stratified by cell type).
 
@@ -115,7 +116,9 @@ def load_data(cfg: Any, log: Callable[[str], None] = print
     train: list[tuple[ImageRecord, int]] = []
     val: list[ImageRecord] = []
     pooled: list[tuple[ImageRecord, int]] = []  # sources split into folds
-    for s, (src, split, vsplit) in enumerate(zip(cfg.sources, splits, val_splits)):
+    for s, (spec, split, vsplit) in enumerate(zip(cfg.sources, splits, val_splits)):
+        src, own = parse_source(spec)  # "PATH:SPLIT" names this source's split
+        splits[s] = split = own or split
         records = _filter(load_source(src, split, min_cells=cfg.min_cells), cfg)
         if vsplit:
             train += [(r, s) for r in records]
