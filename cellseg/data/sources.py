@@ -155,8 +155,6 @@ def load_data(cfg: Any, log: Callable[[str], None] = print
         raise SourceError(f"no training images left from {list(cfg.sources)} (split "
                           f"{cfg.split!r}, min_cells {cfg.min_cells}, cell_types "
                           f"{cfg.cell_types}); loosen those settings")
-    if not val:
-        log("note: no validation images: best.pt will be the last weights, not the best")
     records = [r for r, _ in train]
     desc.update(n_train=len(records), n_val=len(val),
                 n_train_cells=sum(r.n_instances for r in records),
