@@ -133,7 +133,8 @@ def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.Path
     images, annotations = [], []
     root = Path(image_root).resolve() if image_root is not None else None
     n_cells = sum(r.n_instances for r in records)
-    bar = tqdm(total=n_cells, desc="to COCO", unit="cell", disable=n_cells < 5000, leave=False)
+    bar = tqdm(total=n_cells, desc="to COCO", unit="cell", disable=True if n_cells < 5000 else None,
+               leave=False)
     if image_ids is not None and len(image_ids) != len(records):
         raise ValueError(f"records_to_coco got {len(image_ids)} image ids for {len(records)} "
                          f"records")

@@ -179,7 +179,8 @@ def load(root: str | os.PathLike, split: str = "val", *,
                 collected.append(f"{path.name}: annotation {ann.get('id')} refers to unknown "
                                  f"image {ann.get('image_id')!r}")
         images = data["images"]
-        for img in tqdm(images, desc=f"{path.name}", disable=len(images) < 50, leave=False):
+        for img in tqdm(images, desc=f"{path.name}", disable=True if len(images) < 50 else None,
+                        leave=False):
             name = Path(str(img["file_name"])).name
             cell_type = cell_type_of(name)
             if wanted is not None and cell_type.lower() not in wanted:

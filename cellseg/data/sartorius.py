@@ -184,7 +184,7 @@ def records_from_frame(df, image_dir: str | os.PathLike, *, fill_holes: bool = F
     records = []
     groups = df.groupby("id", sort=False)
     for image_id, rows in tqdm(groups, total=groups.ngroups, desc="train.csv images",
-                               disable=groups.ngroups < 50, leave=False):
+                               disable=True if groups.ngroups < 50 else None, leave=False):
         first = rows.iloc[0]
         h, w = int(first["height"]), int(first["width"])
         rles = tuple(rows["annotation"].str.strip())
