@@ -30,7 +30,8 @@ with disjoint ``only_folds`` and the same ``out`` share a CV run; ``report_only`
 5. All are scored by ``cellseg.core.metrics.match_image``; results per fold and method are saved as
    ``fold_K/<method>/result.json`` (``resume=True`` reuses them).
 
-The report (``cv.json``, ``cv.csv``, written atomically; and the printed table) gives, per method,
+The report (``cv.json``, ``cv.csv``, the per-image bar chart ``cv.png``, written atomically; and
+the printed table) gives, per method,
 the mean and sample standard deviation of the image scores, per cell type, and per image.
 """
 
@@ -406,10 +407,41 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
     return "\n".join(lines)
 
 
+def plot_scores(path: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
+    """``path`` (PNG, written atomically): one group of bars per held-out image (label: cell type
+    and image id), one bar per method; the legend gives each method's mean ± sd."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from cellseg.io import atomic_path
+
+    methods = list(summary)
+    images = list(dict.fromkeys((r["cell_type"], r["image_id"]) for r in rows))
+    score = {(r["method"], r["image_id"]): r["score"] for r in rows}
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(images) + 2.5), 3.8))
+    for j, m in enumerate(methods):
+        x = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(images))]
+        ax.bar(x, [score.get((m, i), 0.0) for _, i in images], width,
+               label=f"{m}: {summary[m]['mean']:.3f} ± {summary[m]['sd']:.3f}")
+    ax.set_xticks(range(len(images)))
+    ax.set_xticklabels([f"{t}\n{i[:14]}" for t, i in images], fontsize=7)
+    ax.set_ylabel("competition score (held out)")
+    ax.set_title("cross-validation: each image scored by the model that never saw it", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 def write_reports(out: Path, settings: CVSettings, folds: list[list[str]],
                   rows: list[dict[str, Any]], extra: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
-    """Write ``out/cv.json`` and ``out/cv.csv`` atomically; return the summary."""
+    """Write ``out/cv.json``, ``out/cv.csv`` and the bar chart ``out/cv.png`` atomically; return
+    the summary."""
     import csv
     import dataclasses
 
@@ -425,6 +457,8 @@ def write_reports(out: Path, settings: CVSettings, folds: list[list[str]],
         w.writeheader()
         for r in rows:
             w.writerow({k: r[k] for k in keys})
+    if rows:
+        plot_scores(out / "cv.png", summary, rows)
     return summary
 
 

@@ -87,6 +87,8 @@ def test_cv_tiny_run_on_real_samples(tmp_path, shared_sartorius, shared_livecell
         assert all(0.0 <= s <= 1.0 for s in scores)
     with open(out / "cv.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 4
+    with open(out / "cv.png", "rb") as fh:  # the per-image bar chart
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "ov").glob("*.png"))) == 4
     # --resume reuses finished folds instead of training again
     log = out / "fold_0" / "kit" / "train.log"
