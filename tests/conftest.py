@@ -60,3 +60,18 @@ def shared_livecell() -> Path:
 def shared_unlabeled() -> Path:
     """../shared/data/unlabeled/shsy5y: 48 unlabeled LIVECell TIFFs."""
     return _shared("unlabeled/shsy5y")
+
+
+@pytest.fixture
+def tiny_unet_ckpt(tmp_path: Path) -> Path:
+    """A small random-init UNet (resnet18, depth 3, 1 channel) saved as a real checkpoint."""
+    torch = pytest.importorskip("torch")
+    from cellseg.checkpoint import save_checkpoint
+    from cellseg.models import get_family
+
+    torch.manual_seed(0)
+    model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
+                                     decoder_channels=(16, 8, 4), in_channels=1)
+    ckpt = tmp_path / "unet.pt"
+    save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
+    return ckpt

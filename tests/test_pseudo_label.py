@@ -4,10 +4,8 @@ provenance, and that `cellseg train`'s loaders read it back."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cellseg.core.instances import Instances
 from cellseg.pseudo import PseudoSettings, filter_cells
@@ -40,19 +38,6 @@ def test_image_rejection_reasons() -> None:
     assert info["accepted"]
 
 
-def _tiny_unet(tmp_path: Path) -> Path:
-    torch = pytest.importorskip("torch")
-    from cellseg.checkpoint import save_checkpoint
-    from cellseg.models import get_family
-
-    torch.manual_seed(0)
-    model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
-                                     decoder_channels=(16, 8, 4), in_channels=1)
-    ckpt = tmp_path / "teacher.pt"
-    save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
-    return ckpt
-
-
 # decode settings that turn an untrained UNet's ~0.5 maps into one whole-image cell per image
 # (score = its mean cell probability): the plumbing, not the model, is under test
 ONE_CELL = ["--set", "decode.fg_thresh=0.0", "--set", "decode.border_thresh=1.0",
@@ -60,12 +45,13 @@ ONE_CELL = ["--set", "decode.fg_thresh=0.0", "--set", "decode.border_thresh=1.0"
             "--set", "default.score_thresh=0.0"]
 
 
-def test_pseudo_label_real_unlabeled_images(tmp_path, shared_unlabeled) -> None:
+def test_pseudo_label_real_unlabeled_images(tmp_path, shared_unlabeled, tiny_unet_ckpt
+                                            ) -> None:
     from cellseg.checkpoint import sha256_file
     from cellseg.cli import main
     from cellseg.data.loaders import load_records
 
-    ckpt = _tiny_unet(tmp_path)
+    ckpt = tiny_unet_ckpt
     out = tmp_path / "pl"
     argv = ["pseudo-label", "--weights", str(ckpt), "--images", str(shared_unlabeled),
             "--max-images", "2", "--out", str(out), "--device", "cpu", "--no-progress",

@@ -85,18 +85,11 @@ def test_score_truth_source_without_annotations_is_an_error(tmp_path, shared_sar
 
 
 def test_predict_images_several_and_nested_folders(tmp_path, shared_sartorius,
-                                                    shared_livecell) -> None:
-    torch = pytest.importorskip("torch")
-    from cellseg.checkpoint import save_checkpoint
+                                                    shared_livecell, tiny_unet_ckpt) -> None:
     from cellseg.cli import main
-    from cellseg.models import get_family
     from cellseg.core.submission import read_submission
 
-    torch.manual_seed(0)
-    model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
-                                     decoder_channels=(16, 8, 4), in_channels=1)
-    ckpt = tmp_path / "unet.pt"
-    save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
+    ckpt = tiny_unet_ckpt
     nested = tmp_path / "nested"
     src = sorted((shared_livecell / "images").rglob("*.tif"))[:2]
     for k, p in enumerate(src):

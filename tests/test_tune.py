@@ -193,24 +193,12 @@ def test_tune_decode_needs_a_known_dense_family() -> None:
         tune.tune_decode(other, [maps], [rec], InferenceConfig(), progress=False)
 
 
-def _tiny_unet_ckpt(tmp_path: Path) -> Path:
-    torch = pytest.importorskip("torch")
-    from cellseg.checkpoint import save_checkpoint
-    from cellseg.models import get_family
-
-    torch.manual_seed(0)
-    model = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
-                                     decoder_channels=(16, 8, 4), in_channels=1)
-    ckpt = tmp_path / "unet.pt"
-    save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
-    return ckpt
-
-
-def test_collect_dense_maps_reproduce_predict_raw(tmp_path, shared_sartorius) -> None:
+def test_collect_dense_maps_reproduce_predict_raw(tmp_path, shared_sartorius,
+                                                  tiny_unet_ckpt) -> None:
     from cellseg.data.loaders import load_records
     from cellseg.infer.predict import load_models, predict_raw
 
-    models = load_models([_tiny_unet_ckpt(tmp_path)], device="cpu")
+    models = load_models([tiny_unet_ckpt], device="cpu")
     records = load_records(shared_sartorius)
     cfg = load_inference_config("infer_default", ["tta=[h]", "decode.seed_thresh=0.4"])
     family, maps = tune.collect_dense(models, records, cfg, device="cpu", progress=False)
@@ -223,12 +211,12 @@ def test_collect_dense_maps_reproduce_predict_raw(tmp_path, shared_sartorius) ->
 
 
 def test_cli_tune_pools_several_sources_and_tunes_decode(tmp_path, shared_sartorius,
-                                                         shared_livecell) -> None:
+                                                         shared_livecell, tiny_unet_ckpt) -> None:
     import json
 
     from cellseg.cli import main
 
-    ckpt = _tiny_unet_ckpt(tmp_path)
+    ckpt = tiny_unet_ckpt
     out = tmp_path / "tuned.yaml"
     argv = ["tune", "--weights", str(ckpt), "--data", str(shared_sartorius),
             "--data", f"{shared_livecell}:val", "--max-images", "2", "--decode",
@@ -244,10 +232,11 @@ def test_cli_tune_pools_several_sources_and_tunes_decode(tmp_path, shared_sartor
     assert dict(cfg.decode) == report["decode"]["decode"]
 
 
-def test_cli_tune_second_data_is_not_ignored(tmp_path, shared_sartorius) -> None:
+def test_cli_tune_second_data_is_not_ignored(tmp_path, shared_sartorius, tiny_unet_ckpt
+                                             ) -> None:
     from cellseg.cli import main
 
-    ckpt = _tiny_unet_ckpt(tmp_path)
+    ckpt = tiny_unet_ckpt
     rc = main(["tune", "--weights", str(ckpt), "--data", str(shared_sartorius),
                "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "t.yaml"),
                "--no-progress"])
