@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +47,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+from cellseg.errors import UserError
+from cellseg.jobs import repo_root, run_logged
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellseg.data.record import ImageRecord
@@ -97,38 +99,6 @@ def make_cv_folds(records: Sequence["ImageRecord"], n_folds: int | None = None,
 
     folds = make_folds(records, n_folds=n_folds, seed=seed)
     return [[i for i in ids if folds[i] == k] for k in range(n_folds)]
-
-
-def repo_root() -> Path | None:
-    """The source checkout holding ``bench/`` (the plain reference lives there), or None."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "bench" / "plain_unet.py").is_file() else None
-
-
-def _env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[key] = str(threads)
-    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    env.setdefault("MPLBACKEND", "Agg")
-    root = repo_root()
-    if root is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _run_logged(cmd: list[str], log_path: Path, threads: int, what: str) -> float:
-    """Run ``cmd`` with its output in ``log_path``; return seconds; raise with the log's tail."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(log_path, "w") as fh:
-        fh.write(" ".join(cmd) + "\n")
-        fh.flush()
-        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(threads))
-    if rc != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"{what} failed (exit {rc}); log {log_path}:\n{tail}")
-    return time.perf_counter() - t0
 
 
 def kit_train_command(settings: CVSettings, train_data: Path, n_train: int, out: Path
@@ -314,14 +284,14 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             log(f"fold {fold} {method}: not finished, left out of the report")
             continue
         if method == "kit":
-            secs = _run_logged(cmd, mdir / "train.log", settings.threads,
+            secs = run_logged(cmd, mdir / "train.log", settings.threads,
                                f"fold {fold} kit training")
             preds = _kit_predict(_kit_checkpoint(mdir), held, settings)
         elif method == "kit_pl":
             teacher = _kit_checkpoint(fold_dir / "kit")
             if not teacher.is_file():
-                raise RuntimeError(f"fold {fold} kit_pl: no teacher {teacher}; the kit method "
-                                   f"must run first")
+                raise UserError(f"fold {fold} kit_pl: no teacher checkpoint", where=str(teacher),
+                                fix="run the kit method first (or drop kit_pl)")
             t0 = time.perf_counter()
             prov = make_pseudo_labels(teacher, unlabeled, fold_dir / "pseudo", settings)
             c = prov["counts"]
@@ -329,18 +299,16 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
                 f"{c['cells_predicted']} cells on {c['accepted']}/{c['images']} images "
                 f"[{time.perf_counter() - t0:.0f} s]")
             if not c["accepted"]:
-                from cellseg.errors import UserError
-
                 raise UserError(f"fold {fold}: the teacher's pseudo-labels rejected all "
                                 f"{c['images']} images",
                                 where=str(fold_dir / "pseudo" / "pseudo_label.json"),
                                 fix="lower --pseudo-min-score / --pseudo-min-keep-fraction / "
                                     "--pseudo-min-cells, or train the teacher longer (--steps)")
-            secs = _run_logged(cmd, mdir / "train.log", settings.threads,
+            secs = run_logged(cmd, mdir / "train.log", settings.threads,
                                f"fold {fold} kit_pl student training")
             preds = _kit_predict(_kit_checkpoint(mdir), held, settings)
         else:
-            secs = _run_logged(cmd, mdir / "train.log", settings.threads,
+            secs = run_logged(cmd, mdir / "train.log", settings.threads,
                                f"fold {fold} plain reference")
             from cellseg.core.submission import read_submission
 

@@ -158,7 +158,7 @@ def run_rounds(labelled: Sequence[str], unlabeled: Sequence[str], out: str | os.
     --data out/round_r/pseudo`` trains ``out/round_r/student`` (``train.max_steps`` = ``steps``),
     which teaches round r + 1. Without ``teacher``, round 0 trains one on ``labelled`` alone.
     """
-    from cellseg.cv import _run_logged
+    from cellseg.jobs import run_logged
 
     out = Path(out)
     train_base = [sys.executable, "-m", "cellseg", "train", "--config", config, "--no-progress"]
@@ -169,18 +169,18 @@ def run_rounds(labelled: Sequence[str], unlabeled: Sequence[str], out: str | os.
         t_out = out / "round_0" / "teacher"
         cmd = train_base + [a for src in labelled for a in ("--data", src)] + \
             ["--out", str(t_out)] + sets
-        _run_logged(cmd, t_out / "train.log", threads, "round 0 teacher training")
+        run_logged(cmd, t_out / "train.log", threads, "round 0 teacher training")
         teacher = str(t_out / "best.pt")
         log(f"round 0: teacher {teacher}")
     for r in range(1, rounds + 1):
         pl = out / f"round_{r}" / "pseudo"
         cmd = [sys.executable, "-m", "cellseg", "pseudo-label", "--weights", teacher,
                "--images", *unlabeled, "--out", str(pl), "--no-progress", *pseudo_args]
-        _run_logged(cmd, out / f"round_{r}" / "pseudo.log", threads, f"round {r} pseudo-label")
+        run_logged(cmd, out / f"round_{r}" / "pseudo.log", threads, f"round {r} pseudo-label")
         s_out = out / f"round_{r}" / "student"
         cmd = train_base + [a for src in (*labelled, str(pl)) for a in ("--data", src)] + \
             ["--out", str(s_out)] + sets
-        _run_logged(cmd, s_out / "train.log", threads, f"round {r} student training")
+        run_logged(cmd, s_out / "train.log", threads, f"round {r} student training")
         teacher = str(s_out / "best.pt")
         log(f"round {r}: pseudo-labels {pl}, student {teacher}")
     return teacher

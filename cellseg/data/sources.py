@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from cellseg.config import ConfigError
+from cellseg.errors import ConfigError
 from cellseg.data.record import ImageRecord
 
 
