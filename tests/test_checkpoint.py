@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.checkpoint import (load_checkpoint, load_model, save_checkpoint,  # noqa: E402
                                 sha256_file, verify_checkpoint)

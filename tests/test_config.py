@@ -176,7 +176,6 @@ def test_one_loader_for_both_configs(tmp_path):
 
 
 def test_model_args_checked_against_builder_signature():
-    pytest.importorskip("torch")
     for name in config_names():  # the shipped args of this kit's unet / maskrcnn configs fit
         if name.startswith(("unet", "maskrcnn")):
             assert load_train_config(name).model.args

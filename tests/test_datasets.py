@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.core import rle  # noqa: E402
 from cellseg.data.datasets import (InstanceDataset, build_loader, decode_sparse,  # noqa: E402

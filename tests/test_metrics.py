@@ -52,7 +52,7 @@ def test_iou_exactly_half_is_a_miss():
     assert r.tp.tolist() == [0] * 10 and r.score == 0.0
     # IoU exactly 0.55 (11/20): a hit at 0.50 only, a miss at 0.55 (strict >)
     truth = [_rect(0, 2, 0, 10)]         # 20 px
-    pred = [_rect(0, 1, 0, 10) if False else _mask([(0, c) for c in range(10)] + [(1, 0)])]
+    pred = [_mask([(0, c) for c in range(10)] + [(1, 0)])]  # row 0 + one pixel of row 1: 11 px
     r = match_image(truth, pred, SHAPE)
     assert r.tp.tolist() == [1] + [0] * 9
     assert r.score == pytest.approx(0.1)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models import FAMILIES, get_family  # noqa: E402

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-pytest.importorskip("albumentations")
-pytest.importorskip("torch")
+import albumentations  # noqa: F401  (a hard dependency: fail, never skip)
+import torch  # noqa: F401  (a hard dependency: fail, never skip)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_pipeline as ref  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.infer.config import InferenceConfig, TypeThresholds, load_inference_config  # noqa: E402
 from cellseg.infer.predict import (load_models, predict_image, predict_images,  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.cli import main as cli  # noqa: E402
 from cellseg.models import pretrained as P  # noqa: E402

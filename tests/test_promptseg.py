@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models.promptseg import FAMILY, expand_boxes, stability_score  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.core import rle  # noqa: E402
 from cellseg.core import coco_rle

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 from scipy import ndimage  # noqa: E402
 
 from cellseg.infer import predict, tiling  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.training import engine  # noqa: E402
 from cellseg.config import ScheduleConfig  # noqa: E402

@@ -73,7 +73,7 @@ def test_cache_round_trip(tmp_path):
 
 
 def test_cli_tune_on_real_train_image(tmp_path, shared_sartorius):
-    torch = pytest.importorskip("torch")
+    import torch
     from cellseg.checkpoint import save_checkpoint
     from cellseg.cli import main
     from cellseg.models import get_family
