@@ -12,8 +12,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch
 
 from cellseg.core import rle  # noqa: E402
-from cellseg.data.datasets import (InstanceDataset, build_loader, decode_sparse,  # noqa: E402
-                                   sparse_to_masks)
+from cellseg.data.datasets import InstanceDataset, build_loader, record_layers  # noqa: E402
 from cellseg.data.record import ImageRecord  # noqa: E402
 from cellseg.data.targets import TargetSpec, masks_from_layers  # noqa: E402
 from cellseg.data.transforms import apply_augment, build_augment, normalise, resolve_norm  # noqa: E402
@@ -45,13 +44,14 @@ def make_record(tmp_path, name: str = "img0", cell_type: str = "shsy5y", seed: i
     return record, image, masks
 
 
-def test_sparse_cache_round_trip_keeps_overlaps(tmp_path):
+def test_record_layers_keep_every_instance_and_overlap(tmp_path):
     record, _, masks = make_record(tmp_path)
     over = masks.copy()
     over[1] |= over[0]  # an overlapping pair, as in competition training masks
     rec = ImageRecord("o", record.image_path, *record.shape, rles=tuple(rle.encode(m) for m in over))
-    sparse = decode_sparse(rec)
-    assert np.array_equal(sparse_to_masks(sparse), over)
+    layers = record_layers(rec)
+    assert layers.dtype == np.uint16 and len(layers) >= 2  # the overlap needs a second layer
+    assert np.array_equal(masks_from_layers(layers, len(over)), over)
 
 
 def test_window_and_layers_keep_every_instance_and_overlap(tmp_path):
@@ -69,20 +69,13 @@ def test_window_and_layers_keep_every_instance_and_overlap(tmp_path):
     img, got, labels = apply_augment(A.Compose([]), image, masks, np.arange(len(masks)))
     assert np.array_equal(img, image) and np.array_equal(got, masks)
     assert labels.tolist() == list(range(len(masks)))
-    # a window keeps every instance with pixels inside it (and maybe some whose box only
-    # touches it), cut to it
-    rec = ImageRecord("w", record.image_path, *record.shape, rles=tuple(rle.encode(m) for m in masks))
-    cut, index = sparse_to_masks(decode_sparse(rec), window=(10, 20, 70, 60), return_index=True)
-    ref = masks[:, 20:60, 10:70]
-    inside = np.flatnonzero(ref.reshape(len(ref), -1).any(1))
-    assert set(inside) <= set(index.tolist()) and np.array_equal(cut, ref[index])
 
 
 def test_bad_rle_names_the_image_and_instance(tmp_path):
     record, _, _ = make_record(tmp_path)
     bad = ImageRecord("bad", record.image_path, *record.shape, rles=("5 3", "9 2 4 1"))
     with pytest.raises(rle.RLEError, match="image bad .*instance 1"):
-        decode_sparse(bad)
+        record_layers(bad)
 
 
 def test_dataset_without_augment_returns_aligned_image_and_target(tmp_path):

@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cellseg.core import rle as rle_codec
+from cellseg.core.masks import runs_from_rles
 from cellseg.data.record import ImageRecord
 from cellseg.data.targets import MAX_INSTANCES, TargetSpec
 
@@ -60,74 +61,6 @@ def _cache_key(record: ImageRecord) -> str:
     return f"{safe}-{h.hexdigest()[:16]}"
 
 
-def decode_sparse(record: ImageRecord) -> dict[str, np.ndarray]:
-    """Decode a record's RLEs into sparse crops: {"boxes": (N, 4) int32 x0, y0, x1, y1,
-    "bits": packed bool crops concatenated in C order, "shape": (2,) int64}. Empty RLEs give
-    zero-size boxes. Errors name the image and instance."""
-    h, w = record.shape
-    boxes = np.zeros((len(record.rles), 4), np.int32)
-    crops = []
-    for i, r in enumerate(record.rles):
-        try:
-            idx = rle_codec.indices(r, (h, w))
-        except rle_codec.RLEError as err:
-            raise rle_codec.RLEError(f"image {record.image_id} ({record.image_path}), instance {i}: "
-                                     f"{err}") from None
-        if idx.size == 0:
-            continue
-        ys, xs = np.divmod(idx, w)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        crop = np.zeros((y1 - y0, x1 - x0), bool)
-        crop[ys - y0, xs - x0] = True
-        boxes[i] = (x0, y0, x1, y1)
-        crops.append(crop.ravel())
-    flat = np.concatenate(crops) if crops else np.zeros(0, bool)
-    return {"boxes": boxes, "bits": np.packbits(flat), "shape": np.array([h, w], np.int64)}
-
-
-def sparse_to_crops(sparse: Mapping[str, np.ndarray], window: Sequence[int] | None = None
-                    ) -> tuple[list[tuple[tuple[int, int, int, int], np.ndarray]], np.ndarray]:
-    """Sparse crops (``decode_sparse``) -> (list of ``((x0, y0, x1, y1), bool crop)``, (M,) int64
-    instance indices).
-
-    window: optional ``(x0, y0, x1, y1)``; then only the instances whose box meets it are
-        returned, cut to it, in window coordinates (a cut may be empty: callers drop those).
-    """
-    h, w = (int(v) for v in sparse["shape"])
-    boxes = np.asarray(sparse["boxes"]).astype(np.int64)
-    sizes = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    offsets = np.concatenate(([0], np.cumsum(sizes)))
-    flat = np.unpackbits(sparse["bits"], count=int(offsets[-1])).astype(bool)
-    wx0, wy0, wx1, wy1 = (0, 0, w, h) if window is None else (int(v) for v in window)
-    ix0, iy0 = np.maximum(boxes[:, 0], wx0), np.maximum(boxes[:, 1], wy0)
-    ix1, iy1 = np.minimum(boxes[:, 2], wx1), np.minimum(boxes[:, 3], wy1)
-    index = np.flatnonzero((sizes > 0) & (ix1 > ix0) & (iy1 > iy0)) if window is not None \
-        else np.arange(len(boxes))
-    crops = []
-    for i in index:
-        if not sizes[i]:
-            crops.append(((0, 0, 0, 0), np.zeros((0, 0), bool)))
-            continue
-        x0, y0, x1, y1 = boxes[i]
-        crop = flat[offsets[i]:offsets[i + 1]].reshape(y1 - y0, x1 - x0)
-        crops.append(((int(ix0[i] - wx0), int(iy0[i] - wy0), int(ix1[i] - wx0), int(iy1[i] - wy0)),
-                      crop[iy0[i] - y0:iy1[i] - y0, ix0[i] - x0:ix1[i] - x0]))
-    return crops, index.astype(np.int64)
-
-
-def sparse_to_masks(sparse: Mapping[str, np.ndarray], window: Sequence[int] | None = None,
-                    return_index: bool = False) -> Any:
-    """Sparse crops (``decode_sparse``) -> (N, H, W) bool masks (see ``sparse_to_crops`` for
-    ``window``); with ``return_index`` also the (M,) instance indices."""
-    h, w = (int(v) for v in sparse["shape"])
-    wx0, wy0, wx1, wy1 = (0, 0, w, h) if window is None else (int(v) for v in window)
-    crops, index = sparse_to_crops(sparse, window)
-    out = np.zeros((len(crops), wy1 - wy0, wx1 - wx0), bool)
-    for j, ((x0, y0, x1, y1), m) in enumerate(crops):
-        out[j, y0:y1, x0:x1] = m
-    return (out, index) if return_index else out
-
-
 def record_layers(record: ImageRecord) -> np.ndarray:
     """A record's instances as (K, H, W) uint16 label layers, instance i -> i + 1 (RLE decoded
     once; K = overlap depth). Errors name the image and instance."""
@@ -136,8 +69,11 @@ def record_layers(record: ImageRecord) -> np.ndarray:
     if record.n_instances > MAX_INSTANCES:
         raise ValueError(f"image {record.image_id} ({record.image_path}) has {record.n_instances} "
                          f"instances; at most {MAX_INSTANCES} are supported")
-    crops, _ = sparse_to_crops(decode_sparse(record))
-    return crops_to_layers(crops, record.shape)
+    try:
+        runs = runs_from_rles(record.rles, record.shape)
+    except rle_codec.RLEError as err:
+        raise rle_codec.RLEError(f"image {record.image_id} ({record.image_path}): {err}") from None
+    return crops_to_layers(runs.crops(), record.shape)
 
 
 class InstanceDataset:
