@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from cellseg.commands.common import input_path
+from cellseg.core.rle import SHAPE
 from cellseg.errors import InputError
 
 
@@ -26,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="test image folder: the expected ids and image sizes")
     src.add_argument("--ids-from", type=Path, default=None,
                      help="CSV whose first column lists the expected ids (sample_submission.csv)")
-    parser.add_argument("--shape", type=int, nargs=2, default=(520, 704), metavar=("H", "W"),
-                        help="image size when it is not read from --images (default 520 704)")
+    parser.add_argument("--shape", type=int, nargs=2, default=SHAPE, metavar=("H", "W"),
+                        help=f"image size when it is not read from --images (default {SHAPE[0]} {SHAPE[1]})")
     parser.add_argument("--max-problems", type=int, default=50,
                         help="print at most this many problems (default 50)")
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cellseg.core import rle as rle_codec
+from cellseg.core.rle import SHAPE  # (height, width) of both real data sets
 from cellseg.data.coco import records_to_coco
 from cellseg.data.record import ImageRecord
 from cellseg.data.sartorius import COLUMNS, write_train_csv
@@ -34,7 +35,6 @@ from cellseg.data.synth_shapes import (MORPHOLOGIES, Morphology, _uniform, draw_
                                        draw_neurite, draw_shape, draw_sheet, phase_height)
 from cellseg.io import atomic_open, atomic_path, write_json, write_png
 
-SHAPE: tuple[int, int] = (520, 704)  # (height, width) of both real data sets
 COMPETITION_TYPES: tuple[str, ...] = ("shsy5y", "astro", "cort")
 LIVECELL_TYPES: tuple[str, ...] = ("A172", "BT474", "MCF7", "SHSY5Y")
 CSV_COLUMNS = COLUMNS  # train.csv's nine columns (``cellseg.data.sartorius``)
