@@ -12,8 +12,9 @@ config: a YAML file replaces the top-level keys it names and keeps the defaults 
 ``a.b=c`` overrides then edit inside them (``types.astro.min_area=80`` keeps the other types).
 Typed by the one loader, ``cellseg.configlib`` (unknown keys are rejected with the nearest valid
 key, also inside a training config's ``val.infer``).
-Per-cell-type postprocessing lives in ``types``: a mapping ``cell type name -> TypeThresholds``;
-``default`` applies to any type not listed and to images whose type is unknown.
+Per-cell-type postprocessing lives in ``types``: a mapping ``cell type name -> TypeThresholds``
+(default: minimum areas for the competition's three types); ``default`` applies to any type not
+listed and to images whose type is unknown (``cellseg.infer.celltype`` decides an image's type).
 
 Thresholds live here, once: models emit raw candidates plus their extras (``mask_prob``,
 ``pred_iou``, ``stability``, ``box_score``) and every filter that ``cellseg tune`` searches (score,
@@ -89,7 +90,8 @@ class InferenceConfig:
     ``vote_iou``: mask IoU that clusters instances across TTA passes / models for mask voting.
     ``seam_iou`` / ``seam_containment``: two instances from different tiles are the same cell when
     their mask IoU or intersection / smaller area reaches these.
-    ``decode``: keyword arguments passed to a dense family's ``decode``.
+    ``decode``: keyword arguments passed to a dense family's ``decode`` (default: the UNet's seed
+    threshold, ``_default_decode`` says why).
     ``cell_type_names``: label index -> cell type name (per-type heads; used by the image-level vote).
     ``overlap_drop``: in greedy overlap removal, drop a cell that loses more than this share of its area.
     ``empty_policy`` (an image with no cell left after postprocessing):
