@@ -7,7 +7,7 @@
    tiling + blending + seam merging, dense decode, voting, postprocess, read, RLE + writing,
    final ``validate_submission`` of the whole file) for
    the UNet (``unet_tiny`` model args) and Mask R-CNN (``maskrcnn_tiny`` model args), plus the
-   competition-recipe architectures (UNet-ResNet34, Mask R-CNN R50), randomly initialised, with ``infer_default`` on CPU (whole image as one
+   competition-recipe architectures (UNet-ResNet34, Mask R-CNN R50), randomly initialised, with the default inference config on CPU (whole image as one
    tile), and again with 512-pixel tiles and 96 pixels of overlap (blending / seam merging
    exercised; the tiled Mask R-CNN case uses a third of the images). Target: everything
    but the forward pass <= 10 % of the total. Random weights make decoding and postprocessing
@@ -63,14 +63,14 @@ def _stage_table(tmp: Path, n_images: int) -> None:
 
     from cellseg.data.sartorius import list_images
     from cellseg.infer.config import load_inference_config
-    from cellseg.infer.predict import Timer, load_models, predict_to_submission
+    from cellseg.infer.predict import PredictOptions, Timer, load_models, predict_to_submission
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     images = tmp / f"images{n_images}"
     _write_images(images, n_images)
     records = list_images(images)
-    base = load_inference_config("infer_default")
-    print(f"{n_images} synthetic 520x704 images, infer_default (tile_size {base.tile_size}, "
+    base = load_inference_config()
+    print(f"{n_images} synthetic 520x704 images, default inference config (tile_size {base.tile_size}, "
           f"batch {base.batch_size}), CPU, {torch.get_num_threads()} threads, random weights. "
           f"Seconds per image by stage.\n")
     print("| case | " + " | ".join(STAGES) + " | total s/img | non-forward share | cells/img |")
@@ -86,6 +86,7 @@ def _stage_table(tmp: Path, n_images: int) -> None:
              ("unet resnet34 (recipe)", "unet", "unet_competition_finetune", {}, n_images),
              ("maskrcnn R50 (recipe)", "maskrcnn", "maskrcnn_competition_finetune",
               {"batch_size": 1}, max(1, n_images // 3))]
+    quiet = PredictOptions(progress=False)
     for label, family, config, changes, n in cases:
         cfg = dataclasses.replace(base, **changes)
         ckpt = tmp / f"{config}.pt"
@@ -93,10 +94,10 @@ def _stage_table(tmp: Path, n_images: int) -> None:
             _checkpoint(family, config, ckpt)
         models = load_models([ckpt], device="cpu")
         # warm-up (first-call allocations, lazy imports) outside the timing
-        predict_to_submission(models, records[:1], cfg, tmp / "warm.csv", progress=False)
+        predict_to_submission(models, records[:1], cfg, tmp / "warm.csv", quiet)
         timer = Timer()
         t0 = time.perf_counter()
-        predict_to_submission(models, records[:n], cfg, tmp / f"{family}.csv", progress=False,
+        predict_to_submission(models, records[:n], cfg, tmp / f"{family}.csv", quiet,
                               timer=timer)
         total = time.perf_counter() - t0
         with open(tmp / f"{family}.csv") as fh:

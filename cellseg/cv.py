@@ -67,7 +67,7 @@ class CVSettings:
     steps: int = 300
     n_folds: int | None = None  # None: leave one image out
     methods: tuple[str, ...] = ("kit",)
-    infer_config: str = "infer_default"
+    infer_config: str | None = None  # None: the kit's defaults (cellseg.infer.config)
     infer_overrides: tuple[str, ...] = ()
     tta: bool = False
     threads: int = 1

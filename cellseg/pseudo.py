@@ -100,8 +100,7 @@ def pseudo_label(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: "
     from cellseg.checkpoint import sha256_file
     from cellseg.data.record import ImageRecord
     from cellseg.export import write_competition_folder
-    from cellseg.infer.postprocess import postprocess
-    from cellseg.infer.predict import predict_raw
+    from cellseg.infer.predict import predict_images
     from cellseg.io import write_json
     from cellseg.config import to_dict
 
@@ -115,10 +114,11 @@ def pseudo_label(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: "
                   disable=not progress):
         chunk = records[s:s + step]
         pixels = [r.read_image() for r in chunk]
-        raw = predict_raw(models, pixels, cfg, device=device)
-        for r, img, inst in zip(chunk, pixels, raw):
-            ctype = cell_type_of(r, settings)
-            final = postprocess(inst, cfg, cell_type=ctype if ctype in cfg.types else None)
+        ctypes = [cell_type_of(r, settings) for r in chunk]
+        # a type the thresholds know is given, as predict's --cell-type; else predict decides
+        finals = predict_images(models, pixels, cfg, device=device,
+                                cell_types=[t if t in cfg.types else None for t in ctypes])
+        for r, img, ctype, final in zip(chunk, pixels, ctypes, finals):
             kept, info = filter_cells(final, settings)
             images[r.image_id] = {"path": str(r.image_path), **info}
             if info["accepted"]:

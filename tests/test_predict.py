@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cellseg.infer.config import InferenceConfig, TypeThresholds, load_inference_config  # noqa: E402
-from cellseg.infer.predict import (load_models, predict_image, predict_images,  # noqa: E402
-                                   predict_to_submission)
+from cellseg.infer.predict import (PredictOptions, load_models, predict_image,  # noqa: E402
+                                   predict_images, predict_to_submission)
 
 
 def _tiny_unet_checkpoint(path: Path) -> Path:
@@ -73,8 +73,9 @@ def test_predict_to_submission_real_images_tiny_unet(tmp_path, shared_sartorius,
     cfg = load_inference_config(None, ["tile_size=256", "overlap=32", "batch_size=4",
                                        "default.score_thresh=1.01", "types={}"])
     out = tmp_path / "submission.csv"
-    failed = predict_to_submission(models, records, cfg, out, save_masks=tmp_path / "masks",
-                                   overlay=tmp_path / "overlay", progress=False)
+    opts = PredictOptions(save_masks=tmp_path / "masks", overlay=tmp_path / "overlay",
+                          progress=False)
+    failed = predict_to_submission(models, records, cfg, out, opts)
     assert failed == 1  # the corrupt file, named on stderr; the run went on
     rows = _rows(out)
     assert set(rows) == {r.image_id for r in records}
@@ -119,7 +120,8 @@ def test_ensemble_of_dense_and_instance_families(tmp_path, shared_sartorius):
     # the Mask R-CNN alone, whole real images, through the submission writer
     records = list_images(shared_sartorius / "test")
     sub = tmp_path / "mrcnn.csv"
-    assert predict_to_submission(models[1:], records, InferenceConfig(), sub, progress=False) == 0
+    assert predict_to_submission(models[1:], records, InferenceConfig(), sub,
+                                 PredictOptions(progress=False)) == 0
     assert set(_rows(sub)) == {r.image_id for r in records}
     assert [p for p in validate_submission(sub, images=shared_sartorius / "test")
             if p.severity == "error"] == []
@@ -185,7 +187,7 @@ def test_prediction_failure_is_isolated(tmp_path, capsys):
     out = tmp_path / "sub.csv"
     cfg = InferenceConfig(batch_size=3, default=TypeThresholds(score_thresh=0.5, min_area=1))
     failed = predict_to_submission([(torch.nn.Linear(1, 1), _ThresholdFamily(), 1.0)], records,
-                                   cfg, out, progress=False)
+                                   cfg, out, PredictOptions(progress=False))
     assert failed == 1
     assert "prediction failed for bad" in capsys.readouterr().err
     rows = _rows(out)

@@ -360,7 +360,7 @@ def test_predict_to_submission_with_promptseg(tmp_path, monkeypatch, boxes_from)
                                       "default": {"score_thresh": 0.0}})
     out = tmp_path / "submission.csv"
     failed = predict.predict_to_submission([(model, FAMILY, 1.0)], records, cfg, out,
-                                           progress=False)
+                                           predict.PredictOptions(progress=False))
     assert failed == 0
     assert not validate_submission(out, ids=["abc123"], shape=(96, 96))
     rows = out.read_text().strip().splitlines()

@@ -39,8 +39,8 @@ def test_predict_results_json_feeds_score_extras(tmp_path: Path, monkeypatch,
     records = [ImageRecord("img0", tmp_path / "img0.png", 96, 96, source="synthetic")]
     cfg = from_dict(InferenceConfig, {"default": {"score_thresh": 0.0}})
     sub, results = tmp_path / "submission.csv", tmp_path / "results.json"
-    assert predict.predict_to_submission([(model, FAMILY, 1.0)], records, cfg, sub,
-                                         progress=False, results=results) == 0
+    opts = predict.PredictOptions(progress=False, results=results)
+    assert predict.predict_to_submission([(model, FAMILY, 1.0)], records, cfg, sub, opts) == 0
     entries = json.loads(results.read_text())
     n_rows = len(sub.read_text().strip().splitlines()) - 1
     assert len(entries) == n_rows >= 1

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import ndimage  # noqa: E402
 
-from cellseg.infer import predict, tiling  # noqa: E402
+from cellseg.infer import predict, stitch, tiling  # noqa: E402
 from cellseg.infer.config import InferenceConfig, TypeThresholds  # noqa: E402
 from cellseg.infer.merge import merge_seams, vote  # noqa: E402
 from cellseg.core.instances import Instances  # noqa: E402
@@ -99,8 +99,8 @@ def test_linear_dense_model_reconstructs_input(shape, scale):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, shape, dtype=np.uint8)
     cfg = _cfg(scale=scale, tta=("h", "v", "hv"))
-    prep = [predict._prepare(img, cfg)]
-    maps = predict._dense_maps(Linear(2.0, 0.5), DenseFamily(), prep, cfg, predict.Timer())[0]
+    prep = [stitch._prepare(img, cfg)]
+    maps = stitch._dense_maps(Linear(2.0, 0.5), DenseFamily(), prep, cfg, stitch.Timer())[0]
     expected = 2.0 * tiling.resize_image(img, prep[0].scaled).astype(np.float32) / 255 + 0.5
     assert maps.shape == (1, *prep[0].scaled)
     np.testing.assert_allclose(maps[0], expected, atol=1e-5)
@@ -110,10 +110,10 @@ def test_dense_tiles_of_several_images_batched_together():
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(90, 70), (64, 64), (130, 100)]]
     cfg = _cfg(batch_size=5)
-    prep = [predict._prepare(i, cfg) for i in imgs]
-    sizes = [len(b) for b, _ in predict._tile_batches(prep, cfg.batch_size)]
+    prep = [stitch._prepare(i, cfg) for i in imgs]
+    sizes = [len(b) for b, _ in stitch._tile_batches(prep, cfg.batch_size)]
     assert sum(sizes) == sum(len(p.origins) for p in prep) and max(sizes) == 5
-    maps = predict._dense_maps(Linear(), DenseFamily(), prep, cfg, predict.Timer())
+    maps = stitch._dense_maps(Linear(), DenseFamily(), prep, cfg, stitch.Timer())
     for img, m in zip(imgs, maps):
         np.testing.assert_allclose(m[0], img / 255.0, atol=1e-6)
 

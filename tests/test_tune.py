@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_tune_improves_and_never_lowers_the_score(tmp_path):
     cases = [_case(s, t) for s, t in [(0, "astro"), (1, "astro"), (2, "cort"), (3, None)]]
     records, raw = [c[0] for c in cases], [c[1] for c in cases]
     cfg = InferenceConfig(default=TypeThresholds(score_thresh=0.1, min_area=0, nms_iou=1.0),
-                          overlap_drop=0.9, fill_holes=False)
+                          types={}, overlap_drop=0.9, fill_holes=False)
     tuned, report = tune.tune_thresholds(raw, records, cfg, progress=False)
     assert report["after"] > report["before"]
     assert report["after"] == pytest.approx(1.0)  # the false positives and duplicate can go
@@ -167,47 +168,64 @@ def _touching_pair_maps() -> tuple[ImageRecord, np.ndarray]:
     return rec, maps
 
 
-def test_tune_decode_splits_touching_cells_with_a_higher_seed_threshold() -> None:
+def _stitched(maps: np.ndarray, family=None):
+    from cellseg.infer.stitch import DenseMaps, Stitched
     from cellseg.models.unet import FAMILY
 
+    return Stitched(maps.shape[1:], dense=[DenseMaps(family or FAMILY, maps, 1.0)])
+
+
+def test_tune_decode_splits_touching_cells_with_a_higher_seed_threshold() -> None:
     rec, maps = _touching_pair_maps()
     cfg = InferenceConfig(default=TypeThresholds(score_thresh=0.0, min_area=0, nms_iou=1.0),
                           decode={"seed_thresh": 0.3}, fill_holes=False)
-    before = tune.raw_from_maps(FAMILY, [maps], cfg, dict(cfg.decode))
+    st = [_stitched(maps)]
+    before = tune.raw_from_stitched(st, cfg)
     assert len(before[0]) == 1  # the merge this tuning must undo
-    decode, report = tune.tune_decode(FAMILY, [maps], [rec], cfg, progress=False)
+    decode, report = tune.tune_decode(st, [rec], cfg, progress=False)
     assert decode["seed_thresh"] >= 0.5
     assert report["before"] < 0.5 and report["after"] == pytest.approx(1.0)
-    after = tune.raw_from_maps(FAMILY, [maps], cfg, decode)
+    after = tune.raw_from_stitched(st, dataclasses.replace(cfg, decode=decode))
     assert len(after[0]) == 2
 
 
-def test_tune_decode_needs_a_known_dense_family() -> None:
-    import dataclasses
+def test_unet_decode_grid_lives_with_the_family() -> None:
+    from cellseg.models.unet import FAMILY
+    from cellseg.models.unet_decode import DECODE_GRID, decode_unet
 
+    assert tune.decode_grid(FAMILY) is DECODE_GRID
+    import inspect
+
+    # every searched name is a keyword argument of the decode it tunes
+    assert set(DECODE_GRID) <= set(inspect.signature(decode_unet).parameters)
+
+
+def test_tune_decode_needs_a_known_dense_family() -> None:
     from cellseg.models.unet import FAMILY
 
     rec, maps = _touching_pair_maps()
     other = dataclasses.replace(FAMILY, name="mystery")
     with pytest.raises(ValueError, match="no decode grid for family 'mystery'"):
-        tune.tune_decode(other, [maps], [rec], InferenceConfig(), progress=False)
+        tune.tune_decode([_stitched(maps, other)], [rec], InferenceConfig(), progress=False)
 
 
-def test_collect_dense_maps_reproduce_predict_raw(tmp_path, shared_sartorius,
-                                                  tiny_unet_ckpt) -> None:
+def test_collect_stitched_reproduces_predict_raw(tmp_path, shared_sartorius,
+                                                 tiny_unet_ckpt) -> None:
+    """Decode tuning reruns predict's own decode half on predict's own stitched maps: at any
+    decode setting, the raw instances are exactly predict_raw's."""
     from cellseg.data.loaders import load_records
     from cellseg.infer.predict import load_models, predict_raw
 
     models = load_models([tiny_unet_ckpt], device="cpu")
     records = load_records(shared_sartorius)
-    cfg = load_inference_config("infer_default", ["tta=[h]", "decode.seed_thresh=0.4"])
-    family, maps = tune.collect_dense(models, records, cfg, device="cpu", progress=False)
-    assert maps[0].shape == (3, *records[0].shape)
+    cfg = load_inference_config(None, ["tta=[h]", "decode.seed_thresh=0.4"])
+    stitched = tune.collect_stitched(models, records, cfg, device="cpu", progress=False)
+    assert stitched[0].dense[0].maps.shape == (3, *records[0].shape)
     direct = predict_raw(models, [r.read_image() for r in records], cfg, device="cpu")[0]
-    again = tune.raw_from_maps(family, maps, cfg, dict(cfg.decode))[0]
-    assert len(again) == len(direct)
-    assert np.allclose(again.scores, direct.scores)
-    assert np.array_equal(again.to_label_image() > 0, direct.to_label_image() > 0)
+    again = tune.raw_from_stitched(stitched, cfg)[0]
+    assert len(again) == len(direct) > 0
+    assert np.array_equal(again.scores, direct.scores)
+    assert np.array_equal(again.to_label_image(), direct.to_label_image())
 
 
 def test_cli_tune_pools_several_sources_and_tunes_decode(tmp_path, shared_sartorius,

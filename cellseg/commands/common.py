@@ -1,7 +1,7 @@
 """Arguments and checks shared by several `cellseg` commands, written once.
 
     from cellseg.commands import common
-    common.add_config_args(parser, default="infer_default")   # --config, --set
+    common.add_infer_config_args(parser)                       # --config, --set
     common.add_fold_args(parser)                                # --fold, --n-folds, --fold-seed
     records = common.select_fold(records, args)                 # range-checked, one implementation
     common.output_file(args.out, "--out")                       # fail early: --out is a folder
@@ -30,6 +30,20 @@ def add_config_args(parser: argparse.ArgumentParser, *, default: str | None,
     parser.add_argument("--set", dest=dest, action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set a.b=1 (repeatable)")
 
+
+
+def add_infer_config_args(parser: argparse.ArgumentParser, *, what: str = "inference",
+                          flag: str = "--config", dest: str = "set",
+                          set_flag: str = "--set") -> None:
+    """``--config NAME_OR_YAML`` for an inference config, optional: without it, the kit's
+    defaults (``cellseg.infer.config.load_inference_config()``); and repeatable ``--set``."""
+    parser.add_argument(flag, default=None,
+                        help=f"{what} config: a YAML path or a shipped name; it changes the "
+                             f"keys it names (default: the kit's defaults, "
+                             f"cellseg/infer/config.py)")
+    parser.add_argument(set_flag, dest=dest, action="append", default=[], metavar="KEY=VALUE",
+                        help="override an inference config key, e.g. --set tta=[h] "
+                             "(repeatable)")
 
 def add_weights_args(parser: argparse.ArgumentParser) -> None:
     """``--weights CKPT ...`` (several make an ensemble) and ``--model-weights W ...``."""

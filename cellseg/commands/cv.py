@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cellseg.commands.common import add_infer_config_args
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action="append", required=True, metavar="SRC",
@@ -39,10 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the plain-UNet reference (bench/plain_unet.py)")
     parser.add_argument("--only-reference", action="store_true",
                         help="run only the plain-UNet reference")
-    parser.add_argument("--infer-config", default="infer_default",
-                        help="inference config for the kit's predictions")
-    parser.add_argument("--infer-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="inference config override, e.g. decode.seed_thresh=0.7")
+    add_infer_config_args(parser, what="the kit's inference",
+                          flag="--infer-config", dest="infer_set", set_flag="--infer-set")
     parser.add_argument("--tta", action="store_true", help="flip TTA for both methods")
     parser.add_argument("--threads", type=int, default=1, help="threads per training process")
     parser.add_argument("--seed", type=int, default=0)

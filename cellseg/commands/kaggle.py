@@ -42,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel-id", help="owner/slug (default: $KAGGLE_USERNAME/cellseg-infer)")
     p.add_argument("--wheels-dataset", help="owner/slug (default: <owner>/cellseg-wheels)")
     p.add_argument("--weights-dataset", help="owner/slug (default: <owner>/cellseg-weights)")
-    p.add_argument("--config", default="infer_default",
+    p.add_argument("--config", default=None,
                    help="inference config embedded in the kernel: YAML path or shipped name "
-                        "(default: infer_default)")
+                        "(default: none embedded, predict uses the kit's defaults)")
     p.add_argument("--wheels-dir", help="local wheels folder, remembered for `rehearse`")
     p.add_argument("--predict-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `cellseg predict` in the kernel (repeatable)")

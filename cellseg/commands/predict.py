@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cellseg.commands.common import (add_config_args, add_device_arg, add_progress_arg,
+from cellseg.commands.common import (add_infer_config_args, add_device_arg, add_progress_arg,
                                      add_weights_args, check_weights, default_device, input_path,
                                      output_dir, output_file)
 from cellseg.errors import UserError
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folders of *.png / *.tif images (searched recursively; several "
                              "allowed) or image files; ids are file stems (made unique)")
     parser.add_argument("--out", required=True, help="submission CSV to write (atomically)")
-    add_config_args(parser, default="infer_default")
+    add_infer_config_args(parser)
     add_device_arg(parser)
     parser.add_argument("--save-masks", default=None, metavar="DIR",
                         help="also write per-image uint16 label PNGs here")
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cellseg.infer.config import load_inference_config
-    from cellseg.infer.predict import load_models, predict_to_submission
+    from cellseg.infer.predict import PredictOptions, load_models, predict_to_submission
     from cellseg.data.sources import list_image_files
 
     cfg = load_inference_config(args.config, args.set)
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
                         fix="pass the folder(s) holding the test images")
     device = default_device(args.device)
     models = load_models(args.weights, device=device, weights=args.model_weights)
-    failed = predict_to_submission(models, records, cfg, args.out, cell_type=args.cell_type,
-                                   save_masks=args.save_masks, overlay=args.overlay,
-                                   device=device, progress=not args.no_progress,
-                                   results=args.results)
+    options = PredictOptions(cell_type=args.cell_type, save_masks=args.save_masks,
+                             overlay=args.overlay, results=args.results,
+                             progress=not args.no_progress)
+    failed = predict_to_submission(models, records, cfg, args.out, options, device=device)
     print(f"wrote {args.out}: {len(records)} images, {failed} failed", file=sys.stderr)
     return 1 if failed else 0

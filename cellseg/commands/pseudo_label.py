@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cellseg.commands.common import add_infer_config_args
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", nargs="+", default=None, metavar="W",
@@ -25,9 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", nargs="+", required=True, metavar="DIR",
                         help="unlabeled image folders (recursive) or files")
     parser.add_argument("--out", required=True, help="output folder (competition layout)")
-    parser.add_argument("--config", default="infer_default", help="inference config")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="inference config override (repeatable)")
+    add_infer_config_args(parser)
     parser.add_argument("--tta", action="store_true", help="flip TTA (h, v, hv)")
     parser.add_argument("--min-score", type=float, default=0.6,
                         help="keep cells whose (voted) score reaches this (default 0.6)")
@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pseudo_args(args: argparse.Namespace) -> list[str]:
-    out = ["--config", args.config, "--min-score", str(args.min_score),
+    out = (["--config", args.config] if args.config else []) + [
+           "--min-score", str(args.min_score),
            "--min-area", str(args.min_area), "--min-cells", str(args.min_cells),
            "--min-keep-fraction", str(args.min_keep_fraction)]
     for s in args.set:

@@ -17,10 +17,11 @@ Prints the score before and after; writes the tuned inference config atomically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from cellseg.commands.common import (add_config_args, add_device_arg, add_fold_args,
+from cellseg.commands.common import (add_infer_config_args, add_device_arg, add_fold_args,
                                      add_progress_arg, add_weights_args, default_device,
                                      check_weights, input_path, output_file,
                                      select_fold)
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fg_thresh, border_thresh, min_marker_area); --cache is not used")
     add_fold_args(parser, what="tune on")
     parser.add_argument("--out", required=True, help="tuned inference config YAML to write")
-    add_config_args(parser, default="infer_default", what="starting inference")
+    add_infer_config_args(parser, what="starting inference")
     add_device_arg(parser)
     parser.add_argument("--cache", default=None,
                         help="pickle of raw predictions: reused when it covers every image")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from cellseg.data.sources import load_sources
     from cellseg.infer import tune
     from cellseg.infer.config import load_inference_config
-    from cellseg.infer.predict import class_names, load_models
+    from cellseg.infer.predict import load_models
     from cellseg.io import write_json
 
     cfg = load_inference_config(args.config, args.set)
@@ -81,35 +82,25 @@ def run(args: argparse.Namespace) -> int:
     decode_report = None
     raw = tune.load_cache(args.cache, records) if args.cache and not args.decode else None
     models = None
-    if args.decode:
-        import dataclasses
-
-        check_weights(args)
-        device = default_device(args.device)
-        models = load_models(args.weights, device=device, weights=args.model_weights)
-        family, maps = tune.collect_dense(models, records, cfg, device=device,
-                                          progress=not args.no_progress)
-        decode_by_type = {"yes": True, "no": False}.get(
-            args.by_type, bool(cfg.cell_type_names) or bool(class_names(models)))
-        decode, decode_report = tune.tune_decode(family, maps, records, cfg, by_type=decode_by_type,
-                                                 progress=not args.no_progress)
-        cfg = dataclasses.replace(cfg, decode=decode)
-        raw = tune.raw_from_maps(family, maps, cfg, decode)
     if raw is None:
         check_weights(args)
         device = default_device(args.device)
         models = load_models(args.weights, device=device, weights=args.model_weights)
+    by_type = {"yes": True, "no": False}.get(args.by_type)
+    if by_type is None:
+        # predict picks per-type thresholds only when it can decide a type from class labels
+        by_type = tune.predict_knows_types(cfg, models, raw or ())
+    if args.decode:
+        stitched = tune.collect_stitched(models, records, cfg, device=device,
+                                         progress=not args.no_progress)
+        decode, decode_report = tune.tune_decode(stitched, records, cfg, by_type=by_type,
+                                                 progress=not args.no_progress)
+        cfg = dataclasses.replace(cfg, decode=decode)
+        raw = tune.raw_from_stitched(stitched, cfg)
+    elif raw is None:
         raw = tune.collect_raw(models, records, cfg, device=device, progress=not args.no_progress)
         if args.cache:
             tune.save_cache(args.cache, records, raw)
-    by_type = {"yes": True, "no": False}.get(args.by_type)
-    if by_type is None:
-        # predict picks per-type thresholds only when it can vote a type from class labels;
-        # tuning per true type for a class-agnostic model would tune thresholds never used.
-        # From a cache alone (no models loaded), nonzero labels betray a per-type class head.
-        by_type = bool(cfg.cell_type_names) or (
-            bool(class_names(models)) if models is not None
-            else any((inst.labels > 0).any() for inst in raw))
     if not by_type and not args.no_progress:
         print("tune: the models predict no cell type, so predict uses the default thresholds "
               "for every image: tuning those (use --by-type yes with predict --cell-type)",

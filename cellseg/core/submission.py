@@ -24,7 +24,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterable, Iterator, Sequence, Union
+from typing import IO, TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -238,17 +238,20 @@ def ids_from_csv(path: str | os.PathLike) -> list[str]:
 
 def validate_submission(path: str | os.PathLike, *, images: str | os.PathLike | None = None,
                         ids: Iterable[str] | None = None,
-                        shape: tuple[int, int] = rle_codec.SHAPE) -> list[Problem]:
+                        shape: tuple[int, int] = rle_codec.SHAPE,
+                        image_shapes: Mapping[str, tuple[int, int]] | None = None) -> list[Problem]:
     """Check a submission.csv; returns every problem found (empty list = valid).
 
     Checks: the header; each row has 2 fields and a known id; each RLE is valid and inside
     its image; no empty RLE beside an image's other rows; no overlapping masks within an
-    image; every expected image present. Expected ids come from ``images`` (a folder, whose
-    image sizes are used) or ``ids``; with neither, the id checks are skipped.
+    image; every expected image present. Expected ids (and sizes) come from ``images`` (a
+    folder), ``image_shapes`` ({id: (H, W)}) or ``ids`` (all ``shape``), else are not checked.
     """
     shapes: dict[str, tuple[int, int]] | None = None
     if images is not None:
         shapes = expected_images(images)
+    elif image_shapes is not None:
+        shapes = {str(k): (int(v[0]), int(v[1])) for k, v in image_shapes.items()}
     elif ids is not None:
         shapes = {str(i): shape for i in ids}
     problems: list[Problem] = []

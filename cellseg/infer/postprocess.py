@@ -1,7 +1,7 @@
 """Postprocessing of one image's instances: small pure numpy functions, composed by ``postprocess``.
 
-Order (``postprocess``): [rescore] -> image-level cell type (given, or a vote over instance
-labels) picks the per-type thresholds -> score threshold -> [fill holes] -> minimum area -> mask
+Order (``postprocess``): [rescore] -> image-level cell type (``cellseg.infer.celltype``: given,
+or a vote over instance labels) picks the per-type thresholds -> score threshold -> [fill holes] -> minimum area -> mask
 NMS -> greedy overlap removal (every pixel in at most one cell) -> minimum area again (removal
 shrinks cells) -> empty-image policy.
 
@@ -16,12 +16,13 @@ An image with cells in its truth scores 0 either way; the placeholder only keeps
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cellseg.core.instances import (Instances, box_pairs, filter_extra, pair_intersections,
                                     tighten)
+from cellseg.infer.celltype import image_cell_type, vote_cell_type  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from cellseg.infer.config import InferenceConfig
@@ -132,20 +133,6 @@ def remove_overlaps(inst: Instances, drop: float = 0.5) -> Instances:
                      {k: np.asarray(v)[idx] for k, v in inst.extra.items()})
 
 
-def vote_cell_type(inst: Instances, names: Sequence[str]) -> str | None:
-    """Image-level cell type: the label with the largest summed score, mapped through ``names``
-    (label index -> name). None when ``names`` is empty or no instance has a named label."""
-    if not names or len(inst) == 0:
-        return None
-    labels = inst.labels
-    valid = (labels >= 0) & (labels < len(names))
-    if not valid.any():
-        return None
-    sums = np.bincount(labels[valid], weights=inst.scores[valid].astype(np.float64),
-                       minlength=len(names))
-    return names[int(np.argmax(sums))]
-
-
 def placeholder(image_shape: tuple[int, int], size: int = 3) -> Instances:
     """One size x size square at the image centre, score 0 (see the empty-image policy)."""
     h, w = image_shape
@@ -174,14 +161,12 @@ def postprocess(inst: Instances, cfg: "InferenceConfig", *, cell_type: str | Non
                 ) -> Instances:
     """Raw merged instances of one image -> final non-overlapping instances (module docstring).
 
-    ``cell_type`` forces the thresholds' type; otherwise it is voted from the instance labels
-    (``cfg.cell_type_names``), falling back to ``cfg.default``; ``vote_cell_type`` tells
-    which type was chosen.
+    The thresholds are those of ``cellseg.infer.celltype.image_cell_type(inst,
+    cfg.cell_type_names, cell_type)``: ``cell_type`` when given, else voted, else ``cfg.default``.
     """
     if cfg.rescore:
         inst = rescore(inst)
-    ctype = cell_type if cell_type is not None else vote_cell_type(inst, cfg.cell_type_names)
-    th = cfg.thresholds_for(ctype)
+    th = cfg.thresholds_for(image_cell_type(inst, cfg.cell_type_names, cell_type))
     out = filter_score(inst, th.score_thresh)
     out = filter_extra(out, min_pred_iou=th.min_pred_iou, min_stability=th.min_stability)
     if cfg.fill_holes:

@@ -8,7 +8,10 @@ type separately (image scores are averaged over images and each image's threshol
 its own type, so the types do not interact), coordinate ascent over ``score_thresh``, ``min_area``
 and ``nms_iou`` on fixed grids, starting from the current values and changing a value only for a
 strict gain: the tuned score is never below the starting one. The ground-truth cell type of each
-record chooses its thresholds during tuning (at prediction time the type is given or voted).
+record chooses its thresholds during tuning (at prediction time ``cellseg.infer.celltype`` decides
+it: given or voted). Decode tuning (``tune_decode``) runs the models once through predict's
+"stitched maps" half (``cellseg.infer.stitch.stitch``) and reruns only its "decode" half per
+setting tried.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from cellseg.core.instances import Instances
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellseg.data.record import ImageRecord
+    from cellseg.infer.stitch import Stitched
 
 GRIDS: dict[str, tuple[float, ...]] = {
     "score_thresh": tuple(round(0.05 * k, 2) for k in range(1, 20)),
@@ -97,8 +101,23 @@ def load_cache(path: str | os.PathLike, records: Sequence["ImageRecord"]) -> lis
     return [cache[r.image_id] for r in records]
 
 
-def _type_key(record: "ImageRecord") -> str | None:
-    return record.cell_type
+def tuning_types(records: Sequence["ImageRecord"], by_type: bool) -> list[str | None]:
+    """The type whose thresholds each record tunes: its true ``cell_type`` with ``by_type``,
+    else None (``default``, tuned on every image together)."""
+    return [r.cell_type if by_type else None for r in records]
+
+
+def predict_knows_types(cfg: InferenceConfig, models: Sequence[Any] | None,
+                        raw: Sequence[Instances] = ()) -> bool:
+    """Whether predict will pick per-type thresholds for these models (their labels name cell
+    types: ``cellseg.infer.celltype.label_names``); tuning per type otherwise tunes thresholds
+    predict never applies. Without models (a cache alone), nonzero labels betray a per-type
+    head."""
+    from cellseg.infer.celltype import label_names
+
+    if models is not None:
+        return bool(label_names(cfg, models))
+    return bool(cfg.cell_type_names) or any((inst.labels > 0).any() for inst in raw)
 
 
 def score_images(raw: Sequence[Instances], truths: Sequence[Any], cfg: InferenceConfig,
@@ -146,7 +165,7 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
     if len(raw) != len(records):
         raise ValueError(f"{len(raw)} predictions for {len(records)} records")
     truths = [runs_from_rles(r.rles, r.shape) for r in records]
-    types = [_type_key(r) if by_type else None for r in records]
+    types = tuning_types(records, by_type)
     before_all = score_images(raw, truths, cfg, types)
     groups: dict[str | None, list[int]] = {}
     for k, t in enumerate(types):
@@ -188,84 +207,75 @@ def write_config(path: str | os.PathLike, cfg: InferenceConfig) -> None:
 
 # ----------------------------------------------------------------------------- decode thresholds
 
-# candidate values of a dense family's decode keyword arguments (``InferenceConfig.decode``)
-DECODE_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
-    "unet": {
-        "seed_thresh": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-        "fg_thresh": (0.3, 0.4, 0.5, 0.6, 0.7),
-        "border_thresh": (0.3, 0.4, 0.5, 0.6, 0.7),
-        "min_marker_area": (2, 4, 8, 16, 32),
-    },
-}
+
+def decode_grid(family: Any) -> dict[str, tuple[float, ...]] | None:
+    """The decode search grid of a dense family (the UNet's lives beside its decode,
+    ``cellseg.models.unet_decode.DECODE_GRID``); None for a family without one."""
+    if family.name == "unet":
+        from cellseg.models.unet_decode import DECODE_GRID
+
+        return DECODE_GRID
+    return None
 
 
-class _CaptureFamily:
-    """A dense family whose ``decode`` also records the stitched maps it is given, so one model
-    pass serves every decode setting tried later."""
+def collect_stitched(models: Sequence[Any], records: Sequence["ImageRecord"],
+                     cfg: InferenceConfig, *, device: Any = None, progress: bool = True
+                     ) -> list["Stitched"]:
+    """Predict's "stitched maps" half (``cellseg.infer.stitch.stitch``: tiling, TTA, ensemble
+    merge) of every record, ``cfg.batch_size`` at a time: what decode tuning reruns the decode
+    on. Raises ValueError without a dense family (nothing to decode)."""
+    from tqdm import tqdm
 
-    def __init__(self, family: Any) -> None:
-        self._family = family
-        self.maps: list[np.ndarray] = []
+    from cellseg.infer.stitch import stitch
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._family, name)
-
-    def decode(self, dense: np.ndarray, **params: Any) -> Instances:
-        self.maps.append(np.asarray(dense, np.float32))
-        return self._family.decode(dense, **params)
-
-
-def collect_dense(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: InferenceConfig,
-                  *, device: Any = None, progress: bool = True) -> tuple[Any, list[np.ndarray]]:
-    """(family, one (K, H, W) float32 map per record): the ensemble- and TTA-averaged maps that
-    the decode sees, for models of ONE dense family (decode tuning needs nothing else)."""
-    fams = {fam.name for _, fam, _ in models}
-    if len(fams) != 1 or any(fam.kind != "dense" for _, fam, _ in models):
-        raise ValueError(f"decode tuning needs models of one dense family (e.g. unet), got "
-                         f"{sorted(fams)}; tune without --decode")
-    capture = _CaptureFamily(models[0][1])
-    wrapped = [(m, capture, w) for m, _, w in models]
-    collect_raw(wrapped, records, cfg, device=device, progress=progress)
-    if len(capture.maps) != len(records):
-        raise RuntimeError(f"captured {len(capture.maps)} maps for {len(records)} images")
-    return models[0][1], capture.maps
-
-
-def raw_from_maps(family: Any, maps: Sequence[np.ndarray], cfg: InferenceConfig,
-                  decode: dict[str, Any], total_weight: float = 1.0) -> list[Instances]:
-    """Raw instances as ``predict_raw`` would give them with ``decode`` (decode + the same vote)."""
-    from cellseg.infer.merge import vote
-
-    out = []
-    for m in maps:
-        inst = family.decode(m, **decode)
-        out.append(vote([inst], [total_weight], iou=cfg.vote_iou))
+    if not any(fam.kind == "dense" for _, fam, _ in models):
+        raise ValueError(f"decode tuning needs a dense family (e.g. unet), got "
+                         f"{sorted({fam.name for _, fam, _ in models})}; tune without --decode")
+    out: list["Stitched"] = []
+    step = max(1, int(cfg.batch_size))
+    for s in tqdm(range(0, len(records), step), desc="tune: predict", file=sys.stderr,
+                  disable=not progress):
+        chunk = records[s:s + step]
+        out.extend(stitch(models, [r.read_image() for r in chunk], cfg, device=device))
     return out
 
 
-def tune_decode(family: Any, maps: Sequence[np.ndarray], records: Sequence["ImageRecord"],
+def raw_from_stitched(stitched: Sequence["Stitched"], cfg: InferenceConfig) -> list[Instances]:
+    """Raw instances (before postprocessing) as ``predict_raw`` gives them under ``cfg``
+    (``cellseg.infer.stitch.decode_stitched``)."""
+    from cellseg.infer.stitch import decode_stitched
+
+    return [decode_stitched(s, cfg) for s in stitched]
+
+
+def tune_decode(stitched: Sequence["Stitched"], records: Sequence["ImageRecord"],
                 cfg: InferenceConfig, *, by_type: bool = False, grids: dict | None = None,
-                rounds: int = 2, total_weight: float = 1.0, progress: bool = True
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
+                rounds: int = 2, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Coordinate ascent over the decode keyword arguments (global: ``cfg.decode`` is not per
     type), scoring with the current postprocessing thresholds; a value changes only for a strict
-    gain, so the result is never below the start. Returns (decode dict, report
-    {"before", "after", "decode"})."""
+    gain, so the result is never below the start. ``grids`` defaults to the dense family's
+    ``decode_grid``. Returns (decode dict, report {"before", "after", "decode"})."""
     from cellseg.core.metrics import runs_from_rles
 
-    grids = DECODE_GRIDS.get(family.name) if grids is None else grids
-    if not grids:
-        raise ValueError(f"no decode grid for family {family.name!r}; decode tuning knows "
-                         f"{', '.join(DECODE_GRIDS)}")
+    if grids is None:
+        families = {d.family.name: d.family for st in stitched for d in st.dense}
+        if len(families) != 1:
+            raise ValueError(f"decode tuning needs models of one dense family, got "
+                             f"{sorted(families) or 'none'}")
+        family = next(iter(families.values()))
+        grids = decode_grid(family)
+        if not grids:
+            raise ValueError(f"no decode grid for family {family.name!r}; decode tuning knows "
+                             f"the unet family")
     truths = [runs_from_rles(r.rles, r.shape) for r in records]
-    types = [_type_key(r) if by_type else None for r in records]
+    types = tuning_types(records, by_type)
 
     def evaluate(params: dict[str, Any]) -> float:
-        raw = raw_from_maps(family, maps, cfg, params, total_weight)
+        raw = raw_from_stitched(stitched, dataclasses.replace(cfg, decode=params))
         return float(score_images(raw, truths, cfg, types).mean())
 
     params, best, start = coordinate_ascent(dict(cfg.decode), grids, evaluate, rounds,
-                                     lambda p, name, v: {**p, name: v})
+                                            lambda p, name, v: {**p, name: v})
     if progress:
         print(f"tune decode: {start:.4f} -> {best:.4f} with {params}", file=sys.stderr)
     return params, {"before": start, "after": best, "decode": params}

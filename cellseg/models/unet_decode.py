@@ -32,6 +32,16 @@ from cellseg.data.targets import UNET_CHANNELS
 from cellseg.core.instances import Instances
 
 
+# what ``cellseg tune --decode`` searches (coordinate ascent, one value at a time) for the
+# keyword arguments of ``decode_unet`` (``InferenceConfig.decode``)
+DECODE_GRID: dict[str, tuple[float, ...]] = {
+    "seed_thresh": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    "fg_thresh": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "border_thresh": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "min_marker_area": (2, 4, 8, 16, 32),
+}
+
+
 def decode_unet(maps: np.ndarray, *, channels: Sequence[str] = UNET_CHANNELS, fg_thresh: float = 0.5,
                 border_thresh: float = 0.5, seed_thresh: float = 0.3, min_marker_area: int = 8,
                 min_area: int = 8) -> Instances:

@@ -12,7 +12,7 @@ batches, clips, steps the optimiser and the per-step LR schedule (linear warmup 
 Loss values stay on the device between log points, so a GPU is synchronised once per step
 (the non-finite check) and not once per loss term. A non-finite loss stops the run with every
 loss term in the message. ``evaluate`` scores held-out images with the competition metric through
-the same code path as inference (``cellseg.infer.predict.predict_image`` then
+the same code path as inference (``cellseg.infer.predict.predict_records`` then
 ``cellseg.core.metrics.score_instances``).
 """
 
@@ -285,26 +285,28 @@ def evaluate(model: nn.Module, family: Any, records: Sequence[Any], infer_cfg: A
              device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Competition metric of ``model`` on held-out ``records`` (``ImageRecord`` with RLEs).
 
-    Predicts each image with ``cellseg.infer.predict.predict_image`` (tiling, postprocessing and
-    overlap removal exactly as at submission time) and scores with
-    ``cellseg.core.metrics.score_instances``. Returns ``{"score": float, "n_images": int,
-    "n_pred": int, "n_true": int, "score_<cell_type>": float, ...}``.
+    Predicts through ``cellseg.infer.predict.predict_records``, the loop behind ``cellseg
+    predict``: same chunks of ``infer_cfg.batch_size`` images, tiling, decode, cell-type decision
+    (``cellseg.infer.celltype``: the records' true types are NOT used, as predict cannot know
+    them) and postprocessing; so the score equals ``cellseg score`` of ``cellseg predict`` with
+    the same checkpoint and config. Scores with ``cellseg.core.metrics.score_instances``.
+    Returns ``{"score": float, "n_images": int, "n_pred": int, "n_true": int,
+    "score_<cell_type>": float, ...}``.
     """
     from tqdm import tqdm
 
-    from cellseg.infer.predict import predict_image
+    from cellseg.infer.predict import predict_records
     from cellseg.core.metrics import score_instances
 
     net = unwrap(model)
     was_training = net.training
     net.eval()
     device = torch.device(device)
-    preds = []
     try:
-        for rec in tqdm(records, desc="validate", file=sys.stderr, disable=not progress,
-                        leave=False, dynamic_ncols=True):
-            preds.append(predict_image([(net, family, 1.0)], rec.read_image(), infer_cfg,
-                                       cell_type=rec.cell_type, device=device))
+        stream = predict_records([(net, family, 1.0)], records, infer_cfg, device=device)
+        preds = [inst for _, _, inst in tqdm(stream, total=len(records), desc="validate",
+                                             file=sys.stderr, disable=not progress,
+                                             leave=False, dynamic_ncols=True)]
     finally:
         net.train(was_training)
     report = score_instances(records, preds)
