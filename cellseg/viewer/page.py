@@ -116,11 +116,13 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
 
     def render_one(k: int, image_id: str) -> dict[str, Any]:
         t = truth.get(image_id) if truth is not None else None
-        shape = (t.shape if t is not None else
+        path = image_paths.get(image_id)
+        image = read_gray(path) if path is not None else None
+        shape = (t.shape if t is not None else image.shape[:2] if image is not None else
                  next((r.pred[image_id].shape for r in runs if image_id in r.pred),
                       shapes.get(image_id, (520, 704))))
-        path = image_paths.get(image_id)
-        image = read_gray(path) if path is not None else np.zeros(shape, np.uint8)
+        if image is None:
+            image = np.zeros(shape, np.uint8)
         put(f"{k}.jpg", render.base_jpeg(image))
         row: dict[str, Any] = {"id": image_id, "type": cell_types.get(image_id) or "unknown",
                                "h": int(shape[0]), "w": int(shape[1]), "runs": []}

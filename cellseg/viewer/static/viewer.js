@@ -20,7 +20,7 @@
     return e;
   }
   const fmt = (x, nd) => (x === null || x === undefined ? "–" : Number(x).toFixed(nd === undefined ? 4 : nd));
-  const signed = (x) => (x === null || x === undefined ? "–" : (x > 0 ? "+" : "") + Number(x).toFixed(4));
+  const signed = (x, nd) => (x === null || x === undefined ? "–" : (x > 0 ? "+" : "") + Number(x).toFixed(nd === undefined ? 4 : nd));
 
   // ---------------------------------------------------------------- summary
   function curveSvg() {
@@ -187,7 +187,7 @@
       tb.append(el("tr", { "data-id": r.id, "data-index": i, onclick: () => openImage(i) },
         ...COLS.map((c) => {
           const v = c.get(r);
-          const txt = c.str ? v : (v === null || v === undefined ? "–" : (c.diff ? signed(v).slice(0, v < 0 || v > 0 ? 6 : 5) : (c.nd ? fmt(v, c.nd) : String(v))));
+          const txt = c.str ? v : (v === null || v === undefined ? "–" : (c.diff ? signed(v, c.nd) : (c.nd ? fmt(v, c.nd) : String(v))));
           return el("td", { class: (c.str ? "" : "num ") + (c.diff ? (v > 1e-9 ? "up" : v < -1e-9 ? "down" : "") : ""), text: txt });
         })));
     }
