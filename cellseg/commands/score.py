@@ -162,10 +162,13 @@ def _write_reports(args: argparse.Namespace, records: Sequence, truth: dict, cel
     from cellseg.viewer.runinfo import read_run_info
 
     paths = _image_paths(records, args.images)
-    runs = [ViewRun(_run_name(args.pred), preds, scores, report.images,
-                    read_run_info(args.pred))]
+    files = [args.pred] + ([args.compare] if compare is not None else [])
+    names = [p.name for p in files]
+    if len(set(names)) < len(names):  # e.g. runs/unet/pred.csv vs runs/mrcnn/pred.csv
+        names = [f"{p.parent.name}/{p.name}" for p in files]
+    runs = [ViewRun(names[0], preds, scores, report.images, read_run_info(args.pred))]
     if compare is not None:
-        runs.append(ViewRun(_run_name(args.compare), compare["preds"], compare["scores"],
+        runs.append(ViewRun(names[1], compare["preds"], compare["scores"],
                             compare["report"].images, read_run_info(args.compare)))
     argv = ["cellseg", *sys.argv[1:]] if sys.argv[1:2] == ["score"] else None
     page = write_viewer(args.report, runs, list(truth), truth=truth, cell_types=cell_types,
@@ -174,11 +177,6 @@ def _write_reports(args: argparse.Namespace, records: Sequence, truth: dict, cel
     files = write_report(args.report, report, truth, preds, paths, max_images=args.max_overlays)
     print(f"wrote {page} (open it in a browser) and {len(files)} more report files to "
           f"{args.report}")
-
-
-def _run_name(path: Path) -> str:
-    """A run's label on the page: the file name, with its folder when that tells runs apart."""
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
 def _source_path(spec: str) -> str:
