@@ -61,7 +61,7 @@ def test_outcome_classes_and_layer_colours() -> None:
     assert tuple(pl[5, 5]) == (*render.PALETTE[render.GREEN], 255)   # matched prediction
     assert pl[5, 60, 3] == 0 and pl[30, 11, 3] == 0                  # errors are not in "pred"
     assert tuple(el[5, 60]) == (*render.PALETTE[render.RED], 255)    # false positive
-    assert tuple(el[30, 12]) == (*render.PALETTE[render.ORANGE], 255)  # near-miss
+    assert tuple(el[30, 12]) == (*render.PALETTE[render.MAGENTA], 255)  # near-miss
     assert tuple(el[45, 50]) == (*render.PALETTE[render.YELLOW], 255)  # missed cell
     assert el[5, 5, 3] == 0 and el[20, 20, 3] == 0                   # matched / background
     tl = rgba(render.truth_layer(t_edge, truth.n))

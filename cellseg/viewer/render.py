@@ -7,7 +7,7 @@ Layers (each an RGBA PNG the size of the image, stacked by the page, toggled one
 * ``pred`` (one per run): predictions matched to a true cell, green; without truth, every
   prediction, cyan;
 * ``errors`` (one per run): missed true cells (false negatives) yellow, false positives red,
-  near-misses orange (a false positive whose best IoU with a true cell lies in [0.3, 0.5):
+  near-misses magenta (a false positive whose best IoU with a true cell lies in [0.3, 0.5):
   the right cell, a poor mask).
 
 Outlines come from ``cellseg.report.outline_labels`` (the kit's one outline), matching from
@@ -25,9 +25,9 @@ from cellseg.core.masks import Runs
 from cellseg.core.metrics import ImageResult, intersections
 
 # palette index -> RGB of the layers' PNGs (index 0 transparent)
-BLUE, GREEN, CYAN, YELLOW, RED, ORANGE = 1, 2, 3, 4, 5, 6
+BLUE, GREEN, CYAN, YELLOW, RED, MAGENTA = 1, 2, 3, 4, 5, 6
 PALETTE = ((0, 0, 0), (70, 140, 255), (40, 230, 60), (0, 230, 230), (255, 220, 0),
-           (255, 40, 40), (255, 140, 0))
+           (255, 40, 40), (240, 70, 255))
 NEAR_MISS = 0.3  # lower end of a near-miss's best IoU (the upper end is the match threshold)
 
 
@@ -133,6 +133,6 @@ def run_layers(truth_edge: np.ndarray | None, pred_edge: np.ndarray, n_pred: int
     assert truth_edge is not None
     pred = layer_png(_lut(n_pred, (out.matched_p, GREEN))[pred_edge])
     errors = _lut(out.matched_t.size, (~out.matched_t, YELLOW))[truth_edge]
-    err_p = _lut(n_pred, (~out.matched_p, RED), (out.near_p, ORANGE))[pred_edge]
+    err_p = _lut(n_pred, (~out.matched_p, RED), (out.near_p, MAGENTA))[pred_edge]
     np.copyto(errors, err_p, where=err_p > 0)  # predictions' errors over missed truth
     return pred, layer_png(errors)

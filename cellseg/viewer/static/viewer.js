@@ -217,7 +217,7 @@
         el("span", { class: "sw", style: "background:#28e63c" }), "matched prediction (IoU > 0.5) ",
         el("span", { class: "sw", style: "background:#ffdc00" }), "missed true cell ",
         el("span", { class: "sw", style: "background:#ff2828" }), "false positive ",
-        el("span", { class: "sw", style: "background:#ff8c00" }), "near-miss (best IoU 0.3–0.5)") :
+        el("span", { class: "sw", style: "background:#f046ff" }), "near-miss (best IoU 0.3–0.5)") :
       el("div", { class: "legend" }, el("span", { class: "sw", style: "background:#00e6e6" }), "predicted cell");
     box.append(el("div", { class: "bar" },
       el("button", { id: "prev", onclick: () => step(-1), title: "previous (←)" }, "◀"),
