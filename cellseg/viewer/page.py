@@ -109,10 +109,12 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
     shapes = shapes or {}
     results: list[dict[str, ImageResult]] = [dict(r.results or {}) for r in runs]
     rows: list[dict[str, Any]] = []
+    written: set[str] = set()
 
     def put(name: str, data: bytes) -> None:
         with atomic_path(out / "img" / name) as tmp:
             Path(tmp).write_bytes(data)
+        written.add(name)
 
     def render_one(k: int, image_id: str) -> dict[str, Any]:
         t = truth.get(image_id) if truth is not None else None
@@ -164,6 +166,9 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
         for s in range(0, len(image_ids), 4 * n_threads):
             batch = [(k, image_ids[k]) for k in range(s, min(s + 4 * n_threads, len(image_ids)))]
             rows += pool.map(lambda kv: render_one(*kv), batch)
+    for old in (out / "img").iterdir():  # pictures of an earlier, larger page in this folder
+        if old.name not in written and old.name.split(".")[0].isdigit():
+            old.unlink()
 
     run_meta = []
     for j, run in enumerate(runs):
