@@ -201,3 +201,29 @@ def test_predict_page_from_predict_outputs(tmp_path, shared_sartorius) -> None:
     data = page_data(predict_page(tmp_path / "rep2", records, sub))
     assert [row["runs"][0]["conf"] for row in data["images"]] == [None] * 3
     assert {row["id"]: row["runs"][0]["n_pred"] for row in data["images"]} == n_cells
+
+
+def test_cli_predict_report_and_run_info(tmp_path, shared_sartorius, tiny_unet_ckpt) -> None:
+    """`cellseg predict --report`: the page from predict's own results file; what made the
+    predictions is recorded beside them and shown."""
+    from collections import Counter
+
+    from cellseg.cli import main
+    from cellseg.viewer.runinfo import read_run_info
+
+    sub, rep = tmp_path / "sub.csv", tmp_path / "rep"
+    assert main(["predict", "--weights", str(tiny_unet_ckpt), "--images",
+                 str(shared_sartorius / "test"), "--out", str(sub), "--device", "cpu",
+                 "--set", "tile_size=null", "--no-progress", "--report", str(rep)]) == 0
+    results = json.loads((rep / "results.json").read_text())
+    info = read_run_info(sub)
+    assert info == read_run_info(rep / "results.json")
+    assert info["weights"][0]["path"] == str(tiny_unet_ckpt.resolve())
+    assert info["config"]["tile_size"] is None and info["n_images"] == 3
+    data = page_data(rep / "index.html")
+    assert data["has_truth"] is False and len(data["images"]) == 3
+    per_image = Counter(r["image_id"] for r in results)
+    assert {row["id"]: row["runs"][0]["n_pred"] for row in data["images"]} == \
+        {row["id"]: per_image.get(row["id"], 0) for row in data["images"]}
+    assert data["runs"][0]["info"]["weights"] == info["weights"]
+    assert len(list((rep / "img").glob("*.p.png"))) == 3
