@@ -236,7 +236,9 @@
     const r = D.images[i];
     const panes = document.getElementById("panes");
     panes.textContent = "";
-    const avail = Math.max(320, (window.innerWidth - 48) / NR - 12);
+    document.getElementById("detail").classList.remove("hidden");  // before measuring
+    // the panes share the row (12 px gaps); a narrow window wraps them at 320 px
+    const avail = Math.max(320, Math.floor((panes.clientWidth - 12 * (NR - 1)) / NR) - 1);
     const w = Math.min(r.w, avail), h = (w * r.h) / r.w;
     R.forEach((run, j) => {
       const c = r.runs[j];
@@ -249,7 +251,7 @@
       const stats = TRUTH ?
         `score ${fmt(c.score)}  ·  ${c.n_pred} predicted / ${r.n_true} true  ·  TP ${c.tp} FP ${c.fp} FN ${c.fn} (near-miss ${c.near})  ·  mean IoU ${fmt(c.iou, 3)}` :
         `${c.n_pred} cells  ·  mean score ${fmt(c.conf, 3)}`;
-      panes.append(el("figure", { class: "pane", "data-run": j },
+      panes.append(el("figure", { class: "pane", "data-run": j, style: `width:${w}px` },
         el("figcaption", {}, el("b", { style: `color:${RUN_COLORS[j % 4]}`, text: (NR > 1 ? "ABCD"[j] + ": " : "") + run.name }), "  " + stats),
         view));
     });
