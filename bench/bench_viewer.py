@@ -99,10 +99,12 @@ def main() -> None:
         f"{n} images {mb:.0f} MB" for n, mb in peaks) + " (flat: the writer streams)")
     print(f"\nprocess peak RSS {rss:.0f} MB (includes the generated data and imports)")
     scale = 240 / N_IMAGES
-    ok = rows[0][1] * scale <= 10 and max(r[3] for r in rows) * scale <= 50
-    print(f"targets (one run <= 10 s wall, every page <= 50 MB, scaled to 240 images): "
-          f"{'met' if ok else 'NOT met'}")
-
+    size_ok = max(r[3] for r in rows) * scale <= 50
+    wall, cpu = rows[0][1] * scale, rows[0][2] * scale
+    print(f"targets, scaled to 240 images: every page <= 50 MB: {'met' if size_ok else 'NOT met'}; "
+          f"one run <= 10 s: wall {wall:.1f} s ({'met' if wall <= 10 else 'NOT met'}), CPU "
+          f"{cpu:.1f} s ({'met' if cpu <= 10 else 'NOT met'}; the wall time follows the "
+          f"machine's load, the CPU time does not)")
 
 if __name__ == "__main__":
     main()
