@@ -71,7 +71,9 @@ def pages(tmp_path_factory, shared_livecell):
     assert main(base + ["--json", str(tmp / "a.json"), "--report", str(tmp / "one")]) == 0
     assert main(base + ["--compare", str(tmp / "b.csv"), "--json", str(tmp / "ab.json"),
                         "--report", str(tmp / "two")]) == 0
+    assert main(base + ["--report", str(tmp / "emb"), "--report-embed"]) == 0
     return {"tmp": tmp, "one": tmp / "one" / "index.html", "two": tmp / "two" / "index.html",
+            "emb": tmp / "emb" / "index.html",
             "score": json.loads((tmp / "a.json").read_text()),
             "compare": json.loads((tmp / "ab.json").read_text())}
 
@@ -217,4 +219,21 @@ def test_compare_page_in_chromium(browser, pages) -> None:
     shot = pages["tmp"] / "viewer_compare.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+    assert not _errors(browser)
+
+
+def test_single_file_page_in_chromium(browser, pages) -> None:
+    """--report-embed: one HTML file, the pictures inside it as data URIs."""
+    from selenium.webdriver.common.by import By
+
+    page = pages["emb"]
+    assert not (page.parent / "img").exists()
+    _open(browser, page)
+    assert _text(browser, "#score-0") == f"{pages['score']['score']:.4f}"
+    browser.find_element(By.CSS_SELECTOR, "#images tbody tr").click()
+    time.sleep(0.3)
+    pics = browser.execute_script(
+        "return [...document.querySelectorAll('#panes img')].map(i => [i.src.slice(0, 15), "
+        "i.complete && i.naturalWidth])")
+    assert pics == [["data:image/jpeg", 704]] + [["data:image/png;", 704]] * 3, pics
     assert not _errors(browser)

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", default=None, metavar="DIR",
                         help="also write a results page (DIR/index.html: outlines, cell counts, "
                              "mean scores per image; implies --results DIR/results.json if unset)")
+    parser.add_argument("--report-embed", action="store_true",
+                        help="with --report: pictures inside index.html (a single file)")
     add_progress_arg(parser)
 
 

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, default=None,
                         help="write the results page (index.html, opens offline) and plots "
                              "into this folder")
+    parser.add_argument("--report-embed", action="store_true",
+                        help="put the page's pictures inside index.html (one file to copy or to "
+                             "show in a viewer that serves a single HTML file)")
     parser.add_argument("--max-overlays", type=int, default=0,
                         help="with --report, also this many PNG overlays, worst images first "
                              "(default 0: the page shows every image)")
@@ -173,7 +176,8 @@ def _write_reports(args: argparse.Namespace, records: Sequence, truth: dict, cel
     argv = ["cellseg", *sys.argv[1:]] if sys.argv[1:2] == ["score"] else None
     page = write_viewer(args.report, runs, list(truth), truth=truth, cell_types=cell_types,
                         image_paths=paths, title=f"cellseg score: {runs[0].name}"
-                        + (f" vs {runs[1].name}" if compare else ""), command=argv)
+                        + (f" vs {runs[1].name}" if compare else ""), command=argv,
+                        embed=args.report_embed)
     files = write_report(args.report, report, truth, preds, paths, max_images=args.max_overlays)
     print(f"wrote {page} (open it in a browser) and {len(files)} more report files to "
           f"{args.report}")

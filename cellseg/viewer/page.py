@@ -3,8 +3,10 @@
 The page is one HTML file with its CSS, its plain JavaScript (``viewer.js``, no build step) and
 its numbers (a JSON block) inline; the pictures are files beside it (``img/<k>.jpg`` and
 ``img/<k>.<layer>.png``, ``k`` the image's row number), so it opens from ``file://`` with no
-server and no network. Pictures are written one image at a time (nothing full-size is held for
-more than one image); every file is written atomically, ``index.html`` last.
+server and no network. ``embed=True`` puts the pictures into the page instead (data URIs, one
+``<script>`` per picture, streamed to a temporary file first): one file to copy or to show where
+a viewer serves a single HTML file. Pictures are written a few images at a time (nothing
+full-size is held longer); every file is written atomically, ``index.html`` last.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
                  image_paths: Mapping[str, str | os.PathLike] | None = None,
                  shapes: Mapping[str, tuple[int, int]] | None = None,
                  title: str = "cellseg results", command: Sequence[str] | None = None,
-                 threads: int | None = None) -> Path:
+                 threads: int | None = None, embed: bool = False) -> Path:
     """Write ``out_dir/index.html`` for ``runs`` over ``image_ids``; returns its path.
 
     With ``truth`` every run is scored (competition metric) and outlines are coloured by
@@ -95,6 +97,7 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
         shapes: image id -> (H, W), needed for images without a file or truth (default 520x704).
         command: the command line that made the page, shown in the summary.
         threads: images rendered at once (default: up to 4, one per CPU core).
+        embed: pictures inside ``index.html`` (data URIs) rather than in ``img/``.
     """
     from cellseg.io import atomic_open, atomic_path, read_gray
     from cellseg.report import outline_labels
@@ -102,8 +105,14 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
 
     if not runs:
         raise ValueError("write_viewer needs at least one run")
+    import base64
+    import tempfile
+    import threading
+
     out = Path(out_dir)
     (out / "img").mkdir(parents=True, exist_ok=True)
+    pics = tempfile.TemporaryFile("w+", encoding="ascii") if embed else None
+    lock = threading.Lock()
     cell_types = cell_types or {}
     image_paths = image_paths or {}
     shapes = shapes or {}
@@ -112,6 +121,12 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
     written: set[str] = set()
 
     def put(name: str, data: bytes) -> None:
+        if pics is not None:
+            mime = "image/jpeg" if name.endswith(".jpg") else "image/png"
+            uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+            with lock:
+                pics.write(f'<script>PICS["{name}"]="{uri}";</script>\n')
+            return
         with atomic_path(out / "img" / name) as tmp:
             Path(tmp).write_bytes(data)
         written.add(name)
@@ -187,9 +202,22 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
             "command": " ".join(command) if command else None,
             "runs": run_meta, "images": rows}
     page = out / "index.html"
+    head, tail = _html(data).split(_PICS_HERE, 1)
     with atomic_open(page) as fh:
-        fh.write(_html(data))
+        fh.write(head)
+        if pics is not None:
+            import shutil
+
+            pics.seek(0)
+            shutil.copyfileobj(pics, fh)
+            pics.close()
+        fh.write(tail)
+    if embed and not any((out / "img").iterdir()):
+        (out / "img").rmdir()
     return page
+
+
+_PICS_HERE = "<!-- pictures -->\n"
 
 
 def _html(data: Mapping[str, Any]) -> str:
@@ -203,5 +231,6 @@ def _html(data: Mapping[str, Any]) -> str:
             f"<title>{title}</title>\n<style>\n{css}</style></head>\n<body>\n"
             f"<header><h1>{title}</h1><div id=\"when\"></div></header>\n"
             f"<main id=\"app\"><noscript>This page needs JavaScript.</noscript></main>\n"
+            f"<script>window.PICS = {{}};</script>\n{_PICS_HERE}"
             f"<script type=\"application/json\" id=\"data\">{blob}</script>\n"
             f"<script>\n{js}</script>\n</body></html>\n")

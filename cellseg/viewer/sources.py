@@ -37,13 +37,14 @@ def _read_results(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def predict_page(out_dir: str | os.PathLike, records: Sequence[Any], submission: str | os.PathLike,
                  results: str | os.PathLike | None = None, info: Mapping[str, Any] | None = None,
-                 command: Sequence[str] | None = None) -> Path:
+                 command: Sequence[str] | None = None, embed: bool = False) -> Path:
     """The page of a prediction run without truth: outlines, cell counts and mean scores.
 
     Args:
         records: the predicted images (``ImageRecord``: id and path).
         submission: the submission CSV ``cellseg predict`` wrote.
         results: its COCO results JSON (gives the scores), or None (counts only).
+        embed: pictures inside the page (``write_viewer``).
     """
     from cellseg.core.masks import runs_from_rles
     from cellseg.core.submission import read_submission
@@ -61,7 +62,8 @@ def predict_page(out_dir: str | os.PathLike, records: Sequence[Any], submission:
                 pred[image_id] = runs_from_rles(rles, read_gray(paths[image_id]).shape[:2])
     run = ViewRun(Path(submission).name, pred, scores, info=dict(info or {}))
     return write_viewer(out_dir, [run], ids, image_paths=paths,
-                        title=f"cellseg predict: {Path(submission).name}", command=command)
+                        title=f"cellseg predict: {Path(submission).name}", command=command,
+                        embed=embed)
 
 
 def after_predict(args: argparse.Namespace, config: Any, records: Sequence[Any]) -> None:
@@ -77,7 +79,8 @@ def after_predict(args: argparse.Namespace, config: Any, records: Sequence[Any])
             write_run_info(path, info)
     report = getattr(args, "report", None)
     if report is not None:
-        page = predict_page(report, records, args.out, args.results, info, argv)
+        page = predict_page(report, records, args.out, args.results, info, argv,
+                            embed=getattr(args, "report_embed", False))
         print(f"wrote {page} (open it in a browser)", file=sys.stderr)
 
 

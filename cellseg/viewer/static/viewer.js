@@ -19,6 +19,8 @@
     for (const c of kids) if (c != null) e.append(c);
     return e;
   }
+  // pictures: files in img/ beside the page, or data URIs embedded in it (window.PICS)
+  const pic = (name) => (window.PICS && window.PICS[name]) || "img/" + name;
   const fmt = (x, nd) => (x === null || x === undefined ? "–" : Number(x).toFixed(nd === undefined ? 4 : nd));
   const signed = (x, nd) => (x === null || x === undefined ? "–" : (x > 0 ? "+" : "") + Number(x).toFixed(nd === undefined ? 4 : nd));
 
@@ -243,10 +245,10 @@
     R.forEach((run, j) => {
       const c = r.runs[j];
       const stack = el("div", { class: "stack", style: `width:${w}px;height:${h}px` },
-        el("img", { src: `img/${i}.jpg`, class: "base", alt: r.id }),
-        TRUTH ? el("img", { src: `img/${i}.t.png`, class: "layer layer-truth", alt: "" }) : null,
-        el("img", { src: `img/${i}.${j}.p.png`, class: "layer layer-pred", alt: "" }),
-        TRUTH ? el("img", { src: `img/${i}.${j}.e.png`, class: "layer layer-errors", alt: "" }) : null);
+        el("img", { src: pic(`${i}.jpg`), class: "base", alt: r.id }),
+        TRUTH ? el("img", { src: pic(`${i}.t.png`), class: "layer layer-truth", alt: "" }) : null,
+        el("img", { src: pic(`${i}.${j}.p.png`), class: "layer layer-pred", alt: "" }),
+        TRUTH ? el("img", { src: pic(`${i}.${j}.e.png`), class: "layer layer-errors", alt: "" }) : null);
       const view = el("div", { class: "view", style: `width:${w}px;height:${h}px`, onclick: (e) => clickZoom(e, view, stack) }, stack);
       const stats = TRUTH ?
         `score ${fmt(c.score)}  ·  ${c.n_pred} predicted / ${r.n_true} true  ·  TP ${c.tp} FP ${c.fp} FN ${c.fn} (near-miss ${c.near})  ·  mean IoU ${fmt(c.iou, 3)}` :
