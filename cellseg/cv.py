@@ -28,7 +28,8 @@ with disjoint ``only_folds`` and the same ``out`` share a CV run; ``report_only`
    student's budget.
 4. ``plain`` (``reference=True``): ``python -m bench.plain_unet`` on the same folders and budget.
 5. All are scored by ``cellseg.core.metrics.match_image``; results per fold and method are saved as
-   ``fold_K/<method>/result.json`` (``resume=True`` reuses them).
+   ``fold_K/<method>/result.json`` (``resume=True`` reuses them), the predictions as
+   ``fold_K/<method>/pred.csv`` (the results page, ``cellseg.viewer.sources.cv_page``, reads them).
 
 The report (``cv.json``, ``cv.csv``, the per-image bar chart ``cv.png``, written atomically; and
 the printed table) gives, per method,
@@ -313,6 +314,10 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             from cellseg.core.submission import read_submission
 
             preds = dict(read_submission(mdir / "pred.csv"))
+        if method != "plain":  # (plain writes its own pred.csv) kept for `cellseg cv --report`
+            from cellseg.core.submission import write_submission
+
+            write_submission(mdir / "pred.csv", [(r.image_id, preds[r.image_id]) for r in held])
         fold_rows = score_rows(method, fold, held, preds, secs, settings.overlays)
         write_json(done, {"command": cmd, "infer": key, "rows": fold_rows})
         rows += fold_rows

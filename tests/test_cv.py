@@ -93,9 +93,19 @@ def test_cv_tiny_run_on_real_samples(tmp_path, shared_sartorius, shared_livecell
     # --resume reuses finished folds instead of training again
     log = out / "fold_0" / "kit" / "train.log"
     stamp = log.stat().st_mtime_ns
-    assert main(argv + ["--resume"]) == 0
+    assert main(argv + ["--resume", "--report"]) == 0
     assert log.stat().st_mtime_ns == stamp
     assert json.loads((out / "cv.json").read_text())["rows"] == rows
+    # --report: the results page puts the methods side by side, rescored from their pred.csv
+    from test_viewer import page_data
+
+    data = page_data(out / "report" / "index.html")
+    assert [r["name"] for r in data["runs"]] == ["kit", "plain"]
+    assert data["runs"][1]["vs_first"]["n"] == 2
+    for j, m in enumerate(("kit", "plain")):
+        want = {r["image_id"]: r["score"] for r in rows if r["method"] == m}
+        assert {row["id"]: row["runs"][j]["score"] for row in data["images"]} == \
+            pytest.approx(want, abs=1e-4)
     # --report-only trains nothing: results of another step budget are left out, not reused
     stale = [("2" if a == "1" and argv[i - 1] == "--steps" else a) for i, a in enumerate(argv)]
     assert main(stale + ["--report-only"]) == 0

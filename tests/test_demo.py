@@ -29,4 +29,11 @@ def test_demo_quick_end_to_end_with_a_relative_out(tmp_path: Path) -> None:
                  "--images", str(out / "data" / "competition" / "test")]) == 0
     report_md = (out / "report.md").read_text()
     assert "hold-out competition score" in report_md
+    # it ends by pointing at the results pages: the hold-out run, and unet vs maskrcnn
+    assert "Open the results page in a browser: demo_rel/report/index.html" in proc.stdout
+    from test_viewer import page_data
+
+    assert page_data(out / "report" / "index.html")["runs"][0]["info"]["weights"]
+    assert [r["name"] for r in page_data(out / "report_compare" / "index.html")["runs"]] == [
+        "holdout_pred_unet.csv", "holdout_pred_maskrcnn.csv"]
     assert not (Path.cwd() / "demo_rel").exists()  # nothing landed beside the caller

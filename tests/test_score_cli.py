@@ -20,7 +20,7 @@ def test_score_submission_end_to_end(tmp_path, shared_sartorius, capsys):
     write_submission(sub, [(image_id, pred)])
     out_json, report_dir = tmp_path / "score.json", tmp_path / "report"
     rc = main(["score", "--truth", str(shared_sartorius / "train.csv"), "--pred", str(sub),
-               "--json", str(out_json), "--report", str(report_dir)])
+               "--json", str(out_json), "--report", str(report_dir), "--max-overlays", "1"])
     assert rc == 0
     text = capsys.readouterr().out
     want = metrics.score({image_id: truth}, {image_id: pred}).score
@@ -33,9 +33,9 @@ def test_score_submission_end_to_end(tmp_path, shared_sartorius, capsys):
     assert result["per_cell_type"] == {"shsy5y": pytest.approx(want)}
     assert result["counts"]["n_true"] == 395 and result["counts"]["n_pred"] == len(pred)
     assert 0 < result["coco"]["AP"] < result["coco"]["AP50"] < 1
-    pngs = sorted(p.name for p in report_dir.iterdir())
-    assert pngs == [f"overlay_{image_id}.png", "score_per_cell_type.png",
-                    "score_vs_threshold.png"]
+    files = sorted(p.name for p in report_dir.iterdir())
+    assert files == ["img", "index.html", f"overlay_{image_id}.png", "score_per_cell_type.png",
+                     "score_vs_threshold.png"]
     import cv2
 
     img = cv2.imread(str(report_dir / f"overlay_{image_id}.png"))

@@ -12,7 +12,9 @@ cell type and every image's score; writes ``OUT/cv.json`` and ``OUT/cv.csv``.
 ``--pseudo-images DIR`` adds ``kit_pl``: each fold's kit model pseudo-labels those images and a
 student is trained on the fold's images plus its pseudo-labels (the gain of pseudo-labels, without
 leaking the held-out image). ``--resume`` reuses finished folds; ``--report-only`` summarises
-what is finished (e.g. while a run goes on).
+what is finished (e.g. while a run goes on). ``--report [DIR]`` also writes the results page
+(default ``OUT/report/index.html``): the methods side by side on every held-out image, the
+per-image differences against the first method (kit), on how many images each does better.
 The logic lives in ``cellseg.cv``.
 """
 
@@ -71,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only-fold", type=int, action="append", default=[], metavar="K",
                         help="run only fold K (repeatable; 0-based); finished results of the "
                              "other folds in --out are reported, so processes can share a run")
+    parser.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
+                        help="also write the results page comparing the methods image by image "
+                             "(default folder: OUT/report)")
     parser.add_argument("--report-only", action="store_true",
                         help="only summarise the folds already finished in --out (train nothing)")
 
@@ -138,4 +143,15 @@ def run(args: argparse.Namespace) -> int:
                            log=lambda m: print(m, file=sys.stderr, flush=True), extra=extra)
     print(format_table(summary, rows))
     print(f"wrote {args.out}/cv.json and {args.out}/cv.csv")
+    if args.report is not None and rows:
+        from pathlib import Path
+
+        from cellseg.viewer.sources import cv_page
+
+        report = Path(args.report or Path(args.out) / "report")
+        try:
+            page = cv_page(args.out, records, report, command=extra["command"])
+        except FileNotFoundError as err:
+            raise UserError(str(err), where="--report", fix="rerun the fold(s) named") from None
+        print(f"wrote {page} (open it in a browser)")
     return 0

@@ -8,7 +8,9 @@ Steps, each one a real `cellseg` subcommand run in-process (so the demo exercise
 user types): synthesise a training set and an independent labelled hold-out set -> train each
 model family briefly -> predict the hold-out images and score them -> predict the synthetic
 `test/` folder into `submission.csv` with the best model and validate it -> build the Kaggle
-kernel and rehearse it offline -> write `report.md`.
+kernel and rehearse it offline -> write `report.md`. It ends by pointing at the results page of
+the best model's hold-out run, `OUT/report/index.html`, and the page comparing the first two
+families on it, `OUT/report_compare/index.html` (`cellseg score --report`, `--compare`).
 """
 
 from __future__ import annotations
@@ -109,11 +111,24 @@ def run(args: argparse.Namespace) -> int:
         score_json = out / f"score_{family}.json"
         step(f"score hold-out ({family})", lambda: _cli(
             ["score", "--truth", str(holdout / "competition" / "train.csv"), "--pred", str(pred),
-             "--json", str(score_json), "--report", str(out / f"report_{family}"),
-             "--images", str(holdout / "competition" / "train")]))
+             "--json", str(score_json), "--no-coco"]))
         scores[family] = json.loads(score_json.read_text())["score"]
 
     best = max(scores, key=scores.get)
+    # the results pages: the best model's hold-out run, and the first two families side by side
+    truth_args = ["--truth", str(holdout / "competition" / "train.csv"),
+                  "--images", str(holdout / "competition" / "train"), "--no-coco"]
+    pages = [out / "report" / "index.html"]
+    step("results page (hold-out)", lambda: _cli(
+        ["score", *truth_args, "--pred", str(out / f"holdout_pred_{best}.csv"),
+         "--report", str(out / "report")]))
+    if len(scores) > 1:
+        a, b = list(scores)[:2]
+        pages.append(out / "report_compare" / "index.html")
+        step(f"results page ({a} vs {b})", lambda: _cli(
+            ["score", *truth_args, "--pred", str(out / f"holdout_pred_{a}.csv"),
+             "--compare", str(out / f"holdout_pred_{b}.csv"),
+             "--report", str(out / "report_compare")]))
     weights = str(out / "runs" / best / "best.pt")
     best_cfg = str(out / f"tuned_{best}.yaml")
     submission = out / "submission.csv"
@@ -148,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
              "--layout", "both", "--workdir", str(out / "rehearsal"), "--image", "local"]))
         kernel_ok = True
 
-    _write_report(out, scores, best, submission, timings, kernel_ok)
+    _write_report(out, scores, best, submission, timings, kernel_ok, pages)
     print("\nDemo finished. Hold-out scores: "
           + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
           + f". Report: {out / 'report.md'}")
@@ -156,11 +171,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"Rehearse the kernel on Kaggle's own image (Python 3.12, Kaggle's package versions; "
               f"the env is built once per machine):\n  cellseg kaggle rehearse {args.out}/kernel "
               f"--data {args.out}/data/competition")
+    shown = [str(Path(args.out) / p.relative_to(out)) for p in pages]
+    print(f"\nOpen the results page in a browser: {shown[0]}"
+          + (f"\n  ({' vs '.join(list(scores)[:2])} side by side: {shown[1]})"
+             if len(shown) > 1 else ""))
     return 0
 
 
 def _write_report(out: Path, scores: dict[str, float], best: str, submission: Path,
-                  timings: dict[str, float], kernel_ok: bool | None) -> None:
+                  timings: dict[str, float], kernel_ok: bool | None, pages: list[Path]) -> None:
     lines = ["# cellseg demo report", "",
              "Synthetic data, tiny models, a few CPU minutes: this proves the pipeline runs end to "
              "end, not that the models are good.", "",
@@ -171,7 +190,7 @@ def _write_report(out: Path, scores: dict[str, float], best: str, submission: Pa
               f"Kaggle kernel rehearsal: {'passed' if kernel_ok else 'skipped'}.", "",
               "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-    lines += ["", "Per-model score reports (overlays, per-type bars, threshold curves): "
-              + ", ".join(f"`report_{k}/`" for k in scores), ""]
+    lines += ["", "Results pages (open in a browser): "
+              + ", ".join(f"`{p.relative_to(out)}`" for p in pages), ""]
     with atomic_open(out / "report.md") as fh:
         fh.write("\n".join(lines))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cellseg.commands.common import (add_infer_config_args, add_device_arg, add_progress_arg,
                                      add_weights_args, check_weights, default_device, input_path,
@@ -40,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=None, metavar="JSON",
                         help="also write a COCO results JSON (scores, pred_iou, stability) for "
                              "`cellseg score`")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="also write a results page (DIR/index.html: outlines, cell counts, "
+                             "mean scores per image; implies --results DIR/results.json if unset)")
+    parser.add_argument("--report-embed", action="store_true",
+                        help="with --report: pictures inside index.html (a single file)")
     add_progress_arg(parser)
 
 
@@ -56,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     for flag, folder in (("--save-masks", args.save_masks), ("--overlay", args.overlay)):
         if folder is not None:
             output_dir(folder, flag)
+    if args.report is not None:
+        output_dir(args.report, "--report")
+        if args.results is None:  # the page's scores come from the results file
+            args.results = str(Path(args.report) / "results.json")
     if args.results is not None:
         output_file(args.results, "--results")
     # sizes are read with the images: a corrupt file must fail alone, not stop the listing
@@ -70,4 +80,7 @@ def run(args: argparse.Namespace) -> int:
                              progress=not args.no_progress)
     failed = predict_to_submission(models, records, cfg, args.out, options, device=device)
     print(f"wrote {args.out}: {len(records)} images, {failed} failed", file=sys.stderr)
+    from cellseg.viewer.sources import after_predict
+
+    after_predict(args, cfg, records)  # <out>.info.json; with --report, the page
     return 1 if failed else 0

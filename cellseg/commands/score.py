@@ -3,6 +3,7 @@
     cellseg score --truth data/sartorius/train.csv --pred submission.csv
     cellseg score --truth data/sartorius --pred oof.csv --fold 0 --n-folds 5 --json score.json
     cellseg score --truth livecell_coco_val.json --pred results.json --report report/
+    cellseg score --truth data/sartorius --pred a.json --compare b.json --report cmp/
     cellseg score --truth data/sartorius data/livecell:val --pred mixed_submission.csv
 
 Truth (``--truth``): one or more of what ``cellseg.data.loaders.load_records`` reads: a
@@ -17,6 +18,11 @@ Optional per-instance ``pred_iou`` / ``stability`` keys are averaged and printed
 Every prediction counts for the competition metric (``--min-score`` drops low-confidence
 results first, like a submission would); COCO AP ranks them by score with up to 2000 per image.
 Images of the truth without predictions score 0 (or 1 when they have no cell either).
+
+``--report DIR`` writes the results viewer, ``DIR/index.html`` (``cellseg.viewer``: summary,
+sortable table of images, outlines by outcome, zoom; opens from the file system), and two plots.
+``--compare B`` scores a second predictions file on the same truth: the page shows A and B side by
+side, and the printout and ``--json`` (key ``compare``) say on how many images B is better.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "optionally PATH:SPLIT; several are pooled")
     parser.add_argument("--pred", required=True, type=Path,
                         help="submission.csv or COCO results JSON")
+    parser.add_argument("--compare", type=Path, default=None, metavar="PRED_B",
+                        help="a second predictions file scored on the same truth and compared "
+                             "with --pred, image by image (and side by side with --report)")
     parser.add_argument("--split", default=None,
                         help="split of the truth sources that name none "
                              "(default: competition train, LIVECell val)")
@@ -51,9 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image folder for --report overlays (default: the truth's paths)")
     parser.add_argument("--json", type=Path, default=None, help="write the full result here")
     parser.add_argument("--report", type=Path, default=None,
-                        help="write PNG overlays and plots into this folder")
-    parser.add_argument("--max-overlays", type=int, default=20,
-                        help="at most this many per-image overlays (default 20)")
+                        help="write the results page (index.html, opens offline) and plots "
+                             "into this folder")
+    parser.add_argument("--report-embed", action="store_true",
+                        help="put the page's pictures inside index.html (one file to copy or to "
+                             "show in a viewer that serves a single HTML file)")
+    parser.add_argument("--max-overlays", type=int, default=0,
+                        help="with --report, also this many PNG overlays, worst images first "
+                             "(default 0: the page shows every image)")
     parser.add_argument("--no-coco", action="store_true", help="skip COCO AP/AR")
     parser.add_argument("--coco-backend", default="faster", choices=("faster", "pycocotools"),
                         help="COCOeval implementation (default faster-coco-eval)")
@@ -66,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.truth:
         input_path(_source_path(spec), "--truth")
     input_path(args.pred, "--pred", kind="file")
+    if args.compare is not None:
+        input_path(args.compare, "--compare", kind="file")
     if args.json is not None:
         output_file(args.json, "--json")
     if args.report is not None:
@@ -82,11 +98,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {len(ignored)} predicted images are not in the scored truth and are "
               f"ignored (e.g. {ignored[:3]})", file=sys.stderr)
     preds = {k: v for k, v in preds.items() if k in truth}
-    comp_preds = preds
-    if args.min_score > 0:
-        comp_preds = {k: _keep(v, scores[k] >= args.min_score) for k, v in preds.items()}
-    report = metrics.score(truth, comp_preds, cell_types={r.image_id: r.cell_type
-                                                           for r in records}, shape=shapes)
+    cell_types = {r.image_id: r.cell_type for r in records}
+    comp_preds, comp_scores = _min_score(preds, scores, args.min_score)
+    report = metrics.score(truth, comp_preds, cell_types=cell_types, shape=shapes)
     result = report.to_dict()
     if not args.no_coco:
         from cellseg.core.metrics_coco import coco_metrics
@@ -99,16 +113,74 @@ def run(args: argparse.Namespace) -> int:
         result["pred_extras"] = {k: float(np.mean(v)) for k, v in extras.items()}
     result["truth"], result["pred"] = [str(t) for t in args.truth], str(args.pred)
     print(format_result(result))
+    compare = None
+    if args.compare is not None:
+        compare = _score_compare(args, records, truth, cell_types, shapes, report)
+        result["compare"] = compare["result"]
+        print(compare["text"])
     if args.json is not None:
         write_json(args.json, result)
         print(f"wrote {args.json}")
     if args.report is not None:
-        from cellseg.report import write_report
-
-        paths = write_report(args.report, report, truth, comp_preds,
-                             _image_paths(records, args.images), max_images=args.max_overlays)
-        print(f"wrote {len(paths)} report files to {args.report}")
+        _write_reports(args, records, truth, cell_types, report, comp_preds, comp_scores, compare)
     return 0
+
+
+def _min_score(preds: dict, scores: dict, min_score: float) -> tuple[dict, dict]:
+    """``(preds, scores)`` without the predictions scored below ``min_score`` (as a submission
+    would drop them)."""
+    if min_score <= 0:
+        return preds, scores
+    return ({k: _keep(v, scores[k] >= min_score) for k, v in preds.items()},
+            {k: scores[k][scores[k] >= min_score] for k in preds})
+
+
+def _score_compare(args: argparse.Namespace, records: Sequence, truth: dict, cell_types: dict,
+                   shapes: dict, report: Any) -> dict[str, Any]:
+    """Score ``--compare`` like ``--pred`` (same truth, same ``--min-score``) and pair the two."""
+    from cellseg.core import metrics
+    from cellseg.viewer import paired
+
+    preds_b, scores_b, _ = load_predictions(args.compare, records)
+    preds_b, scores_b = _min_score({k: v for k, v in preds_b.items() if k in truth}, scores_b,
+                                   args.min_score)
+    report_b = metrics.score(truth, preds_b, cell_types=cell_types, shape=shapes)
+    ids = list(truth)
+    pair = paired([report.images[i].score for i in ids], [report_b.images[i].score for i in ids])
+    text = (f"\ncompare  B = {args.compare}: score {report_b.score:.4f} (A {report.score:.4f}); "
+            f"B better on {pair['better']} of {pair['n']} images, worse on {pair['worse']}, "
+            f"tied on {pair['tied']}; mean paired difference B - A {pair['mean_diff']:+.4f} "
+            f"(sd {pair['sd_diff']:.4f})")
+    result = {"pred": str(args.compare), **report_b.to_dict(), "paired": pair}
+    return {"result": result, "text": text, "report": report_b, "preds": preds_b,
+            "scores": scores_b}
+
+
+def _write_reports(args: argparse.Namespace, records: Sequence, truth: dict, cell_types: dict,
+                   report: Any, preds: dict, scores: dict, compare: dict | None) -> None:
+    """``--report``: the results page (``cellseg.viewer``), the two plots and, with
+    ``--max-overlays``, PNG overlays."""
+    from cellseg.report import write_report
+    from cellseg.viewer import ViewRun, write_viewer
+    from cellseg.viewer.runinfo import read_run_info
+
+    paths = _image_paths(records, args.images)
+    files = [args.pred] + ([args.compare] if compare is not None else [])
+    names = [p.name for p in files]
+    if len(set(names)) < len(names):  # e.g. runs/unet/pred.csv vs runs/mrcnn/pred.csv
+        names = [f"{p.parent.name}/{p.name}" for p in files]
+    runs = [ViewRun(names[0], preds, scores, report.images, read_run_info(args.pred))]
+    if compare is not None:
+        runs.append(ViewRun(names[1], compare["preds"], compare["scores"],
+                            compare["report"].images, read_run_info(args.compare)))
+    argv = ["cellseg", *sys.argv[1:]] if sys.argv[1:2] == ["score"] else None
+    page = write_viewer(args.report, runs, list(truth), truth=truth, cell_types=cell_types,
+                        image_paths=paths, title=f"cellseg score: {runs[0].name}"
+                        + (f" vs {runs[1].name}" if compare else ""), command=argv,
+                        embed=args.report_embed)
+    files = write_report(args.report, report, truth, preds, paths, max_images=args.max_overlays)
+    print(f"wrote {page} (open it in a browser) and {len(files)} more report files to "
+          f"{args.report}")
 
 
 def _source_path(spec: str) -> str:
