@@ -37,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
+from cellseg.errors import UserError
 from cellseg.kaggle.image import ImageDescription, cache_root, load_image, normalize
 
 # imported only by `cellseg score` (cellseg/core/metrics_coco.py, lazily); the kernel never scores, and
@@ -68,12 +69,24 @@ def pinned(packages: Sequence[str]) -> list[str]:
     return out
 
 
+class PipError(UserError, RuntimeError):
+    """A pip step failed (an index without the pinned version, a build error). One line for the
+    CLI; pip's own output is in ``output`` and printed to stderr by :func:`_pip`."""
+
+    def __init__(self, what: str, output: str = "", fix: str | None = None):
+        super().__init__(what, fix=fix)
+        self.output = output
+
+
 def _pip(args: Sequence[str], cwd: str | os.PathLike | None = None) -> str:
     cmd = [sys.executable, "-m", "pip", *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout[-2000:]}"
-                           f"{proc.stderr[-3000:]}")
+        output = proc.stdout[-2000:] + proc.stderr[-3000:]
+        sys.stderr.write(output)
+        raise PipError(f"`{' '.join(cmd[2:6])} ...` failed with exit code {proc.returncode} "
+                       "(pip's output above)", output,
+                       fix="check the package index and the versions the image description pins")
     return proc.stdout
 
 
@@ -101,15 +114,15 @@ def build_cellseg_wheel(out: str | os.PathLike, source: str | os.PathLike = ".")
                 shutil.copy2(source / name, Path(tmp) / name)
         try:
             _pip(["wheel", tmp, "--no-deps", "--no-build-isolation", "-q", "-w", str(out)])
-        except RuntimeError as exc:
-            if "bdist_wheel" not in str(exc):
+        except PipError as exc:
+            if "bdist_wheel" not in exc.output:
                 raise
             # setuptools < 70.1 without the `wheel` package (a fresh venv's bundled one):
             # let pip fetch the build requirements of pyproject.toml instead
             _pip(["wheel", tmp, "--no-deps", "-q", "-w", str(out)])
     wheels = sorted(out.glob("cellseg-*-py3-none-any.whl"))
     if not wheels:
-        raise RuntimeError(f"pip wheel wrote no cellseg-*-py3-none-any.whl into {out}")
+        raise PipError(f"pip wheel wrote no cellseg-*-py3-none-any.whl into {out}")
     return wheels[-1]
 
 
@@ -281,7 +294,7 @@ def build_wheels(out: str | os.PathLike, *, packages: Sequence[str] | None = Non
     ``dataset_id`` (owner/slug; default ``$KAGGLE_USERNAME/cellseg-wheels``) goes into
     ``dataset-metadata.json``. ``packages``: extra packages to bundle beyond what cellseg
     requires (e.g. a model family's library). ``resolver``: :func:`resolve` (tests pass a fake).
-    Raises RuntimeError when a downloaded wheel does not fit the image's Python/platform.
+    Raises PipError when a downloaded wheel does not fit the image's Python/platform.
     """
     from cellseg.io import write_json
     from cellseg.kaggle.kernel import DEFAULT_WHEELS_SLUG, default_owner
@@ -303,8 +316,8 @@ def build_wheels(out: str | os.PathLike, *, packages: Sequence[str] | None = Non
     bundle = [Planned(p.name, p.version, p.reason, by_name.get(p.name)) for p in bundle]
     wrong = [f.name for f in files if not fits_image(f.name, img)]
     if wrong:
-        raise RuntimeError(f"wheels {wrong} do not fit Kaggle's Python {img.python_short} / "
-                           f"{img.platform}; check the image description ({img.path})")
+        raise PipError(f"wheels {wrong} do not fit Kaggle's Python {img.python_short} / "
+                       f"{img.platform}", fix=f"check the image description ({img.path})")
     from cellseg import __version__
 
     bundled = [Planned("cellseg", __version__, "the kit itself (pure Python)", cellseg_whl.name),
