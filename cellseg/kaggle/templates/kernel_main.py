@@ -252,8 +252,9 @@ def header(wheels_dir=None):
         info = json.loads(out.stdout.strip().splitlines()[-1])
     except Exception as exc:  # the header must never stop the run
         print(f"device/versions unknown (probe failed: {exc})", flush=True)
+        record_image(None)
         return {}
-    record_image(info.get("torch_info"))
+    torch_info = info.get("torch_info")
     bundled = {}
     for f in wheel_files(wheels_dir) if wheels_dir else []:
         parts = f.name.split("-")
@@ -264,6 +265,7 @@ def header(wheels_dir=None):
         have = info.get(name)
         note = f" (bundled wheel {bundled[name]} to install)" if name in bundled else ""
         print(f"  {name:<28} {have or 'not installed'}{note}", flush=True)
+    record_image(torch_info)
     return info
 
 
@@ -538,7 +540,7 @@ def loud_summary(failures, n_images, failures_path, systemic=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="cellseg offline inference kernel")
     parser.add_argument("--verify-only", action="store_true",
-                        help="stop after locating inputs and checking the weights' sha256")
+                        help="stop after locating inputs and checking the weights' and wheels' sha256")
     args, _ = parser.parse_known_args(argv)  # notebooks may pass their own arguments
     timing = {}
     t_all = time.perf_counter()
@@ -554,7 +556,8 @@ def main(argv=None):
         t = time.perf_counter()
         comp = None if args.verify_only else find_competition_dir(root, EMBEDDED["competition"])
         paths = find_weights(root, EMBEDDED["weights"], EMBEDDED["weights_dataset"])
-        wheels = None if args.verify_only else find_wheels_dir(root, EMBEDDED["wheels_dataset"])
+        wheels = (find_wheels_dir(root, EMBEDDED["wheels_dataset"])
+                  if EMBEDDED["wheels"] or not args.verify_only else None)
         print(f"inputs: competition {comp}, wheels {wheels}, weights "
               f"{sorted(str(p) for p in paths.values())}", flush=True)
         verify_weights(paths, EMBEDDED["weights"])
