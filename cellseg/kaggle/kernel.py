@@ -132,23 +132,6 @@ def kernel_metadata(kernel_id: str, *, datasets: Sequence[str], title: str | Non
     return meta
 
 
-def git_commit(path: str | os.PathLike) -> str | None:
-    """The commit of the git checkout holding ``path`` (with ``-dirty`` when it has uncommitted
-    changes), or None outside a checkout."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=30)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--", "cellseg"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty else "")
-
-
 def wheel_hashes(wheels_dir: str | os.PathLike) -> list[dict[str, str]]:
     """``[{"file", "sha256"}]`` of every wheel in ``wheels_dir`` (cellseg's first); InputError
     when there is no cellseg wheel."""
@@ -186,6 +169,7 @@ def build_kernel(weights: Sequence[str], out: str | os.PathLike, *,
     ``max_failed_share``: above this share of failed test images the kernel exits non-zero.
     """
     from cellseg import __version__
+    from cellseg.checkpoint import git_commit
     from cellseg.io import atomic_open, write_json
     from cellseg.kaggle.kernel_template import render
     from cellseg.errors import ConfigError, InputError
@@ -231,7 +215,7 @@ def build_kernel(weights: Sequence[str], out: str | os.PathLike, *,
         "config_name": config_name,
         "config_yaml": config_yaml,
         "cellseg_version": __version__,
-        "cellseg_commit": git_commit(Path(__file__).resolve().parents[2]),
+        "cellseg_commit": git_commit(),
         "predict_args": [str(a) for a in predict_args],
         "wheels": wheels,
         "image": {"label": img.label, "name": img.name, "as_of": img.as_of, "python": img.python,
