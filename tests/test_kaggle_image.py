@@ -169,6 +169,23 @@ def test_markers_and_extras_are_evaluated_for_the_image() -> None:
     assert not {"old-backport", "docs-only"} & {p.name for p in present}
 
 
+def test_extras_an_image_package_requests_are_in_the_image() -> None:
+    """torch 2.11 requires cuda-toolkit[nvrtc,...], whose nvidia-* wheels are conditional on
+    those extras: they are the image's (its pip installed them), never bundled."""
+    report = {"install": [
+        _item("torch", "2.11.0", 'cuda-toolkit[nvrtc,nvtx]==13.0.2; platform_system == "Linux"'),
+        _item("cuda-toolkit", "13.0.2", "nvidia-cuda-nvrtc==13.0.88.*; extra == 'nvrtc'",
+              "nvidia-nvtx==13.0.85.*; extra == 'nvtx'", "nvidia-cuda-nvcc==13.0.88.*; extra == 'all'"),
+        _item("nvidia-cuda-nvrtc", "13.0.88"), _item("nvidia-nvtx", "13.0.85"),
+        _item("nvidia-cuda-nvcc", "13.0.88"),
+        _item("segmentation-models-pytorch", "0.5.0", "torch>=2")]}
+    bundle, present = kwheels.split_report(report, _img(packages={"torch": "2.11.0"}),
+                                           ["segmentation-models-pytorch"])
+    assert {"cuda-toolkit", "nvidia-cuda-nvrtc", "nvidia-nvtx"} <= {p.name for p in present}
+    # an extra nobody requested is not the image's: resolved but unexplained, so it is bundled
+    assert {p.name for p in bundle} == {"segmentation-models-pytorch", "nvidia-cuda-nvcc"}
+
+
 def test_plan_leaves_out_scoring_only_and_image_packages() -> None:
     asked = []
 

@@ -148,8 +148,11 @@ def _marker_env(img: ImageDescription) -> dict[str, str]:
             "platform_python_implementation": "CPython", "extra": ""}
 
 
-def _deps(item: dict, img: ImageDescription) -> list[str]:
-    """Names a resolved package requires on the image (markers evaluated, extras left out)."""
+def _requirements(item: dict, img: ImageDescription, extras: Sequence[str] = ()
+                  ) -> list["Requirement"]:  # noqa: F821
+    """The requirements of a resolved package that apply on the image, for the ``extras`` it was
+    requested with (``torch`` asks for ``cuda-toolkit[nvrtc,...]``, whose nvidia-* wheels are
+    conditional on those extras)."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     out = []
@@ -158,10 +161,31 @@ def _deps(item: dict, img: ImageDescription) -> list[str]:
             req = Requirement(text)
         except InvalidRequirement:
             continue
-        if req.marker is not None and not req.marker.evaluate(_marker_env(img)):
+        if req.marker is not None and not any(
+                req.marker.evaluate(dict(_marker_env(img), extra=e)) for e in ("", *extras)):
             continue
-        out.append(normalize(req.name))
+        out.append(req)
     return out
+
+
+def _requested_extras(items: dict[str, dict], img: ImageDescription) -> dict[str, set[str]]:
+    """Package name -> the extras some resolved package requires it with (to a fixed point)."""
+    extras: dict[str, set[str]] = {n: set() for n in items}
+    changed = True
+    while changed:
+        changed = False
+        for name, item in items.items():
+            for req in _requirements(item, img, sorted(extras[name])):
+                target = extras.setdefault(normalize(req.name), set())
+                if not set(req.extras) <= target:
+                    target |= set(req.extras)
+                    changed = True
+    return extras
+
+
+def _deps(item: dict, img: ImageDescription, extras: Sequence[str] = ()) -> list[str]:
+    """Names a resolved package requires on the image (markers evaluated for ``extras``)."""
+    return [normalize(r.name) for r in _requirements(item, img, extras)]
 
 
 def split_report(report: dict, img: ImageDescription, wanted: Sequence[str]
@@ -172,7 +196,8 @@ def split_report(report: dict, img: ImageDescription, wanted: Sequence[str]
     transitively (the image's pip installed it). Each bundled package says who needs it.
     """
     items = {normalize(i["metadata"]["name"]): i for i in report["install"]}
-    deps = {name: _deps(item, img) for name, item in items.items()}
+    extras = _requested_extras(items, img)
+    deps = {name: _deps(item, img, sorted(extras[name])) for name, item in items.items()}
     present = {n for n in items if img.has(n)}
     todo = list(present)
     while todo:
