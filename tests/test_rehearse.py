@@ -236,9 +236,16 @@ def test_rehearsal_of_an_altered_model_fails_the_probe(shipped_kernel: Path) -> 
     alt = shipped_kernel / "altered"
     shutil.copytree(shipped_kernel / "kernel", alt / "kernel")
     ckpt = load_checkpoint(shipped_kernel / "weights" / "unet_tiny.pt")
+    zeroed = []
     for key in ("model", "ema"):
-        if isinstance(ckpt.get(key), dict):
-            ckpt[key]["encoder.conv1.weight"] = torch.zeros_like(ckpt[key]["encoder.conv1.weight"])
+        sd = ckpt.get(key)
+        convs = [n for n, t in (sd if isinstance(sd, dict) else {}).items()
+                 if n.startswith("encoder") and getattr(t, "ndim", 0) == 4]
+        for name in convs:  # state-dict order: the encoder's first convolution
+            sd[name] = torch.zeros_like(sd[name])
+            zeroed.append(f"{key}:{name}")
+            break
+    assert zeroed, sorted(ckpt["model"])[:5]
     (alt / "weights").mkdir()
     save_checkpoint(alt / "weights" / "unet_tiny.pt",
                     **{k: v for k, v in ckpt.items() if k not in ("version", "format")})
