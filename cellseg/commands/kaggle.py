@@ -82,8 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--packages", nargs="*", default=None,
                    help="extra packages the kernel needs beyond cellseg's requirements")
     p.add_argument("--source", default=".", help="cellseg source tree")
-    p.add_argument("--image-file", help="Kaggle image description JSON (default: the newest "
-                   "shipped one; see `cellseg kaggle image`)")
+    p.add_argument("--image-file", "--image", dest="image_file",
+                   help="Kaggle image: kaggle (the newest, default), kaggle-<date> or a "
+                        "description JSON (see `cellseg kaggle image --list`)")
     p.add_argument("--no-pin", action="store_true", help="do not pin to the versions installed here")
 
     p = sub.add_parser("upload-dataset", help="create or version a dataset from a folder "
@@ -214,10 +215,10 @@ def _build_kernel(args: argparse.Namespace) -> int:
 
 
 def _build_wheels(args: argparse.Namespace) -> int:
-    from cellseg.kaggle.image import load_image
+    from cellseg.kaggle.image import find_image
     from cellseg.kaggle.wheels import build_wheels
 
-    img = load_image(args.image_file)
+    img = find_image(args.image_file or "kaggle")
     print(f"target: Kaggle image {img.name} {img.as_of}, Python {img.python} ({img.python_tag}), "
           f"{img.platform}")
     bundled, left_out = build_wheels(args.out, packages=args.packages, dataset_id=args.dataset_id,

@@ -10,9 +10,10 @@
 The description is a dated JSON file shipped in the package (``cellseg/kaggle/images/``). Refresh
 it when Kaggle moves (docs/kaggle.md): every kernel run writes ``kaggle_image.json`` (what it
 really ran on), and ``cellseg kaggle image --import`` turns that into a new dated file; the newest
-``as_of`` wins, older ones stay selectable by date (``--image kaggle-<as_of>``). ``build-wheels`` downloads for its Python and
-platform tags, and ``rehearse --image kaggle`` runs the kernel in an environment built from its
-pins (CPU: the GPU build of torch runs on a machine without one).
+``as_of`` wins, older ones stay selectable by date (``--image kaggle-<as_of>``).
+``build-wheels`` downloads for its Python and platform tags, and ``rehearse --image kaggle`` runs
+the kernel in an environment built from its pins (CPU: the GPU build of torch runs on a machine
+without one).
 
 The environment is built once per machine and description, under
 ``$CELLSEG_CACHE`` (default ``~/.cache/cellseg``) as ``kaggle-image-<hash of the description>``;
