@@ -1,8 +1,9 @@
 # cellseg developer entry points. Every target creates .venv on first use.
 #   make demo   synthetic data -> train -> predict -> validate -> score -> report
 #   make test   the fast test suite (what CI runs); `make test-slow` adds the slow ones
-#   make test-kaggle  the kernel rehearsed on Kaggle's image (Python 3.12 + its pins; CI runs it
-#               once after `make test`; its env, ~7.6 GB, is built once per machine in ~/.cache)
+#   make test-kaggle  the kernel rehearsed on the newest description of Kaggle's image (Python 3.13,
+#               torch 2.11; CI runs it once after `make test`; its env, ~5 GB, is built once per
+#               machine in ~/.cache). An older image: CELLSEG_REHEARSE_IMAGE=kaggle-2026-08-12
 #   make bench  benchmark tables
 PYTHON ?= python3
 VENV   ?= .venv

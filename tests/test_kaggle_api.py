@@ -15,13 +15,28 @@ from cellseg.kaggle import api as kapi
 
 
 class FakeApi:
-    """Records every call; answers like kaggle 2.2.4 (objects with snake_case fields)."""
+    """Records every call; answers like kaggle 2.2.5 (objects with snake_case fields)."""
 
     def __init__(self, statuses=("queued", "running", "complete"), push_error=None,
                  submit_error=None, invalid=()):
         self.calls: list[tuple[str, tuple, dict]] = []
         self.statuses = list(statuses)
         self.push_error, self.submit_error, self.invalid = push_error, submit_error, list(invalid)
+        self.dataset_states: dict[str, str] = {}  # absent: "ready"; "404": unknown
+        self.remaining_today = 3
+        self.output_files: dict[str, str] = {}  # extra files the run "wrote"
+
+    def dataset_status(self, dataset):
+        self.calls.append(("dataset_status", (dataset,), {}))
+        state = self.dataset_states.get(dataset, "ready")
+        if state == "404":
+            raise _HTTPError(404, "Not Found", "")
+        return state
+
+    def competition_get_submission_limits(self, competition_name):
+        self.calls.append(("competition_get_submission_limits", (competition_name,), {}))
+        return SimpleNamespace(num_today=5 - self.remaining_today, num_total=40,
+                               num_allowed_now=self.remaining_today, limited_by_total=False)
 
     def kernels_push(self, folder, timeout=None, acc=None):
         self.calls.append(("kernels_push", (folder,), {"timeout": timeout}))
@@ -42,6 +57,9 @@ class FakeApi:
         out = [Path(path) / "submission.csv", Path(path) / (kernel.split("/")[1] + ".log")]
         out[0].write_text("id,predicted\nabc,1 2\n")
         out[1].write_text("log\n")
+        for name, text in self.output_files.items():
+            (Path(path) / name).write_text(text)
+            out.append(Path(path) / name)
         return [str(p) for p in out], None
 
     def competition_submit_code(self, file_name, message, competition=None, kernel=None,
@@ -57,9 +75,10 @@ class FakeApi:
 def kernel_dir(tmp_path: Path) -> Path:
     d = tmp_path / "kernel"
     d.mkdir()
-    (d / "kernel-metadata.json").write_text(json.dumps({"id": "me/cellseg-infer",
-                                                        "title": "cellseg infer",
-                                                        "code_file": "cellseg_infer.py"}))
+    (d / "kernel-metadata.json").write_text(json.dumps({
+        "id": "me/cellseg-infer", "title": "cellseg infer", "code_file": "cellseg_infer.py",
+        "dataset_sources": ["me/cellseg-wheels", "me/cellseg-weights"],
+        "competition_sources": ["sartorius-cell-instance-segmentation"]}))
     (d / "cellseg_infer.py").write_text("print('hi')\n")
     return d
 
@@ -72,20 +91,104 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
 
 
 def test_push_waits_downloads_and_reports(fake: FakeApi, kernel_dir: Path, capsys) -> None:
-    fake.invalid = ["me/typo-dataset"]
     rc = main(["kaggle", "push", str(kernel_dir), "--poll", "0"])
     out = capsys.readouterr().out
     assert rc == 0
     names = [c[0] for c in fake.calls]
-    assert names == ["kernels_push", "kernels_status", "kernels_status", "kernels_status",
+    assert names == ["dataset_status", "dataset_status", "competition_get_submission_limits",
+                     "kernels_push", "kernels_status", "kernels_status", "kernels_status",
                      "kernels_output"]
-    assert fake.calls[0][1] == (str(kernel_dir),)
-    assert fake.calls[1][1] == ("me/cellseg-infer",)  # "/code/" prefix of ref stripped
-    assert "version 7" in out
-    assert "refused" in out and "me/typo-dataset" in out
+    assert fake.calls[3][1] == (str(kernel_dir),)
+    # the exact version pushed is polled and downloaded ("/code/" prefix of ref stripped)
+    assert fake.calls[4][1] == ("me/cellseg-infer/7",)
+    assert fake.calls[-1][1][0] == "me/cellseg-infer/7"
+    assert "version 7" in out and "submissions left today for sartorius" in out
     assert (kernel_dir / "output" / "submission.csv").is_file()
     assert (kernel_dir / "output" / "cellseg-infer.log").is_file()
     assert "cellseg kaggle submit me/cellseg-infer --version 7" in out
+
+
+def test_refused_source_is_an_error_before_waiting(fake: FakeApi, kernel_dir: Path, capsys) -> None:
+    fake.invalid = ["me/typo-dataset"]
+    assert main(["kaggle", "push", str(kernel_dir), "--poll", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused" in err and "me/typo-dataset" in err
+    assert "kernels_status" not in [c[0] for c in fake.calls]
+
+
+@pytest.mark.parametrize("state,words", [("deleted", "is deleted on Kaggle"),
+                                         ("error", "ended in status error"),
+                                         ("404", "unknown or not visible")])
+def test_bad_dataset_source_stops_before_the_push(fake: FakeApi, kernel_dir: Path, capsys,
+                                                   state: str, words: str) -> None:
+    fake.dataset_states["me/cellseg-weights"] = state
+    assert main(["kaggle", "push", str(kernel_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "me/cellseg-weights" in err and words in err
+    assert "kernels_push" not in [c[0] for c in fake.calls]
+
+
+def test_wait_dataset_ends_on_deleted() -> None:
+    api = SimpleNamespace(dataset_status=lambda d: "deleted")
+    with pytest.raises(kapi.KaggleError, match="is deleted on Kaggle"):
+        kapi.wait_dataset(api, "me/cellseg-wheels", poll_s=0, log=lambda m: None)
+
+
+def test_no_submissions_left_stops_the_push_unless_forced(fake: FakeApi, kernel_dir: Path,
+                                                          capsys) -> None:
+    fake.remaining_today = 0
+    assert main(["kaggle", "push", str(kernel_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "accepts no more submissions from you today" in err and "--force" in err
+    assert "kernels_push" not in [c[0] for c in fake.calls]
+    assert main(["kaggle", "push", str(kernel_dir), "--force", "--poll", "0"]) == 0
+    assert "kernels_push" in [c[0] for c in fake.calls]
+    assert "--force: pushing anyway" in capsys.readouterr().err
+
+
+def test_a_client_without_submission_limits_is_not_stopped(kernel_dir: Path, capsys,
+                                                            monkeypatch) -> None:
+    class OldApi(FakeApi):
+        competition_get_submission_limits = None  # kaggle < 2.2.5
+
+    api = OldApi()
+    monkeypatch.setattr(kapi, "get_api", lambda api_=None: api)
+    assert kapi.submission_allowance(api).remaining_today is None
+    assert main(["kaggle", "push", str(kernel_dir), "--poll", "0"]) == 0
+    assert "unknown (this kaggle client cannot tell" in capsys.readouterr().out
+
+
+def test_push_reports_failures_and_image_drift_before_the_submit_line(
+        fake: FakeApi, kernel_dir: Path, capsys) -> None:
+    from cellseg.kaggle.kernel_template import render
+
+    img = {"label": "kaggle-2026-10-06", "python": "3.13.15",
+           "packages": {"torch": "2.11.0", "numpy": "2.1.3"}}
+    (kernel_dir / "cellseg_infer.py").write_text(render({"image": img}))
+    fake.output_files = {
+        "failures.json": json.dumps({"images": 4, "failed": [
+            {"id": "abc", "reason": "cannot read abc.png: broken PNG"}]}),
+        "kaggle_image.json": json.dumps({
+            "python": "3.13.15", "platform_tag": "manylinux_2_35_x86_64",
+            "recorded_at": "2026-12-01T10:00:00Z",
+            "distributions": {"torch": "2.12.0+cu128", "numpy": "2.1.3"}})}
+    assert main(["kaggle", "push", str(kernel_dir), "--poll", "0"]) == 0
+    cap = capsys.readouterr()
+    assert "1 of 4 test image(s) failed" in cap.err and "abc: cannot read abc.png" in cap.err
+    assert "differs from kaggle-2026-10-06" in cap.out and "torch 2.11.0 -> 2.12.0" in cap.out
+    assert "numpy" not in cap.out.split("differs")[1].split("\n")[0]  # equal versions not listed
+    assert "cellseg kaggle image --import" in cap.out
+    assert cap.out.rstrip().splitlines()[-1].startswith("submit with:")
+
+
+def test_push_of_a_stopped_kernel_reports_why(fake: FakeApi, kernel_dir: Path, capsys) -> None:
+    fake.statuses = ["running", "error"]
+    fake.output_files = {"failures.json": json.dumps({
+        "images": 3, "failed": [], "systemic": "probe FAILED: 0 instances (expected 12)",
+        "probe": {"ok": False, "message": "probe FAILED: 0 instances (expected 12, allowed +-1)"}})}
+    assert main(["kaggle", "push", str(kernel_dir), "--poll", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "KERNEL STOPPED: probe FAILED" in err and "submit with" not in err
 
 
 def test_push_reports_kernel_error(fake: FakeApi, kernel_dir: Path, capsys) -> None:
@@ -98,9 +201,21 @@ def test_push_reports_kernel_error(fake: FakeApi, kernel_dir: Path, capsys) -> N
 
 def test_push_error_stops_before_polling(fake: FakeApi, kernel_dir: Path, capsys) -> None:
     fake.push_error = "Notebook not found"
-    assert main(["kaggle", "push", str(kernel_dir)]) == 1
-    assert "push failed: Notebook not found" in capsys.readouterr().out
-    assert [c[0] for c in fake.calls] == ["kernels_push"]
+    assert main(["kaggle", "push", str(kernel_dir)]) == 2
+    cap = capsys.readouterr()
+    assert "push failed: Notebook not found" in cap.out
+    assert "Notebook not found" in cap.err and cap.err.count("\n") == 1
+    assert [c[0] for c in fake.calls][-1] == "kernels_push"
+
+
+def test_versioned_kernel_refs() -> None:
+    assert kapi.kernel_ref("me/cellseg-infer/3") == "me/cellseg-infer/3"
+    assert kapi.kernel_ref("https://www.kaggle.com/code/me/cellseg-infer") == "me/cellseg-infer"
+    assert kapi.split_version("me/cellseg-infer/12") == ("me/cellseg-infer", 12)
+    assert kapi.split_version("me/cellseg-infer") == ("me/cellseg-infer", None)
+    for bad in ("me", "me/k/x", "me/k/0", "a/b/c/d"):
+        with pytest.raises(ValueError, match="owner/slug"):
+            kapi.kernel_ref(bad)
 
 
 def test_status_output_submit(fake: FakeApi, tmp_path: Path, capsys) -> None:
@@ -115,11 +230,17 @@ def test_status_output_submit(fake: FakeApi, tmp_path: Path, capsys) -> None:
                               ("submission.csv", "try 1", "sartorius-cell-instance-segmentation",
                                "me/cellseg-infer", 7), {})
     assert "Successfully submitted" in capsys.readouterr().out
+    assert main(["kaggle", "status", "me/cellseg-infer/7"]) == 0
+    assert fake.calls[-1] == ("kernels_status", ("me/cellseg-infer/7",), {})
+    assert main(["kaggle", "submit", "me/cellseg-infer/8", "--message", "v8"]) == 0
+    assert fake.calls[-1][1][3:] == ("me/cellseg-infer", 8)
+    assert main(["kaggle", "submit", "me/cellseg-infer"]) == 2
+    assert "no kernel version" in capsys.readouterr().err
 
 
 def test_submit_failure_prints_the_manual_url(fake: FakeApi, capsys) -> None:
     fake.submit_error = "403 Forbidden"
-    assert main(["kaggle", "submit", "me/cellseg-infer", "--version", "2"]) == 1
+    assert main(["kaggle", "submit", "me/cellseg-infer", "--version", "2"]) == 2
     err = capsys.readouterr().err
     assert "403 Forbidden" in err and "https://www.kaggle.com/code/me/cellseg-infer" in err
 
@@ -143,7 +264,7 @@ def test_real_kagglesdk_objects_are_read() -> None:
 
 def test_wait_kernel_times_out() -> None:
     api = FakeApi(statuses=["running"])
-    with pytest.raises(TimeoutError, match="still running"):
+    with pytest.raises(kapi.KaggleError, match="still running.*cellseg kaggle status"):
         kapi.wait_kernel(api, "me/k-k-k", poll_s=0, timeout_s=0, log=lambda s: None)
 
 
@@ -256,7 +377,7 @@ def test_push_http_error_ends_in_one_line(fake: FakeApi, kernel_dir: Path, capsy
         raise _HTTPError(403, "Forbidden", '{"code": 403,\n "message": "Permission denied"}')
 
     fake.kernels_push = refuse
-    assert main(["kaggle", "push", str(kernel_dir)]) == 1
+    assert main(["kaggle", "push", str(kernel_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "pushing" in err and "HTTP 403 Forbidden" in err and "Permission denied" in err
@@ -275,7 +396,7 @@ def test_upload_http_error_ends_in_one_line(monkeypatch, tmp_path: Path, capsys)
     folder.mkdir()
     (folder / "dataset-metadata.json").write_text(json.dumps({"id": "me/cellseg-wheels",
                                                               "title": "cellseg wheels"}))
-    assert main(["kaggle", "upload-dataset", str(folder)]) == 1
+    assert main(["kaggle", "upload-dataset", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "HTTP 400 Bad Request: Dataset slug" in err
 

@@ -26,15 +26,33 @@ def _img(**kw) -> ImageDescription:
     return ImageDescription(**base)
 
 
-def test_shipped_description_is_kaggles_312_image() -> None:
+def test_default_description_is_kaggles_313_image_with_its_evidence() -> None:
     img = load_image()
-    assert img.python.startswith("3.12.") and img.python_tag == "cp312"
-    assert img.platform == "manylinux_2_35_x86_64"
-    assert img.packages["torch"] == "2.10.0" and img.packages["torchvision"] == "0.25.0"
+    assert img.python.startswith("3.13.") and img.python_tag == "cp313"
+    assert img.packages["torch"] == "2.11.0" and img.packages["torchvision"] == "0.26.0"
+    assert img.platform == "manylinux_2_35_x86_64" and img.label == f"kaggle-{img.as_of}"
     assert not img.has("segmentation-models-pytorch") and not img.has("faster_coco_eval")
     assert img.has("PyYAML") and img.has("huggingface_hub")  # PEP 503 names
-    assert any("docker-python" in s for s in img.sources) and img.as_of[:4].isdigit()
-    assert "T4" in img.accelerator
+    assert any("backend-info" in s for s in img.sources) and "T4" in img.accelerator
+    # every pin says whether it is confirmed or whose approximation it is
+    assert set(img.packages) <= set(img.confidence) and "python" in img.confidence
+    assert img.confidence["torch"].startswith("confirmed")
+    assert img.confidence["numpy"].startswith("Colab's")
+
+
+def test_older_descriptions_stay_selectable_by_date() -> None:
+    from cellseg.errors import ConfigError
+    from cellseg.kaggle.image import find_image
+
+    old = find_image("kaggle-2026-08-12")
+    assert old.python == "3.12.13" and old.packages["torch"] == "2.10.0"
+    assert any("docker-python" in s for s in old.sources)
+    assert find_image("kaggle") == find_image(None) == load_image()
+    assert find_image(str(old.path)) == old
+    with pytest.raises(ConfigError, match="kaggle-2026-08-12"):
+        find_image("kaggle-2025-01-01")  # the error lists the shipped labels
+    with pytest.raises(ConfigError, match="neither an image label nor a file"):
+        find_image("/no/such/description.json")
 
 
 def test_platform_tags_cover_older_manylinux_but_not_newer() -> None:
@@ -86,11 +104,18 @@ def test_cli_prints_the_description() -> None:
     out = subprocess.run([sys.executable, "-m", "cellseg", "kaggle", "image"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "python      3.12.13 (cp312)" in out.stdout and "torch" in out.stdout
+    assert "python      3.13.15 (cp313)" in out.stdout and "torch" in out.stdout
+    assert "Colab's" in out.stdout and "confirmed" in out.stdout  # per-version confidence
     assert "not in the image: segmentation-models-pytorch, faster-coco-eval" in out.stdout
-    raw = subprocess.run([sys.executable, "-m", "cellseg", "kaggle", "image", "--json"],
-                         capture_output=True, text=True, timeout=120)
+    raw = subprocess.run([sys.executable, "-m", "cellseg", "kaggle", "image", "--json",
+                          "--image", "kaggle-2026-08-12"], capture_output=True, text=True, timeout=120)
     assert json.loads(raw.stdout)["python"] == "3.12.13"
+    listing = subprocess.run([sys.executable, "-m", "cellseg", "kaggle", "image", "--list"],
+                             capture_output=True, text=True, timeout=120).stdout
+    assert "kaggle-2026-08-12" in listing and "(newest: --image kaggle)" in listing
+    bad = subprocess.run([sys.executable, "-m", "cellseg", "kaggle", "image", "--image",
+                          "kaggle-1999-01-01"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "kaggle-2026-08-12" in bad.stderr
 
 
 # ---------------------------------------------------------------- build-wheels planning
@@ -142,6 +167,23 @@ def test_markers_and_extras_are_evaluated_for_the_image() -> None:
     reasons = {p.name: p.reason for p in bundle}
     assert reasons["winonly"].startswith("required by segmentation-models-pytorch")
     assert not {"old-backport", "docs-only"} & {p.name for p in present}
+
+
+def test_extras_an_image_package_requests_are_in_the_image() -> None:
+    """torch 2.11 requires cuda-toolkit[nvrtc,...], whose nvidia-* wheels are conditional on
+    those extras: they are the image's (its pip installed them), never bundled."""
+    report = {"install": [
+        _item("torch", "2.11.0", 'cuda-toolkit[nvrtc,nvtx]==13.0.2; platform_system == "Linux"'),
+        _item("cuda-toolkit", "13.0.2", "nvidia-cuda-nvrtc==13.0.88.*; extra == 'nvrtc'",
+              "nvidia-nvtx==13.0.85.*; extra == 'nvtx'", "nvidia-cuda-nvcc==13.0.88.*; extra == 'all'"),
+        _item("nvidia-cuda-nvrtc", "13.0.88"), _item("nvidia-nvtx", "13.0.85"),
+        _item("nvidia-cuda-nvcc", "13.0.88"),
+        _item("segmentation-models-pytorch", "0.5.0", "torch>=2")]}
+    bundle, present = kwheels.split_report(report, _img(packages={"torch": "2.11.0"}),
+                                           ["segmentation-models-pytorch"])
+    assert {"cuda-toolkit", "nvidia-cuda-nvrtc", "nvidia-nvtx"} <= {p.name for p in present}
+    # an extra nobody requested is not the image's: resolved but unexplained, so it is bundled
+    assert {p.name for p in bundle} == {"segmentation-models-pytorch", "nvidia-cuda-nvcc"}
 
 
 def test_plan_leaves_out_scoring_only_and_image_packages() -> None:

@@ -50,7 +50,7 @@ def test_metadata_fields_and_values(manifest: Path, tmp_path: Path) -> None:
     rc = main(["kaggle", "build-kernel", "--weights", "unet_tiny_f0", "--out", str(out),
                "--manifest", str(manifest), "--kernel-id", "alice/cellseg-infer",
                "--wheels-dataset", "alice/cs-wheels", "--weights-dataset", "bob/cs-weights",
-               "--config", "infer_default"])
+               "--config", "infer_default", "--no-probe"])
     assert rc == 0
     meta = json.loads((out / "kernel-metadata.json").read_text())
     assert meta == {
@@ -67,6 +67,7 @@ def test_metadata_fields_and_values(manifest: Path, tmp_path: Path) -> None:
         "competition_sources": [COMPETITION],
         "kernel_sources": [],
         "model_sources": [],
+        "machine_shape": "NvidiaTeslaT4",
     }
     # enable_internet must be present literally: kaggle's push default is True
     assert '"enable_internet": false' in (out / "kernel-metadata.json").read_text()
@@ -106,7 +107,7 @@ def test_kaggle_name_rules_are_checked_before_any_upload() -> None:
 
 def test_code_file_is_self_contained(manifest: Path, tmp_path: Path) -> None:
     b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
-                     config="infer_default")
+                     config="infer_default", probe=False)
     source = b.code_file.read_text()
     tree = ast.parse(source)
     imported = set()
@@ -147,11 +148,14 @@ def test_build_refuses_bad_config_and_unknown_weights(manifest: Path, tmp_path: 
     with pytest.raises(Exception, match="tile_sise"):
         build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/k-k-k",
                      config=bad)
-    with pytest.raises(KeyError, match="unet_tiny_f0"):
-        build_kernel(["nope"], tmp_path / "k", manifest=manifest, kernel_id="me/k-k-k")
+    from cellseg.errors import InputError
+
+    with pytest.raises(InputError, match="no weights named 'nope'.*unet_tiny_f0"):
+        build_kernel(["nope"], tmp_path / "k", manifest=manifest, kernel_id="me/k-k-k", probe=False)
     (manifest.parent / "unet_tiny_f0.pt").write_bytes(b"changed")
     with pytest.raises(ValueError, match="do not match"):
-        build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/k-k-k")
+        build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/k-k-k",
+                     probe=False)
 
 
 def _layout(root: Path, layout: str, weights_file: Path, weight_name: str) -> Path:
@@ -176,7 +180,8 @@ def _layout(root: Path, layout: str, weights_file: Path, weight_name: str) -> Pa
 
 @pytest.mark.parametrize("layout", ["old", "new"])
 def test_kernel_finds_inputs_in_both_layouts(manifest: Path, tmp_path: Path, layout: str) -> None:
-    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     probe=False)
     inp = _layout(tmp_path / layout, layout, manifest.parent / "unet_tiny_f0.pt", "unet_tiny_f0.pt")
     k = _load_code(b.code_file)
     comp = k.find_competition_dir(inp, COMPETITION)
@@ -200,7 +205,8 @@ def _run_verify(code: Path, inp: Path, work: Path) -> subprocess.CompletedProces
 
 
 def test_sha256_mismatch_stops_the_kernel(manifest: Path, tmp_path: Path) -> None:
-    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     probe=False)
     good = manifest.parent / "unet_tiny_f0.pt"
     inp = _layout(tmp_path / "new", "new", good, "unet_tiny_f0.pt")
     ok = _run_verify(b.code_file, inp, tmp_path / "work")
@@ -226,7 +232,8 @@ def test_sha256_mismatch_stops_the_kernel(manifest: Path, tmp_path: Path) -> Non
 
 def test_install_by_file_requires_cellseg_but_tolerates_other_wheels(manifest: Path,
                                                                     tmp_path: Path) -> None:
-    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     probe=False)
     k = _load_code(b.code_file)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -299,7 +306,8 @@ def test_build_wheels_makes_a_pure_wheel_with_package_data(tmp_path: Path) -> No
 
 def _kernel_with_inputs(manifest: Path, tmp_path: Path, monkeypatch):
     """The generated kernel as a module, with a Kaggle-like input tree of 3 test images."""
-    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     probe=False)
     inp = _layout(tmp_path / "in", "new", manifest.parent / "unet_tiny_f0.pt", "unet_tiny_f0.pt")
     test = inp / "competitions" / COMPETITION / "test"
     for name in ("abc.png", "def.png", "ghi.png"):
@@ -308,7 +316,8 @@ def _kernel_with_inputs(manifest: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("CELLSEG_KAGGLE_WORKING", str(tmp_path / "working"))
     k = _load_code(b.code_file)
     k.header = lambda wheels_dir=None: {}
-    k.install = lambda wheels: []
+    k.install = lambda wheels, files=None: []
+    k.check_installed_version = lambda expected: None
     k.run = lambda cmd, step, code: None  # cellseg validate: passes
     return k, tmp_path / "working"
 
@@ -348,7 +357,8 @@ def test_kernel_exits_non_zero_only_without_a_valid_submission(
     k, work = _kernel_with_inputs(manifest, tmp_path, monkeypatch)
     k.run_predict = lambda cmd: (1, [])  # predict crashed before writing anything
     assert k.main([]) == k.EXIT_PREDICT
-    assert "no valid submission" in capsys.readouterr().err
+    assert "KERNEL FAILED (exit 5)" in capsys.readouterr().err
+    assert "without writing" in json.loads((work / "failures.json").read_text())["systemic"]
     k.run_predict = _fake_predict(["abc", "ghi"], [], rc=0)  # an image missing from the CSV
     assert k.main([]) == k.EXIT_INVALID
 
@@ -361,7 +371,8 @@ def test_kernel_exits_non_zero_only_without_a_valid_submission(
 
 
 def test_run_predict_collects_per_image_failures(manifest: Path, tmp_path: Path, capsys) -> None:
-    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     probe=False)
     k = _load_code(b.code_file)
     script = ("import sys\n"
               "sys.stderr.write('cellseg predict: cannot read bad1 (/x/bad1.png): cannot decode\\n')\n"
@@ -375,8 +386,12 @@ def test_run_predict_collects_per_image_failures(manifest: Path, tmp_path: Path,
     assert "2 image(s) failed" in capsys.readouterr().err  # streamed into the log as well
 
 
-def test_header_names_python_device_and_versions(manifest: Path, tmp_path: Path, capsys) -> None:
-    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer")
+def test_header_names_python_device_and_versions(manifest: Path, tmp_path: Path, capsys,
+                                                 monkeypatch) -> None:
+    monkeypatch.setenv("CELLSEG_KAGGLE_WORKING", str(tmp_path / "working"))
+    monkeypatch.setenv("CELLSEG_KAGGLE_INPUT", str(tmp_path / "input"))
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     probe=False)
     k = _load_code(b.code_file)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -389,3 +404,140 @@ def test_header_names_python_device_and_versions(manifest: Path, tmp_path: Path,
     assert names == ["torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
                      "cellseg"]
     assert "(bundled wheel 9.9.9 to install)" in lines[7]
+
+
+@pytest.mark.parametrize("failed_ids,reason,expected", [
+    (["abc", "def", "ghi"], "cannot read", "every test image failed"),
+    (["def", "ghi"], "cannot read", "more than the allowed share"),
+    (["abc"], "prediction failed: RuntimeError: CUDA error", "first test image's forward pass"),
+])
+def test_systemic_failures_exit_non_zero_with_failures_json(
+        manifest: Path, tmp_path: Path, monkeypatch, capsys, failed_ids, reason, expected) -> None:
+    """A submission of placeholders is scored near 0 and costs a submission: exit 8 instead."""
+    k, work = _kernel_with_inputs(manifest, tmp_path, monkeypatch)
+    failed = [{"id": i, "reason": f"{reason} {i}.png"} for i in failed_ids]
+    k.run_predict = _fake_predict(["abc", "def", "ghi"], failed, rc=1)
+    assert k.main([]) == k.EXIT_SYSTEMIC == 8
+    out = capsys.readouterr()
+    assert expected in out.out and "SYSTEMIC" in out.out and "KERNEL FAILED (exit 8)" in out.err
+    report = json.loads((work / "failures.json").read_text())
+    assert report["failed"] == failed and expected in report["systemic"]
+
+
+def test_a_few_failed_images_keep_exit_0_and_the_share_is_configurable(
+        manifest: Path, tmp_path: Path, monkeypatch) -> None:
+    k, work = _kernel_with_inputs(manifest, tmp_path, monkeypatch)
+    one = [{"id": "def", "reason": "prediction failed: RuntimeError: oom"}]  # not the first image
+    k.run_predict = _fake_predict(["abc", "def", "ghi"], one, rc=1)
+    assert k.main([]) == 0
+    assert "systemic" not in json.loads((work / "failures.json").read_text())
+    k.EMBEDDED["max_failed_share"] = 0.2  # 1 of 3 is now too many
+    assert k.main([]) == k.EXIT_SYSTEMIC
+    assert k.systemic_reason([], ["a"], 0.5) is None and k.systemic_reason(one, [], 0.5) is None
+
+
+def _wheel_layout(tmp_path: Path, manifest: Path, content: bytes):
+    """A kernel built with a wheels folder, and a Kaggle input tree holding those wheels."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "cellseg-0.1.0-py3-none-any.whl").write_bytes(content)
+    (wheels / "segmentation_models_pytorch-0.5.0-py3-none-any.whl").write_bytes(b"smp")
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     wheels_dir=wheels, probe=False)
+    inp = _layout(tmp_path / "in", "new", manifest.parent / "unet_tiny_f0.pt", "unet_tiny_f0.pt")
+    dest = inp / "datasets" / "me" / "cellseg-wheels"
+    for f in wheels.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return b, inp, dest
+
+
+def test_swapped_wheel_stops_the_kernel(manifest: Path, tmp_path: Path) -> None:
+    b, inp, dest = _wheel_layout(tmp_path, manifest, b"the wheel that was built and rehearsed")
+    assert [w["file"] for w in b.embedded["wheels"]] == [
+        "cellseg-0.1.0-py3-none-any.whl", "segmentation_models_pytorch-0.5.0-py3-none-any.whl"]
+    assert b.embedded["wheels"][0]["sha256"] == hashlib.sha256(
+        b"the wheel that was built and rehearsed").hexdigest()
+    ok = _run_verify(b.code_file, inp, tmp_path / "work")
+    assert ok.returncode == 0 and "wheels verified: 2 file(s)" in ok.stdout, ok.stderr
+    # a wheels dataset left at another build: same file name, other content
+    (dest / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"an older build of cellseg 0.1.0")
+    bad = _run_verify(b.code_file, inp, tmp_path / "work")
+    assert bad.returncode == 3, bad.stderr
+    assert "wheels do not match" in bad.stderr and "cellseg-0.1.0-py3-none-any.whl" in bad.stderr
+    (dest / "segmentation_models_pytorch-0.5.0-py3-none-any.whl").unlink()
+    bad = _run_verify(b.code_file, inp, tmp_path / "work")
+    assert bad.returncode == 3 and "segmentation_models_pytorch-0.5.0-py3-none-any.whl: missing" in bad.stderr
+    # the kernel installs exactly the embedded files, cellseg first; extra files are ignored
+    (dest / "segmentation_models_pytorch-0.5.0-py3-none-any.whl").write_bytes(b"smp")
+    (dest / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"the wheel that was built and rehearsed")
+    (dest / "zz_extra-1.0-py3-none-any.whl").write_bytes(b"not built by us")
+    k = _load_code(b.code_file)
+    assert [p.name for p in k.verify_wheels(dest, b.embedded["wheels"])] == [
+        "cellseg-0.1.0-py3-none-any.whl", "segmentation_models_pytorch-0.5.0-py3-none-any.whl"]
+
+
+def test_installed_cellseg_must_be_the_built_version(manifest: Path, tmp_path: Path, capsys) -> None:
+    from cellseg import __version__
+
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     probe=False)
+    assert b.embedded["cellseg_version"] == __version__
+    k = _load_code(b.code_file)
+    k.check_installed_version(__version__)  # the cellseg importable here: no exception
+    with pytest.raises(k.KernelError, match=f"installed cellseg is {__version__}, but this kernel "
+                                            "was built with 9.9.9") as info:
+        k.check_installed_version("9.9.9")
+    assert info.value.code == k.EXIT_INSTALL
+
+
+def test_accelerator_is_requested_with_machine_shape(manifest: Path, tmp_path: Path, capsys) -> None:
+    assert kernel_metadata("me/k-k-k", datasets=[])["machine_shape"] == "NvidiaTeslaT4"
+    cpu = kernel_metadata("me/k-k-k", datasets=[], accelerator="none")
+    assert cpu["enable_gpu"] is False and "machine_shape" not in cpu
+    out = tmp_path / "kernel"
+    assert main(["kaggle", "build-kernel", "--weights", "unet_tiny_f0", "--out", str(out),
+                 "--manifest", str(manifest), "--kernel-id", "me/cellseg-infer", "--no-probe",
+                 "--accelerator", "p100"]) == 0
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    assert meta["machine_shape"] == "NvidiaTeslaP100" and meta["enable_gpu"] is True
+    assert "P100 is retired" in capsys.readouterr().err
+
+
+def test_kernel_records_its_image_and_import_makes_a_description(
+        manifest: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from cellseg.kaggle.image import find_image, load_image
+    from cellseg.kaggle.image_report import image_drift, import_report
+
+    monkeypatch.setenv("CELLSEG_KAGGLE_WORKING", str(tmp_path / "working"))
+    monkeypatch.setenv("CELLSEG_KAGGLE_INPUT", str(tmp_path / "input"))
+    (tmp_path / "input" / "competitions" / COMPETITION / "test").mkdir(parents=True)
+    b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
+                     probe=False)
+    k = _load_code(b.code_file)
+    k.header(None)
+    rec = json.loads((tmp_path / "working" / "kaggle_image.json").read_text())
+    assert rec["python"] == sys.version.split()[0]
+    assert rec["platform_tag"].startswith(("manylinux_", "linux_"))
+    import numpy
+    import torch
+
+    assert rec["distributions"]["numpy"] == numpy.__version__
+    assert rec["torch"]["version"] == torch.__version__ and "cudnn" in rec["torch"]
+    assert {"dir": "competitions/" + COMPETITION, "files": 0} in rec["input_layout"]
+    assert rec["kernel"]["built_for_image"] == load_image().label
+    # --import: a dated description in the kit's format, which --image accepts
+    assert main(["kaggle", "image", "--import", str(tmp_path / "working"),
+                 "--out", str(tmp_path / "desc.json")]) == 0
+    img = find_image(str(tmp_path / "desc.json"))
+    assert img.python == rec["python"] and img.as_of == rec["recorded_at"][:10]
+    assert img.packages["numpy"] == numpy.__version__
+    assert img.packages["torch"] == torch.__version__.split("+")[0]
+    assert img.confidence["torch"].startswith("confirmed")
+    path, same = import_report(tmp_path / "working" / "kaggle_image.json", out=tmp_path / "d2.json")
+    assert same.packages == img.packages
+    # the run's image against the one the kernel was built for
+    drift = image_drift(tmp_path / "working", b.embedded["image"])
+    assert drift and "kaggle_image.json" not in drift[0]
+    assert image_drift(tmp_path / "working", {"label": "x", "python": rec["python"],
+                                              "packages": {"numpy": numpy.__version__}})[0] \
+        .startswith("Kaggle's image matches x")

@@ -16,7 +16,14 @@ Field names follow kaggle 2.2.4 / kagglesdk: ``kernels_push`` returns ``ApiSaveK
 ``invalid_tags``); ``kernels_status`` returns ``status`` (a ``KernelWorkerStatus`` enum: QUEUED,
 RUNNING, COMPLETE, ERROR, CANCEL_REQUESTED, CANCEL_ACKNOWLEDGED, NEW_SCRIPT) and
 ``failure_message``; ``competition_submit_code(file_name, message, competition, kernel,
-kernel_version)`` returns ``message`` and ``ref``.
+kernel_version)`` returns ``message`` and ``ref``. kaggle 2.2.5 adds ``owner/slug/N`` kernel refs
+(``kernels_status``/``kernels_output`` of one version), ``kernels_push(folder, timeout, acc)``
+(``acc`` overrides the metadata's accelerator) and
+``competition_get_submission_limits(competition)`` (``num_today``, ``num_total``,
+``num_allowed_now``, ``limited_by_total``); an older client lacks it, and the check is skipped.
+
+Errors: :class:`CredentialsError` and :class:`KaggleError` are ``UserError``s, so the CLI's one
+error boundary (``cellseg.cli``) prints them as one line and exits 2.
 """
 
 from __future__ import annotations
@@ -30,16 +37,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from cellseg.errors import UserError
+
 COMPETITION = "sartorius-cell-instance-segmentation"
 TERMINAL_KERNEL_STATES = ("complete", "error", "cancel_acknowledged", "cancel_requested")
+# dataset statuses after which waiting is pointless (kagglesdk DatasetStatus + what the API answers)
+DATASET_FAILED_STATES = ("error", "failed", "deleted", "cancelled", "canceled", "blocked")
 
 
-class CredentialsError(RuntimeError):
+class CredentialsError(UserError, RuntimeError):
     """No usable Kaggle credentials. The message lists the sources tried, never their values."""
 
 
-class KaggleError(RuntimeError):
-    """Kaggle answered with an error (push, dataset upload, submission)."""
+class KaggleError(UserError, RuntimeError):
+    """Kaggle answered with an error (push, dataset upload, submission), or a wait timed out."""
 
 
 # ---------------------------------------------------------------- credentials
@@ -103,7 +114,7 @@ def get_api(api: Any = None) -> Any:
     """An authenticated ``KaggleApi`` (or ``api`` unchanged when given: tests pass fakes).
 
     Raises CredentialsError (one line, sources tried, no secrets) when no source holds
-    credentials or Kaggle rejects them, and RuntimeError when the package is not installed.
+    credentials or Kaggle rejects them, and UserError when the package is not installed.
     """
     if api is not None:
         return api
@@ -120,8 +131,8 @@ def get_api(api: Any = None) -> Any:
             client = KaggleApi()
             client.authenticate()
     except ImportError as exc:
-        raise RuntimeError("the kaggle package is not installed: pip install 'cellseg[kaggle]' "
-                           f"(kaggle>=1.7.3 and six) ({exc})") from exc
+        raise UserError(f"the kaggle package is not installed ({exc})",
+                        fix="pip install 'cellseg[kaggle]' (kaggle>=1.7.3 and six)") from exc
     except SystemExit as exc:
         raise CredentialsError(f"Kaggle rejected the credentials from {', '.join(usable)}; check "
                                "them at https://www.kaggle.com/settings/api") from exc
@@ -187,9 +198,25 @@ class PushResult:
         else:
             lines.append(f"pushed {self.ref} version {self.version}: {self.url}")
         for kind, refs in self.invalid.items():
-            lines.append(f"WARNING: Kaggle refused these {kind} (the kernel will not see them): "
+            lines.append(f"Kaggle refused these {kind} (the kernel will not see them): "
                          f"{', '.join(refs)}")
         return "\n".join(lines)
+
+    @property
+    def versioned_ref(self) -> str | None:
+        """``owner/slug/N``: the exact version pushed (what status and output are asked about)."""
+        if not self.ref:
+            return None
+        return f"{self.ref}/{self.version}" if self.version else self.ref
+
+    def refusal(self) -> str | None:
+        """One line naming the refused sources with the likely fix, or None."""
+        if not self.invalid:
+            return None
+        parts = [f"{kind}: {', '.join(refs)}" for kind, refs in self.invalid.items()]
+        return ("Kaggle refused the kernel's sources (" + "; ".join(parts) + "): the run would fail "
+                "without them; accept the competition's rules on its Kaggle page, check that each "
+                "dataset exists and is visible to you, then push again")
 
 
 def push_kernel(api: Any, folder: str | os.PathLike, *, timeout: int | None = None) -> PushResult:
@@ -216,21 +243,36 @@ def push_kernel(api: Any, folder: str | os.PathLike, *, timeout: int | None = No
         ref = kernel_ref(ref)  # Kaggle answers "/code/owner/slug"; every other call wants owner/slug
     except ValueError:
         pass
+    if isinstance(ref, str):
+        ref = "/".join(ref.split("/")[:2])
     return PushResult(ref=ref, url=_field(resp, "url") or None,
                       version=_field(resp, "version_number"), error=_field(resp, "error") or None,
                       invalid=invalid)
 
 
 def kernel_ref(ref: str) -> str:
-    """``/code/owner/slug`` or a kaggle.com URL -> ``owner/slug``."""
+    """``/code/owner/slug``, a kaggle.com URL or ``owner/slug/N`` -> ``owner/slug`` or
+    ``owner/slug/N`` (kaggle 2.2.5 accepts a version number as the third part)."""
+    from cellseg.errors import ConfigError
+
     ref = ref.strip().rstrip("/")
     for prefix in ("https://www.kaggle.com/", "http://www.kaggle.com/", "https://kaggle.com/"):
         if ref.startswith(prefix):
             ref = ref[len(prefix):]
     parts = [p for p in ref.split("/") if p and p != "code"]
+    if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) > 0:
+        return "/".join(parts)
     if len(parts) != 2:
-        raise ValueError(f"kernel {ref!r} must be owner/slug")
+        raise ConfigError(f"kernel {ref!r} must be owner/slug or owner/slug/VERSION",
+                          fix="e.g. me/cellseg-infer/3")
     return "/".join(parts)
+
+
+def split_version(ref: str) -> tuple[str, int | None]:
+    """``owner/slug/N`` -> (``owner/slug``, N); ``owner/slug`` -> (``owner/slug``, None)."""
+    ref = kernel_ref(ref)
+    parts = ref.split("/")
+    return "/".join(parts[:2]), (int(parts[2]) if len(parts) == 3 else None)
 
 
 def kernel_status(api: Any, kernel: str) -> tuple[str, str | None]:
@@ -244,7 +286,7 @@ def wait_kernel(api: Any, kernel: str, *, poll_s: float = 30.0, timeout_s: float
                 log: Callable[[str], None] = print) -> tuple[str, str | None]:
     """Poll ``kernels_status`` until a terminal state; returns (status, failure message).
 
-    Raises TimeoutError after ``timeout_s`` (Kaggle's own limit is 9 hours of run time).
+    Raises KaggleError after ``timeout_s`` (Kaggle's own limit is 9 hours of run time).
     """
     start, last = time.monotonic(), None
     while True:
@@ -255,7 +297,8 @@ def wait_kernel(api: Any, kernel: str, *, poll_s: float = 30.0, timeout_s: float
         if status in TERMINAL_KERNEL_STATES:
             return status, message
         if time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"{kernel} still {status} after {timeout_s:.0f} s")
+            raise KaggleError(f"{kernel} still {status} after {timeout_s:.0f} s",
+                              fix=f"check later with `cellseg kaggle status {kernel}`")
         sleep(poll_s)
 
 
@@ -273,7 +316,7 @@ def submit_cli(kernel: str, version: int, *, competition: str = COMPETITION,
     """The kaggle CLI command equivalent to :func:`submit_kernel` (printed for the record)."""
     import shlex
 
-    kernel = kernel_ref(kernel)
+    kernel = split_version(kernel)[0]
     message = message or f"cellseg {kernel} v{version}"
     return (f"kaggle competitions submit {competition} -f {shlex.quote(file_name)} -k {kernel} "
             f"-v {int(version)} -m {shlex.quote(message)}")
@@ -281,7 +324,7 @@ def submit_cli(kernel: str, version: int, *, competition: str = COMPETITION,
 
 def submit_url(kernel: str, competition: str = COMPETITION) -> str:
     """Where to submit by hand when the API cannot."""
-    return f"https://www.kaggle.com/code/{kernel_ref(kernel)} (Submit to {competition} from its Output tab)"
+    return f"https://www.kaggle.com/code/{split_version(kernel)[0]} (Submit to {competition} from its Output tab)"
 
 
 def submit_kernel(api: Any, kernel: str, version: int, *, competition: str = COMPETITION,
@@ -290,7 +333,7 @@ def submit_kernel(api: Any, kernel: str, version: int, *, competition: str = COM
 
     Raises KaggleError (whose text includes the manual-submission URL) when the call fails.
     """
-    kernel = kernel_ref(kernel)
+    kernel = split_version(kernel)[0]
     message = message or f"cellseg {kernel} v{version}"
     try:
         resp = api.competition_submit_code(file_name, message, competition, kernel, int(version))
@@ -350,8 +393,75 @@ def wait_dataset(api: Any, dataset: str, *, poll_s: float = 10.0, timeout_s: flo
             last = status
         if status == "ready":
             return status
-        if status in ("error", "failed"):
-            raise KaggleError(f"dataset {dataset} processing failed on Kaggle (status {status})")
+        if status in DATASET_FAILED_STATES:
+            raise KaggleError(dataset_state_message(dataset, status))
         if time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"dataset {dataset} still {status} after {timeout_s:.0f} s")
+            raise KaggleError(f"dataset {dataset} still {status} after {timeout_s:.0f} s",
+                              fix="check it on kaggle.com and run the command again")
         sleep(poll_s)
+
+
+def dataset_state_message(dataset: str, status: str) -> str:
+    """One line for a dataset in a terminal state other than ready."""
+    if status == "deleted":
+        return (f"dataset {dataset} is deleted on Kaggle: upload it again (`cellseg kaggle "
+                "upload-dataset FOLDER --mode new`) or point the kernel at another one")
+    return (f"dataset {dataset} ended in status {status} on Kaggle: open it on kaggle.com for the "
+            "reason, fix the folder and upload a new version")
+
+
+def check_dataset_sources(api: Any, datasets: list[str]) -> None:
+    """KaggleError (one line) when a dataset the kernel needs is unknown, not visible, or in a
+    terminal state other than ready; a dataset still processing is fine (Kaggle waits for it)."""
+    for ds in datasets:
+        try:
+            status = status_name(api.dataset_status(ds))
+        except Exception as exc:  # noqa: BLE001 - 404/403 from the kaggle package
+            raise KaggleError(f"dataset source {ds} is unknown or not visible to you "
+                              f"({error_line(exc)})", fix="upload it with `cellseg kaggle "
+                              "upload-dataset` or fix the id in kernel-metadata.json") from exc
+        if status in DATASET_FAILED_STATES:
+            raise KaggleError(dataset_state_message(ds, status))
+
+
+@dataclass
+class SubmissionAllowance:
+    """What ``competition_get_submission_limits`` answered (None: the client cannot tell)."""
+
+    remaining_today: int | None
+    submitted_today: int | None = None
+    limited_by_total: bool = False
+    note: str = ""
+
+    def line(self, competition: str = COMPETITION) -> str:
+        if self.remaining_today is None:
+            return f"submissions left today for {competition}: unknown ({self.note})"
+        cap = " (lifetime cap reached)" if self.limited_by_total else ""
+        return (f"submissions left today for {competition}: {self.remaining_today}{cap}"
+                + (f" ({self.submitted_today} made today)" if self.submitted_today is not None else ""))
+
+
+def submission_allowance(api: Any, competition: str = COMPETITION) -> SubmissionAllowance:
+    """How many submissions the competition still accepts from us today.
+
+    KaggleError when Kaggle says the competition is unknown or closed to us (HTTP 403/404: rules
+    not accepted, or no longer accepting submissions); ``remaining_today`` None when the client
+    has no ``competition_get_submission_limits`` (kaggle < 2.2.5) or another error occurred.
+    """
+    getter = getattr(api, "competition_get_submission_limits", None)
+    if getter is None:
+        return SubmissionAllowance(None, note="this kaggle client cannot tell; kaggle>=2.2.5 can")
+    try:
+        limits = getter(competition)
+    except Exception as exc:  # noqa: BLE001 - HTTP errors from the kaggle package
+        code = getattr(getattr(exc, "response", None), "status_code", None)
+        if code in (403, 404):
+            raise KaggleError(f"competition {competition} does not accept submissions from you "
+                              f"({error_line(exc)})", fix="join it and accept its rules on "
+                              f"https://www.kaggle.com/competitions/{competition}/rules, or pass "
+                              "--force") from exc
+        return SubmissionAllowance(None, note=f"the check failed: {error_line(exc)}")
+    left = _field(limits, "num_allowed_now")
+    return SubmissionAllowance(None if left is None else int(left),
+                               submitted_today=_field(limits, "num_today"),
+                               limited_by_total=bool(_field(limits, "limited_by_total", False)))

@@ -1,15 +1,19 @@
 """Kaggle's notebook image, written down: Python, platform tag and the packages the kernel touches.
 
-    cellseg kaggle image                      # print the description in use
-    from cellseg.kaggle.image import load_image, ensure_image_env
-    img = load_image()                        # newest cellseg/kaggle/images/*.json
-    python = ensure_image_env(img)            # a cached Python 3.12 env with those pins
+    cellseg kaggle image                      # print the newest description (the default)
+    cellseg kaggle image --image kaggle-2026-08-12   # an older one, by its date
+    cellseg kaggle image --import KERNEL_OUTPUT_DIR  # a new description from kaggle_image.json
+    from cellseg.kaggle.image import find_image, ensure_image_env
+    img = find_image("kaggle")                # newest cellseg/kaggle/images/*.json
+    python = ensure_image_env(img)            # a cached env with its Python and pins
 
 The description is a dated JSON file shipped in the package (``cellseg/kaggle/images/``). Refresh
-it when Kaggle moves (README, section "Kaggle"): add a new file ``kaggle-gpu-<date>.json``; the
-newest ``as_of`` wins, older ones stay as history. ``build-wheels`` downloads for its Python and
-platform tags, and ``rehearse --image kaggle`` runs the kernel in an environment built from its
-pins (CPU: the GPU build of torch runs on a machine without one).
+it when Kaggle moves (docs/kaggle.md): every kernel run writes ``kaggle_image.json`` (what it
+really ran on), and ``cellseg kaggle image --import`` turns that into a new dated file; the newest
+``as_of`` wins, older ones stay selectable by date (``--image kaggle-<as_of>``).
+``build-wheels`` downloads for its Python and platform tags, and ``rehearse --image kaggle`` runs
+the kernel in an environment built from its pins (CPU: the GPU build of torch runs on a machine
+without one).
 
 The environment is built once per machine and description, under
 ``$CELLSEG_CACHE`` (default ``~/.cache/cellseg``) as ``kaggle-image-<hash of the description>``;
@@ -51,7 +55,14 @@ class ImageDescription:
     accelerator: str = ""
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    # per package (or "python"): "confirmed ..." or whose approximation it is
+    confidence: dict[str, str] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        """``"kaggle-2026-10-06"``: what ``--image`` takes to select this description."""
+        return f"kaggle-{self.as_of}"
 
     @property
     def python_short(self) -> str:
@@ -120,23 +131,58 @@ def load_image(path: str | os.PathLike | None = None) -> ImageDescription:
     data = json.loads(path.read_text())
     for key in ("name", "as_of", "python", "platform", "packages"):
         if key not in data:
-            raise ValueError(f"Kaggle image description {path} lacks {key!r}; see "
-                             "cellseg/kaggle/images/ for the format")
+            from cellseg.errors import InputError
+
+            raise InputError(f"Kaggle image description {path} lacks {key!r}",
+                             fix="see cellseg/kaggle/images/ for the format")
     return ImageDescription(
         name=data["name"], as_of=data["as_of"], python=data["python"], platform=data["platform"],
         packages={normalize(k): str(v) for k, v in data["packages"].items()},
         absent=tuple(normalize(a) for a in data.get("absent", ())), os=data.get("os", ""),
         accelerator=data.get("accelerator", ""), sources=tuple(data.get("sources", ())),
-        notes=tuple(data.get("notes", ())), path=path)
+        notes=tuple(data.get("notes", ())),
+        confidence={normalize(k) if k != "python" else k: str(v)
+                    for k, v in data.get("confidence", {}).items()}, path=path)
+
+
+def find_image(spec: str | os.PathLike | None = "kaggle") -> ImageDescription:
+    """The description ``spec`` names: ``"kaggle"`` (or None) the newest shipped one,
+    ``"kaggle-<as_of>"`` (e.g. ``kaggle-2026-08-12``) a shipped one by date, else a JSON path.
+
+    Raises ConfigError listing the shipped labels when a label matches none.
+    """
+    from cellseg.errors import ConfigError
+
+    if spec is None or str(spec) == "kaggle":
+        return load_image()
+    text = str(spec)
+    if text.startswith("kaggle-") and not text.endswith(".json"):
+        shipped = [load_image(p) for p in image_files()]
+        for img in shipped:
+            if img.label == text or f"{img.name}-{img.as_of}" == text:
+                return img
+        raise ConfigError(f"no shipped Kaggle image description {text!r}", where="--image",
+                          fix="use one of: kaggle (the newest), "
+                              + ", ".join(i.label for i in sorted(shipped, key=lambda i: i.as_of))
+                              + ", or a description JSON path")
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{text!r} is neither an image label nor a file", where="--image",
+                          fix="use kaggle, kaggle-<date> (see `cellseg kaggle image --list`) or "
+                              "a description JSON written by `cellseg kaggle image --import`")
+    return load_image(path)
 
 
 def format_image(img: ImageDescription) -> str:
     """Human-readable description (what ``cellseg kaggle image`` prints)."""
-    lines = [f"Kaggle image '{img.name}' as of {img.as_of} ({img.path})",
-             f"  python      {img.python} ({img.python_tag})",
+    lines = [f"Kaggle image '{img.name}' as of {img.as_of} ({img.path}); select with "
+             f"--image {img.label}",
+             f"  python      {img.python} ({img.python_tag})"
+             + (f"  {img.confidence['python']}" if "python" in img.confidence else ""),
              f"  platform    {img.platform} (also older manylinux tags)",
              f"  os          {img.os}", f"  accelerator {img.accelerator}", "  packages:"]
-    lines += [f"    {name:<26} {ver}" for name, ver in sorted(img.packages.items())]
+    lines += [f"    {name:<26} {ver:<12} {img.confidence.get(name, '')}".rstrip()
+              for name, ver in sorted(img.packages.items())]
     lines.append("  not in the image: " + (", ".join(img.absent) or "-"))
     lines.append("  sources:")
     lines += [f"    - {s}" for s in img.sources]
@@ -219,7 +265,7 @@ def ensure_image_env(img: ImageDescription | None = None, *, log: Callable[[str]
 
     Built from PyPI (binary wheels only) into :func:`cache_dir` under a lock, and marked complete
     only when every pin installed, so an interrupted build is redone, never half-used.
-    Raises RuntimeError with pip's last output when the install fails.
+    Raises UserError (pip's last output on stderr) when the install fails.
     """
     img = img or load_image()
     env = cache_dir(img)
@@ -239,8 +285,15 @@ def ensure_image_env(img: ImageDescription | None = None, *, log: Callable[[str]
                "--progress-bar", "off", *requirements(img)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"building the Kaggle-image env failed: `{' '.join(cmd)}` exited "
-                               f"{proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+            import sys
+
+            from cellseg.errors import UserError
+
+            sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-3000:])
+            raise UserError(f"building the Kaggle-image env failed: `{' '.join(cmd)}` exited "
+                            f"{proc.returncode} (pip's output above)",
+                            fix="check that the package index has every pinned version for "
+                                f"Python {img.python_short}")
         freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True,
                                 check=True).stdout.split()
         seconds = time.perf_counter() - t0

@@ -17,7 +17,8 @@ TEMPLATE = "kernel_main.py"
 BEGIN = "# ---- EMBEDDED BEGIN"
 END = "# ---- EMBEDDED END ----"
 KEYS = ("competition", "wheels_dataset", "weights_dataset", "weights", "config_name", "config_yaml",
-        "cellseg_version", "predict_args")
+        "cellseg_version", "cellseg_commit", "predict_args", "wheels", "image", "probe",
+        "max_failed_share")
 
 
 def template_text() -> str:

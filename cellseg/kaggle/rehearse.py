@@ -108,7 +108,7 @@ class RehearsalResult:
     missing_ids: list[str] = field(default_factory=list)
     n_rows: int = 0
     isolation: str = ""
-    image: str = ""  # "kaggle" or "local"
+    image: str = ""  # "local" or the image description's label (kaggle-<as_of>)
     python: str = ""  # from the kernel's log header
     ok: bool = False  # exit 0, submission.csv written, every test image in it (set when run)
 
@@ -278,7 +278,10 @@ def make_input(root: str | os.PathLike, layout: str, *, competition: str, compet
                weight_files: Sequence[Path]) -> Path:
     """Build ``root/input`` in Kaggle's ``old`` or ``new`` mount layout; returns it."""
     if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS}")
+        from cellseg.errors import ConfigError
+
+        raise ConfigError(f"layout {layout!r} is unknown", where="--layout",
+                          fix=f"use one of {', '.join(LAYOUTS)}")
     inp = Path(root) / "input"
     inp.mkdir(parents=True, exist_ok=True)
 
@@ -338,7 +341,7 @@ def run_kernel(python: Path, code_file: Path, input_dir: Path, working: Path, *,
     return rc, time.perf_counter() - start, log
 
 
-IMAGES = ("kaggle", "local")
+IMAGES = ("kaggle", "kaggle-<date>", "a description JSON path", "local")
 
 
 def rehearse(kernel_dir: str | os.PathLike, *, data: str | os.PathLike | None = None,
@@ -348,19 +351,22 @@ def rehearse(kernel_dir: str | os.PathLike, *, data: str | os.PathLike | None = 
              log: Callable[[str], None] = print) -> list[RehearsalResult]:
     """Rehearse ``kernel_dir`` (from ``build-kernel``) once per layout.
 
-    ``image``: "kaggle" runs the kernel on the Python and package pins of Kaggle's image
-    (``cellseg.kaggle.image``; the env is built once per machine and cached), "local" on this
-    interpreter's packages (fast, but not Kaggle's versions).
+    ``image``: "kaggle" runs the kernel on the Python and package pins of the newest description
+    of Kaggle's image (``cellseg.kaggle.image``; the env is built once per machine and cached),
+    ``kaggle-<as_of>`` on an older shipped one, a path on a description JSON (e.g. one written by
+    ``cellseg kaggle image --import``), "local" on this interpreter's packages (fast, but not
+    Kaggle's versions).
     ``data``: competition folder with ``test/*.png`` (default: a 3-test-image synthetic set).
     ``wheels_dir`` / ``weights_dir`` default to what ``build-info.json`` recorded.
     ``workdir``: keep everything there (default: a temporary folder, removed afterwards unless a
     run failed, so its log can be read). Relative paths are taken from the current directory.
     """
+    from cellseg.kaggle.image import ensure_image_env, find_image, purelib
     from cellseg.kaggle.kernel import BUILD_INFO
     from cellseg.kaggle.kernel_template import embedded_of
 
-    if image not in IMAGES:
-        raise ValueError(f"--image {image!r}: expected one of {IMAGES}")
+    img = None if image == "local" else find_image(image)  # a wrong label fails before any work
+
     # every path is made absolute now: the kernel and its env run with other working directories
     kernel_dir = Path(kernel_dir).resolve()
     meta_path = kernel_dir / "kernel-metadata.json"
@@ -396,10 +402,9 @@ def rehearse(kernel_dir: str | os.PathLike, *, data: str | os.PathLike | None = 
     if not ids:
         raise FileNotFoundError(f"{data}/test has no .png images; pass --data COMPETITION_DIR")
 
-    if image == "kaggle":
-        from cellseg.kaggle.image import ensure_image_env, load_image, purelib
-
-        base_python = ensure_image_env(load_image(), log=log)
+    if img is not None:
+        image = img.label
+        base_python = ensure_image_env(img, log=log)
         site_dirs: list[str | os.PathLike] | None = [purelib(base_python)]
     else:
         base_python, site_dirs = Path(sys.executable), None

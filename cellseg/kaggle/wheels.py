@@ -37,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
+from cellseg.errors import UserError
 from cellseg.kaggle.image import ImageDescription, cache_root, load_image, normalize
 
 # imported only by `cellseg score` (cellseg/core/metrics_coco.py, lazily); the kernel never scores, and
@@ -68,12 +69,24 @@ def pinned(packages: Sequence[str]) -> list[str]:
     return out
 
 
+class PipError(UserError, RuntimeError):
+    """A pip step failed (an index without the pinned version, a build error). One line for the
+    CLI; pip's own output is in ``output`` and printed to stderr by :func:`_pip`."""
+
+    def __init__(self, what: str, output: str = "", fix: str | None = None):
+        super().__init__(what, fix=fix)
+        self.output = output
+
+
 def _pip(args: Sequence[str], cwd: str | os.PathLike | None = None) -> str:
     cmd = [sys.executable, "-m", "pip", *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout[-2000:]}"
-                           f"{proc.stderr[-3000:]}")
+        output = proc.stdout[-2000:] + proc.stderr[-3000:]
+        sys.stderr.write(output)
+        raise PipError(f"`{' '.join(cmd[2:6])} ...` failed with exit code {proc.returncode} "
+                       "(pip's output above)", output,
+                       fix="check the package index and the versions the image description pins")
     return proc.stdout
 
 
@@ -101,15 +114,15 @@ def build_cellseg_wheel(out: str | os.PathLike, source: str | os.PathLike = ".")
                 shutil.copy2(source / name, Path(tmp) / name)
         try:
             _pip(["wheel", tmp, "--no-deps", "--no-build-isolation", "-q", "-w", str(out)])
-        except RuntimeError as exc:
-            if "bdist_wheel" not in str(exc):
+        except PipError as exc:
+            if "bdist_wheel" not in exc.output:
                 raise
             # setuptools < 70.1 without the `wheel` package (a fresh venv's bundled one):
             # let pip fetch the build requirements of pyproject.toml instead
             _pip(["wheel", tmp, "--no-deps", "-q", "-w", str(out)])
     wheels = sorted(out.glob("cellseg-*-py3-none-any.whl"))
     if not wheels:
-        raise RuntimeError(f"pip wheel wrote no cellseg-*-py3-none-any.whl into {out}")
+        raise PipError(f"pip wheel wrote no cellseg-*-py3-none-any.whl into {out}")
     return wheels[-1]
 
 
@@ -135,8 +148,11 @@ def _marker_env(img: ImageDescription) -> dict[str, str]:
             "platform_python_implementation": "CPython", "extra": ""}
 
 
-def _deps(item: dict, img: ImageDescription) -> list[str]:
-    """Names a resolved package requires on the image (markers evaluated, extras left out)."""
+def _requirements(item: dict, img: ImageDescription, extras: Sequence[str] = ()
+                  ) -> list["Requirement"]:  # noqa: F821
+    """The requirements of a resolved package that apply on the image, for the ``extras`` it was
+    requested with (``torch`` asks for ``cuda-toolkit[nvrtc,...]``, whose nvidia-* wheels are
+    conditional on those extras)."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     out = []
@@ -145,10 +161,31 @@ def _deps(item: dict, img: ImageDescription) -> list[str]:
             req = Requirement(text)
         except InvalidRequirement:
             continue
-        if req.marker is not None and not req.marker.evaluate(_marker_env(img)):
+        if req.marker is not None and not any(
+                req.marker.evaluate(dict(_marker_env(img), extra=e)) for e in ("", *extras)):
             continue
-        out.append(normalize(req.name))
+        out.append(req)
     return out
+
+
+def _requested_extras(items: dict[str, dict], img: ImageDescription) -> dict[str, set[str]]:
+    """Package name -> the extras some resolved package requires it with (to a fixed point)."""
+    extras: dict[str, set[str]] = {n: set() for n in items}
+    changed = True
+    while changed:
+        changed = False
+        for name, item in items.items():
+            for req in _requirements(item, img, sorted(extras[name])):
+                target = extras.setdefault(normalize(req.name), set())
+                if not set(req.extras) <= target:
+                    target |= set(req.extras)
+                    changed = True
+    return extras
+
+
+def _deps(item: dict, img: ImageDescription, extras: Sequence[str] = ()) -> list[str]:
+    """Names a resolved package requires on the image (markers evaluated for ``extras``)."""
+    return [normalize(r.name) for r in _requirements(item, img, extras)]
 
 
 def split_report(report: dict, img: ImageDescription, wanted: Sequence[str]
@@ -159,7 +196,8 @@ def split_report(report: dict, img: ImageDescription, wanted: Sequence[str]
     transitively (the image's pip installed it). Each bundled package says who needs it.
     """
     items = {normalize(i["metadata"]["name"]): i for i in report["install"]}
-    deps = {name: _deps(item, img) for name, item in items.items()}
+    extras = _requested_extras(items, img)
+    deps = {name: _deps(item, img, sorted(extras[name])) for name, item in items.items()}
     present = {n for n in items if img.has(n)}
     todo = list(present)
     while todo:
@@ -281,7 +319,7 @@ def build_wheels(out: str | os.PathLike, *, packages: Sequence[str] | None = Non
     ``dataset_id`` (owner/slug; default ``$KAGGLE_USERNAME/cellseg-wheels``) goes into
     ``dataset-metadata.json``. ``packages``: extra packages to bundle beyond what cellseg
     requires (e.g. a model family's library). ``resolver``: :func:`resolve` (tests pass a fake).
-    Raises RuntimeError when a downloaded wheel does not fit the image's Python/platform.
+    Raises PipError when a downloaded wheel does not fit the image's Python/platform.
     """
     from cellseg.io import write_json
     from cellseg.kaggle.kernel import DEFAULT_WHEELS_SLUG, default_owner
@@ -303,8 +341,8 @@ def build_wheels(out: str | os.PathLike, *, packages: Sequence[str] | None = Non
     bundle = [Planned(p.name, p.version, p.reason, by_name.get(p.name)) for p in bundle]
     wrong = [f.name for f in files if not fits_image(f.name, img)]
     if wrong:
-        raise RuntimeError(f"wheels {wrong} do not fit Kaggle's Python {img.python_short} / "
-                           f"{img.platform}; check the image description ({img.path})")
+        raise PipError(f"wheels {wrong} do not fit Kaggle's Python {img.python_short} / "
+                       f"{img.platform}", fix=f"check the image description ({img.path})")
     from cellseg import __version__
 
     bundled = [Planned("cellseg", __version__, "the kit itself (pure Python)", cellseg_whl.name),
