@@ -320,7 +320,9 @@ def test_real_sample_perfect_and_instances_path(shared_sartorius):
     assert a.score == b.score == c.score
     assert a.per_cell_type == {"shsy5y": a.score}
     d = b.to_dict()
-    assert set(d) == {"score", "per_image", "per_cell_type", "per_threshold", "counts"}
+    assert set(d) == {"score", "matching", "score_by_matching", "changed_by_matching",
+                      "per_image", "per_cell_type", "per_cell_type_by_matching",
+                      "n_images_per_cell_type", "per_threshold", "counts"}
     assert list(d["per_threshold"]) == [f"{t:.2f}" for t in THRESHOLDS]
 
 
