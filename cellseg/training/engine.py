@@ -282,8 +282,10 @@ def _batch_size(images: Any) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, family: Any, records: Sequence[Any], infer_cfg: Any, *,
-             device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Competition metric of ``model`` on held-out ``records`` (``ImageRecord`` with RLEs).
+             device: torch.device | str = "cpu", progress: bool = True,
+             matching: str = "dsb") -> dict[str, Any]:
+    """Competition metric of ``model`` on held-out ``records`` (``ImageRecord`` with RLEs),
+    under the matching rule ``matching`` (``cellseg.core.metrics.MATCHING_RULES``).
 
     Predicts each image with ``cellseg.infer.predict.predict_image`` (tiling, postprocessing and
     overlap removal exactly as at submission time) and scores with
@@ -307,7 +309,7 @@ def evaluate(model: nn.Module, family: Any, records: Sequence[Any], infer_cfg: A
                                        cell_type=rec.cell_type, device=device))
     finally:
         net.train(was_training)
-    report = score_instances(records, preds)
+    report = score_instances(records, preds, matching=matching)
     out: dict[str, Any] = {"score": float(report.score), "n_images": len(records),
                            "n_pred": int(sum(len(p) for p in preds)),
                            "n_true": int(sum(r.n_instances for r in records))}
