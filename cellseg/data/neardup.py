@@ -50,7 +50,9 @@ def _spectrum(path: Path) -> np.ndarray:
     small = cv2.resize(img, SIZE, interpolation=cv2.INTER_AREA)
     small -= cv2.GaussianBlur(small, (0, 0), BLUR_SIGMA)
     win = np.outer(np.hanning(SIZE[1]), np.hanning(SIZE[0])).astype(np.float32)
-    f = np.fft.rfft2(small * win).astype(np.complex64)
+    from scipy import fft
+
+    f = fft.rfft2(small * win)  # complex64
     return f / np.maximum(np.abs(f), 1e-9)
 
 
@@ -73,6 +75,8 @@ def similarity_matrix(records: Sequence["ImageRecord"]) -> tuple[np.ndarray, np.
     Raises:
         OSError / cellseg.errors.InputError: an image cannot be read.
     """
+    from scipy import fft  # single precision stays single (numpy's FFT would use complex128)
+
     key = _key(records)
     if key in _CACHE:
         return _CACHE[key]
@@ -88,7 +92,7 @@ def similarity_matrix(records: Sequence["ImageRecord"]) -> tuple[np.ndarray, np.
         for chunk in np.array_split(others, max(1, int(np.ceil(others.size / 128)))):
             if not chunk.size:
                 continue
-            corr = np.fft.irfft2(spectra[a][None] * np.conj(spectra[chunk]), s=(h, w))
+            corr = fft.irfft2(spectra[a][None] * np.conj(spectra[chunk]), s=(h, w), workers=1)
             flat = corr.reshape(len(chunk), -1)
             best = flat.argmax(axis=1)
             peak = flat[np.arange(len(chunk)), best]
