@@ -1,4 +1,4 @@
-"""The loader's distance transform: OpenCV (what ``cellseg.data.targets`` runs) vs the ``edt`` package.
+"""The loader's distance transform: OpenCV (``cellseg.data.targets``) vs the ``edt`` package.
 
     .venv/bin/python -m bench edt            # ~1 min on one core; needs `pip install edt`
 

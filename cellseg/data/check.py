@@ -87,7 +87,8 @@ class CheckReport:
             lines += ["", f"duplicated / heavily overlapping truth: {len(self.duplicates)} "
                           f"image(s), {n_pairs} pair(s) of true masks with IoU > 0.5, {n_same} "
                           f"identical (the matching rule changes their score: docs/metric.md)",
-                      "", "| image | cell type | pairs IoU > 0.5 | identical |", "|---|---|---:|---:|"]
+                      "", "| image | cell type | pairs IoU > 0.5 | identical |",
+                      "|---|---|---:|---:|"]
             for image_id, (p, i) in sorted(self.duplicates.items(), key=lambda kv: -kv[1][0]):
                 lines.append(f"| {image_id} | {types.get(image_id)} | {p} | {i} |")
         if self.notes:

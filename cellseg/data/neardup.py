@@ -111,8 +111,8 @@ def near_duplicate_groups(records: Sequence["ImageRecord"], threshold: float = T
     """Group near-duplicate frames (connected components of ``similarity > threshold``).
 
     Returns:
-        ``({image_id: group key}, note)``: keys look like ``similar:<smallest image id of the group>``; the note
-        is one line saying what was done (groups, sizes, per cell type).
+        ``({image_id: group key}, note)``: keys look like ``similar:<smallest image id of the
+        group>``; the note is one line saying what was done (groups, sizes, per cell type).
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
