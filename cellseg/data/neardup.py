@@ -132,7 +132,7 @@ def near_duplicate_groups(records: Sequence["ImageRecord"], threshold: float = T
     per_type: dict[str, list[int]] = defaultdict(list)
     for idx in members.values():
         per_type[str(records[idx[0]].cell_type)].append(len(idx))
-    parts = [f"{t} {len(records) and sum(s)} images -> {len(s)} groups (largest {max(s)})"
+    parts = [f"{t} {sum(s)} images -> {len(s)} groups (largest {max(s)})"
              for t, s in sorted(per_type.items())]
     note = (f"sample_id is empty: grouped {len(records)} images into {len(members)} "
             f"near-duplicate groups by image similarity (phase correlation > {threshold:g}, "
