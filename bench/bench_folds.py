@@ -73,30 +73,12 @@ def random_folds(records, seed: int) -> dict[str, int]:
     return {records[k].image_id: n % N_FOLDS for n, k in enumerate(order)}
 
 
-def aligned_correlation(a_path, b_path) -> float:
-    """Correlation of two full-resolution images after OpenCV's phase correlation aligns them
-    (illumination removed; a 40 px margin is left out)."""
-    import cv2
-
-    from cellseg.io import read_gray
-
-    def load(p):
-        im = read_gray(p).astype(np.float64)
-        return im - cv2.GaussianBlur(im, (0, 0), 10)
-
-    a, b = load(a_path), load(b_path)
-    (dx, dy), _ = cv2.phaseCorrelate(a, b)
-    moved = cv2.warpAffine(b, np.float64([[1, 0, -dx], [0, 1, -dy]]), (a.shape[1], a.shape[0]))
-    m = slice(40, -40)
-    return float(np.corrcoef(a[m, m].ravel(), moved[m, m].ravel())[0, 1])
-
-
 def main() -> None:
     from cellseg.core.metrics import MATCHING_RULES, score
     from cellseg.data.folds import make_folds
     from cellseg.data.loaders import load_records
-    from cellseg.data.neardup import THRESHOLD, group_sizes, near_duplicate_groups, \
-        similarity_matrix
+    from cellseg.data.neardup import LOW, SURE, aligned_correlation, group_sizes, \
+        near_duplicate_groups, similarity_matrix
 
     root = SHARED / "sartorius_409"
     if not (root / "train.csv").is_file():
@@ -105,7 +87,7 @@ def main() -> None:
     records = load_records(root)
     t0, c0 = time.perf_counter(), time.process_time()
     sim, shift = similarity_matrix(records)
-    groups, note = near_duplicate_groups(records)
+    groups, note = near_duplicate_groups(records)  # incl. the full-resolution checks
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"{note}\n(similarity of {len(records)} images: {wall:.1f} s wall, {cpu:.1f} s CPU)\n")
     print("| cell type | images | groups | singletons | largest group |")
@@ -117,8 +99,8 @@ def main() -> None:
     iu = np.triu_indices(len(records), 1)
     s = sim[iu]
     bins = [(0.06, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 0.3), (0.3, 0.5), (0.5, 1.01)]
-    print(f"\nthreshold check (linked above {THRESHOLD}): aligned full-resolution correlation "
-          "of up to 12 pairs per similarity bin\n")
+    print(f"\nthreshold check (linked above {SURE}, checked in {LOW}-{SURE}): aligned "
+          "full-resolution correlation of up to 12 pairs per similarity bin\n")
     print("| similarity | pairs | aligned correlation (median) | min | max |")
     print("|---|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)

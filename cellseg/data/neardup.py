@@ -12,10 +12,12 @@ transform whitened; the peak of the inverse transform of ``F_a * conj(F_b)`` is 
 a and b (1 for a shifted copy, ~0.03 between unrelated images of this size) and its position the
 shift. Only images of the same cell type are compared (one well holds one cell type).
 
-Grouping: images whose similarity exceeds ``threshold`` (default 0.2, about 4x the level of
-unrelated frames; measured on ``sartorius_409``, see docs/validation.md) are linked, and every
-connected component of that graph is one group (frames of one well chain together even when the
-first and last frame no longer look alike).
+Grouping: images whose similarity exceeds ``SURE`` (0.3, ~6x the level of unrelated frames)
+are linked; pairs in the mixed band ``(LOW, SURE]`` (0.15-0.3) are linked only when their two
+full-resolution images, aligned by OpenCV's phase correlation, correlate above
+``MIN_ALIGNED_CORR`` (0.2; unrelated frames give ~0.0, frames of one well 0.4-0.9; measured on
+``sartorius_409``, see docs/validation.md). Every connected component of that graph is one group
+(frames of one well chain together even when the first and last frame no longer look alike).
 
 Cost: one small FFT per image and a batched inverse FFT per image against the later images of
 its type: ~10-20 s for 409 images on one core, O(N^2). Results are kept in memory per process
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
 SIZE = (128, 96)  # (width, height) of the shrunk image: keeps the 4:3-ish aspect of 704x520
 BLUR_SIGMA = 4.0  # illumination removal, in shrunk pixels
-THRESHOLD = 0.2
+LOW, SURE = 0.15, 0.3  # similarity: above SURE linked, in (LOW, SURE] checked at full resolution
+MIN_ALIGNED_CORR = 0.2
 
 _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -106,9 +109,39 @@ def similarity_matrix(records: Sequence["ImageRecord"]) -> tuple[np.ndarray, np.
     return sim, shift
 
 
-def near_duplicate_groups(records: Sequence["ImageRecord"], threshold: float = THRESHOLD
-                          ) -> tuple[dict[str, str], str]:
-    """Group near-duplicate frames (connected components of ``similarity > threshold``).
+def aligned_correlation(a_path: str | Path, b_path: str | Path) -> float:
+    """Pearson correlation of two full-resolution images (illumination removed) after OpenCV's
+    phase correlation aligns the second onto the first; a 40 px margin is left out."""
+    import cv2
+
+    from cellseg.io import read_gray
+
+    def load(p: str | Path) -> np.ndarray:
+        im = read_gray(p).astype(np.float64)
+        return im - cv2.GaussianBlur(im, (0, 0), 10)
+
+    a, b = load(a_path), load(b_path)
+    if a.shape != b.shape:
+        return 0.0
+    (dx, dy), _ = cv2.phaseCorrelate(a, b)
+    moved = cv2.warpAffine(b, np.float64([[1, 0, -dx], [0, 1, -dy]]), (a.shape[1], a.shape[0]))
+    m = slice(40, -40)
+    return float(np.corrcoef(a[m, m].ravel(), moved[m, m].ravel())[0, 1])
+
+
+def linked_pairs(records: Sequence["ImageRecord"]) -> np.ndarray:
+    """(N, N) bool: frames of one well (module docstring: sure pairs, and checked band pairs)."""
+    sim, _ = similarity_matrix(records)
+    linked = sim > SURE
+    ii, jj = np.nonzero(np.triu((sim > LOW) & ~linked, 1))
+    for i, j in zip(ii.tolist(), jj.tolist()):
+        if aligned_correlation(records[i].image_path, records[j].image_path) > MIN_ALIGNED_CORR:
+            linked[i, j] = linked[j, i] = True
+    return linked
+
+
+def near_duplicate_groups(records: Sequence["ImageRecord"]) -> tuple[dict[str, str], str]:
+    """Group near-duplicate frames (connected components of ``linked_pairs``).
 
     Returns:
         ``({image_id: group key}, note)``: keys look like ``similar:<smallest image id of the
@@ -119,8 +152,7 @@ def near_duplicate_groups(records: Sequence["ImageRecord"], threshold: float = T
 
     if not records:
         return {}, "no images to group"
-    sim, _ = similarity_matrix(records)
-    _, labels = connected_components(csr_matrix(sim > threshold), directed=False)
+    _, labels = connected_components(csr_matrix(linked_pairs(records)), directed=False)
     members: dict[int, list[int]] = defaultdict(list)
     for i, lab in enumerate(labels.tolist()):
         members[lab].append(i)
@@ -135,8 +167,8 @@ def near_duplicate_groups(records: Sequence["ImageRecord"], threshold: float = T
     parts = [f"{t} {sum(s)} images -> {len(s)} groups (largest {max(s)})"
              for t, s in sorted(per_type.items())]
     note = (f"sample_id is empty: grouped {len(records)} images into {len(members)} "
-            f"near-duplicate groups by image similarity (phase correlation > {threshold:g}, "
-            f"same cell type): " + "; ".join(parts))
+            f"near-duplicate groups by image similarity (phase correlation, same cell type): "
+            + "; ".join(parts))
     return groups, note
 
 
