@@ -4,6 +4,7 @@
     cellseg score --truth data/sartorius --pred oof.csv --fold 0 --n-folds 5 --json score.json
     cellseg score --truth livecell_coco_val.json --pred results.json --report report/
     cellseg score --truth data/sartorius data/livecell:val --pred mixed_submission.csv
+    cellseg score --truth data/sartorius --pred submission.csv --matching greedy
 
 Truth (``--truth``): one or more of what ``cellseg.data.loaders.load_records`` reads: a
 competition folder or train.csv, a LIVECell root, a COCO JSON; each optionally ``PATH:SPLIT``
@@ -14,6 +15,10 @@ gives each 1.0), or a COCO results JSON: a list of ``{image_id, segmentation (CO
 category_id}``, ``image_id`` being the truth's COCO/LIVECell image id or the kit's image id.
 Optional per-instance ``pred_iou`` / ``stability`` keys are averaged and printed.
 
+Matching (``--matching``, docs/metric.md): ``dsb`` (default, the Data Science Bowl 2018 rule of
+Kaggle's evaluation page) or ``greedy`` one-to-one; they differ only where masks overlap (duplicated
+truth). Both are in ``--json`` and per cell type in the table, with a note naming the images whose
+score the rule changed.
 Every prediction counts for the competition metric (``--min-score`` drops low-confidence
 results first, like a submission would); COCO AP ranks them by score with up to 2000 per image.
 Images of the truth without predictions score 0 (or 1 when they have no cell either).
