@@ -147,9 +147,11 @@ class TrainSection:
 @dataclass(frozen=True)
 class ValConfig:
     """Validation during training: ``infer`` is the typed inference config (tiling, TTA,
-    thresholds) used to predict the validation images, checked when the config is loaded."""
+    thresholds) used to predict the validation images, checked when the config is loaded;
+    ``matching`` the metric's rule where truth overlaps (``dsb`` or ``greedy``, docs/metric.md)."""
 
     infer: InferenceConfig = field(default_factory=InferenceConfig)
+    matching: str = "dsb"
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,10 @@ def load_train_config(name_or_path: str | os.PathLike, overrides: Iterable[str] 
     """
     overrides = list(overrides)
     cfg = load_config(TrainConfig, name_or_path, overrides)
+    if cfg.val.matching not in ("dsb", "greedy"):  # cellseg.core.metrics.MATCHING_RULES
+        raise ConfigError(f"val.matching {cfg.val.matching!r} is not a matching rule",
+                          where=blame("val.matching", overrides, str(name_or_path)),
+                          fix="use dsb or greedy", key="val.matching")
     if check_model:
         try:
             check_model_args(cfg.model.family, cfg.model.args)

@@ -85,6 +85,7 @@ class CVSettings:
     pseudo_min_cells: int = 5
     pseudo_weight: float = 0.5
     pseudo_tta: bool = False
+    matching: str = "dsb"  # the metric's rule (cellseg.core.metrics.MATCHING_RULES); both saved
 
 
 def make_cv_folds(records: Sequence["ImageRecord"], n_folds: int | None = None,
@@ -198,9 +199,11 @@ def plain_command(settings: CVSettings, train_data: Path, test_data: Path, out: 
 
 
 def score_rows(method: str, fold: int, records: Sequence["ImageRecord"], preds: dict[str, Any],
-               seconds: float, overlay_dir: str | None = None) -> list[dict[str, Any]]:
+               seconds: float, overlay_dir: str | None = None, matching: str = "dsb"
+               ) -> list[dict[str, Any]]:
     """One row per held-out record: competition score of ``preds[image_id]`` (label image,
-    ``Runs``, RLE list or ``Instances``; missing = no prediction)."""
+    ``Runs``, RLE list or ``Instances``; missing = no prediction) under ``matching``, and
+    ``score_<rule>`` under every rule."""
     from cellseg.core import metrics
 
     rows = []
@@ -208,11 +211,12 @@ def score_rows(method: str, fold: int, records: Sequence["ImageRecord"], preds: 
         truth = metrics.runs_from_rles(r.rles, r.shape)
         pred = metrics.as_runs(preds.get(r.image_id, []), r.shape)
         res = metrics.match_image(truth, pred, r.shape, image_id=r.image_id,
-                                  cell_type=r.cell_type)
+                                  cell_type=r.cell_type, matching=matching)
         rows.append({"method": method, "fold": fold, "image_id": r.image_id,
                      "cell_type": r.cell_type or "unknown", "source": r.source,
                      "score": float(res.score), "n_true": int(res.n_true),
-                     "n_pred": int(res.n_pred), "seconds": round(seconds, 1)})
+                     "n_pred": int(res.n_pred), "seconds": round(seconds, 1),
+                     **{f"score_{k}": float(v) for k, v in res.score_by_matching.items()}})
         if overlay_dir is not None:
             write_overlay(Path(overlay_dir) / f"{method}_{r.image_id}.png", r.read_image(),
                           truth, pred, res)
@@ -277,6 +281,8 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             saved = json.loads(done.read_text())
             # reuse only a result of the same training command and inference settings
             if saved.get("command") == cmd and saved.get("infer", key) == key:
+                for row in saved["rows"]:  # both rules are saved: pick this run's
+                    row["score"] = row.get(f"score_{settings.matching}", row["score"])
                 rows += saved["rows"]
                 log(f"fold {fold} {method}: reused {done}")
                 continue
@@ -318,7 +324,8 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             from cellseg.core.submission import write_submission
 
             write_submission(mdir / "pred.csv", [(r.image_id, preds[r.image_id]) for r in held])
-        fold_rows = score_rows(method, fold, held, preds, secs, settings.overlays)
+        fold_rows = score_rows(method, fold, held, preds, secs, settings.overlays,
+                               settings.matching)
         write_json(done, {"command": cmd, "infer": key, "rows": fold_rows})
         rows += fold_rows
         log(f"fold {fold} {method}: " + ", ".join(f"{r['image_id']} {r['score']:.4f} "
@@ -344,6 +351,13 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             **_mean_sd([r["score"] for r in mine]),
             "per_cell_type": {t: _mean_sd([r["score"] for r in mine if r["cell_type"] == t])
                               for t in types},
+            # the mean under each matching rule, overall and per type (rows of older runs lack it)
+            "by_matching": {rule: {"all": _mean_sd([r[f"score_{rule}"] for r in mine])["mean"],
+                                   **{t: _mean_sd([r[f"score_{rule}"] for r in mine
+                                                   if r["cell_type"] == t])["mean"]
+                                      for t in types}}
+                            for rule in ("dsb", "greedy")
+                            if all(f"score_{rule}" in r for r in mine)},
             "per_fold": {str(f): _mean_sd([r["score"] for r in mine if r["fold"] == f])["mean"]
                          for f in folds},
             "per_image": {r["image_id"]: r["score"] for r in mine},
@@ -358,7 +372,9 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
     """The printed report: one line per method (mean ± sd, per cell type), then per image."""
     methods = list(summary)
     types = sorted({r["cell_type"] for r in rows})
-    head = f"{'method':<8} {'score (mean ± sd)':>18} " + " ".join(f"{t:>14}" for t in types)
+    n_type = {t: len({r["image_id"] for r in rows if r["cell_type"] == t}) for t in types}
+    head = f"{'method':<8} {'score (mean ± sd)':>18} " + " ".join(
+        f"{f'{t} ({n_type[t]})':>14}" for t in types)
     lines = [head]
     for m in methods:
         s = summary[m]
@@ -366,6 +382,14 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
         cells = " ".join(f"{pt[t]['mean']:>7.4f}±{pt[t]['sd']:<6.4f}" if t in pt else f"{'-':>14}"
                          for t in types)
         lines.append(f"{m:<8} {s['mean']:>9.4f} ± {s['sd']:<6.4f} {cells}")
+    rules = {rule: [m for m in methods if rule in summary[m].get("by_matching", {})]
+             for rule in ("dsb", "greedy")}
+    differ = [m for m in methods if len({round(v["all"], 6) for v in
+                                         summary[m].get("by_matching", {}).values()}) > 1]
+    if differ:
+        lines.append("matching rules differ (overlapping truth): " + "; ".join(
+            f"{m} " + ", ".join(f"{rule} {summary[m]['by_matching'][rule]['all']:.4f}"
+                                for rule in rules if m in rules[rule]) for m in differ))
     lines.append("")
     lines.append(f"{'fold':>4} {'image':<36} {'type':<8} {'true':>5} " +
                  " ".join(f"{m + ' score':>11} {m + ' pred':>9}" for m in methods))
@@ -424,12 +448,12 @@ def write_reports(out: Path, settings: CVSettings, folds: list[list[str]],
     write_json(out / "cv.json", {"settings": dataclasses.asdict(settings), "folds": folds,
                                  "summary": summary, "rows": rows, **(extra or {})})
     keys = ["method", "fold", "image_id", "cell_type", "source", "score", "n_true", "n_pred",
-            "seconds"]
+            "seconds", "score_dsb", "score_greedy"]
     with atomic_open(out / "cv.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys, lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in keys})
+            w.writerow({k: r.get(k, "") for k in keys})
     if rows:
         plot_scores(out / "cv.png", summary, rows)
     return summary

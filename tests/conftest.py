@@ -56,6 +56,13 @@ def shared_sartorius() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_sartorius_409() -> Path:
+    """../shared/data/sartorius_409: 409 annotated Kaggle train images (metadata columns empty),
+    109 unlabeled shsy5y in train_semi_supervised/."""
+    return _shared("sartorius_409")
+
+
+@pytest.fixture(scope="session")
 def shared_livecell() -> Path:
     """../shared/data/livecell: official layout, 5 annotated val images (1,243 cells)."""
     return _shared("livecell")

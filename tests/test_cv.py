@@ -177,3 +177,26 @@ def test_cv_student_command_weights_the_pseudo_labels(tmp_path) -> None:
     assert datas == [str(tmp_path / "t"), "x", str(tmp_path / "pl")]
     # two labelled sources at weight 1 each, pseudo-labels 4x their sum: 80% of the samples
     assert cmd[-2:] == ["--set", "data.source_weights=[1.0,1.0,8.0]"]
+
+
+def test_score_rows_per_type_and_both_rules(shared_sartorius_409) -> None:
+    """Held-out rows carry the score under both matching rules; the summary and the printed
+    table give them per cell type (real images with duplicated truth, no training)."""
+    from cellseg.cv import format_table, score_rows
+    from cellseg.data import sartorius
+
+    recs = sartorius.load_train(shared_sartorius_409, ids=["de504eaa5349", "0140b3c8f445"])
+    # predict each distinct true mask once: the duplicated shsy5y cell splits the rules
+    preds = {r.image_id: list(dict.fromkeys(r.rles)) for r in recs}
+    rows = score_rows("kit", 0, recs, preds, 1.0, matching="greedy")
+    by_id = {r["image_id"]: r for r in rows}
+    shs = by_id["de504eaa5349"]
+    assert shs["cell_type"] == "shsy5y" and shs["score"] == shs["score_greedy"]
+    assert shs["score_dsb"] > shs["score_greedy"]
+    assert by_id["0140b3c8f445"]["score_dsb"] == by_id["0140b3c8f445"]["score_greedy"] == 1.0
+    s = summarise(rows)["kit"]
+    assert set(s["per_cell_type"]) == {"astro", "shsy5y"}
+    assert s["by_matching"]["dsb"]["shsy5y"] == pytest.approx(shs["score_dsb"])
+    table = format_table(summarise(rows), rows)
+    assert "astro (1)" in table and "shsy5y (1)" in table
+    assert "matching rules differ" in table

@@ -90,17 +90,65 @@ def test_empty_cases():
     assert r.tp.tolist() == [1] * 10 and r.fp.tolist() == [1] * 10
 
 
-def test_overlapping_truth_is_matched_one_to_one():
+def test_overlapping_truth_greedy_is_one_to_one():
     a, b = _rect(0, 1, 0, 10), _rect(0, 1, 2, 12)  # overlap 8 px: IoU(A, B) = 8/12
-    r = match_image([a, b], [a], SHAPE)
+    r = match_image([a, b], [a], SHAPE, matching="greedy")
     assert r.tp.tolist() == [1] * 10 and r.fn.tolist() == [1] * 10 and r.score == 0.5
     # overlapping predictions: two predictions above 0.5 with one truth -> one TP, one FP
     almost = _rect(0, 1, 0, 9)
-    r = match_image([a], [almost, a], SHAPE)
+    r = match_image([a], [almost, a], SHAPE, matching="greedy")
     assert r.tp.tolist() == [1] * 10 and r.fp.tolist() == [1] * 10
     # both sides overlapping (scipy sparse path)
-    r = match_image([a, b], [almost, a], SHAPE)
+    r = match_image([a, b], [almost, a], SHAPE, matching="greedy")
     assert r.tp[0] == 2 and r.matches.shape == (2, 2)
+
+
+def test_overlapping_truth_dsb_counts_each_true_cell():
+    a, b = _rect(0, 1, 0, 10), _rect(0, 1, 2, 12)  # IoU(A, B) = 8/12 = 0.667
+    r = match_image([a, b], [a], SHAPE)  # dsb is the default
+    assert r.matching == "dsb"
+    # t = .50-.65: both true cells have exactly one prediction above t -> 2 TP, no error
+    assert r.tp.tolist() == [2] * 4 + [1] * 6
+    assert r.fn.tolist() == [0] * 4 + [1] * 6 and r.fp.tolist() == [0] * 10
+    assert r.score == pytest.approx((4 * 1.0 + 6 * 0.5) / 10)
+    assert r.score_by_matching == {"dsb": pytest.approx(0.7), "greedy": 0.5}
+    # two predictions above t on one true cell (overlapping predictions): neither TP nor FN,
+    # and neither prediction is a FP; nothing counted at all -> 0 (t < 0.9). At t >= 0.9 only
+    # the exact copy is above t: 1 TP, and the other prediction is a FP
+    almost = _rect(0, 1, 0, 9)  # IoU with A: 9/10
+    r = match_image([a], [almost, a], SHAPE)
+    assert r.tp.tolist() == [0] * 8 + [1] * 2 and r.fp.tolist() == [0] * 8 + [1] * 2
+    assert r.fn.tolist() == [0] * 10
+    assert r.score == pytest.approx(0.1) and r.score_by_matching["greedy"] == 0.5
+
+
+def test_duplicated_truth_one_prediction():
+    """Two identical true masks and one prediction equal to them: the rules disagree."""
+    a = _rect(2, 6, 2, 7)
+    other = _rect(0, 1, 8, 12)
+    dsb = match_image([a, a, other], [a, other], SHAPE, matching="dsb")
+    greedy = match_image([a, a, other], [a, other], SHAPE, matching="greedy")
+    assert dsb.tp.tolist() == [3] * 10 and dsb.fp.sum() == 0 and dsb.fn.sum() == 0
+    assert dsb.score == 1.0
+    assert greedy.tp.tolist() == [2] * 10 and greedy.fn.tolist() == [1] * 10
+    assert greedy.score == pytest.approx(2 / 3)
+    assert dsb.score_by_matching == greedy.score_by_matching == {"dsb": 1.0,
+                                                                 "greedy": pytest.approx(2 / 3)}
+    rep = score({"x": [a, a, other], "y": [other]}, {"x": [a, other], "y": [other]},
+                shape=SHAPE, matching="greedy")
+    assert rep.matching == "greedy" and rep.score == pytest.approx((2 / 3 + 1) / 2)
+    assert rep.score_by_matching["dsb"] == 1.0
+    assert list(rep.changed_by_matching) == ["x"]
+    d = rep.to_dict()
+    assert d["score_by_matching"]["greedy"] == pytest.approx(rep.score)
+    assert d["per_image"]["x"]["score_by_matching"]["dsb"] == 1.0
+
+
+def test_unknown_matching_rule_is_refused():
+    with pytest.raises(ValueError, match="valid: dsb, greedy"):
+        match_image([], [], SHAPE, matching="hungarian")
+    with pytest.raises(ValueError, match="unknown matching"):
+        score({"a": []}, {}, shape=SHAPE, matching="pooled")
 
 
 def test_pred_ids_not_in_truth_raise():
@@ -146,8 +194,10 @@ def test_inputs_agree_labels_instances_rles():
 
 # ------------------------------------------------ naive dense reference on the real sample
 
-def naive_image_score(truth: list[str], pred: list[str], shape) -> tuple[np.ndarray, np.ndarray]:
-    """Deliberately naive: dense masks, full IoU matrix by loops, greedy per threshold."""
+def naive_image_score(truth: list[str], pred: list[str], shape, matching: str = "greedy"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Deliberately naive: dense masks, full IoU matrix by loops, greedy per threshold (or the
+    DSB 2018 counts: true cells with exactly one prediction above t)."""
     t_pix = [set(np.flatnonzero(rle.decode(r, shape)).tolist()) for r in truth]
     p_pix = [set(np.flatnonzero(rle.decode(r, shape)).tolist()) if r else set() for r in pred]
     inter = np.zeros((len(truth), len(pred)), np.int64)
@@ -162,6 +212,15 @@ def naive_image_score(truth: list[str], pred: list[str], shape) -> tuple[np.ndar
         pairs = [(Fraction(int(inter[i, j]), int(union[i, j])), i, j)
                  for i in range(len(truth)) for j in range(len(pred))
                  if inter[i, j] and Fraction(int(inter[i, j]), int(union[i, j])) > t]
+        if matching == "dsb":
+            per_t = [sum(1 for _, i, _ in pairs if i == a) for a in range(len(truth))]
+            tp = sum(1 for c in per_t if c == 1)
+            fn = sum(1 for c in per_t if c == 0)
+            fp = len(pred) - len({j for _, _, j in pairs})
+            tps.append(tp)
+            scores.append(1.0 if not truth and not pred else tp / (tp + fp + fn)
+                          if tp + fp + fn else 0.0)
+            continue
         pairs.sort(key=lambda x: (-x[0], x[1], x[2]))
         used_t, used_p, tp = set(), set(), 0
         for _, i, j in pairs:
@@ -229,13 +288,14 @@ def perturb(truth: list[str], seed: int, shape=(520, 704), overlap: bool = False
     return encode_labels(lab)
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_matches_naive_dense_on_real_sample(shared_sartorius, overlap):
+@pytest.mark.parametrize("overlap,matching", [(False, "greedy"), (True, "greedy"),
+                                              (False, "dsb"), (True, "dsb")])
+def test_matches_naive_dense_on_real_sample(shared_sartorius, overlap, matching):
     image_id, truth = _read_truth(shared_sartorius)
     assert len(truth) == 395
     pred = perturb(truth, seed=1 + overlap, overlap=overlap)
-    want_tp, want_scores = naive_image_score(truth, pred, (520, 704))
-    got = match_image(truth, pred, (520, 704))
+    want_tp, want_scores = naive_image_score(truth, pred, (520, 704), matching)
+    got = match_image(truth, pred, (520, 704), matching=matching)
     assert got.tp.tolist() == want_tp.tolist()
     assert got.scores.tolist() == want_scores.tolist()
     assert 0.2 < got.score < 0.9  # the perturbations really change the score
@@ -260,7 +320,9 @@ def test_real_sample_perfect_and_instances_path(shared_sartorius):
     assert a.score == b.score == c.score
     assert a.per_cell_type == {"shsy5y": a.score}
     d = b.to_dict()
-    assert set(d) == {"score", "per_image", "per_cell_type", "per_threshold", "counts"}
+    assert set(d) == {"score", "matching", "score_by_matching", "changed_by_matching",
+                      "per_image", "per_cell_type", "per_cell_type_by_matching",
+                      "n_images_per_cell_type", "per_threshold", "counts"}
     assert list(d["per_threshold"]) == [f"{t:.2f}" for t in THRESHOLDS]
 
 
@@ -290,8 +352,9 @@ def test_intersections_symmetric_paths():
     assert {(int(a), int(b)): int(n) for a, b, n in zip(ti, pi, inter)} == want
 
 
+@pytest.mark.parametrize("matching", ["greedy", "dsb"])
 @pytest.mark.parametrize("seed", range(40))
-def test_random_small_images_match_naive(seed):
+def test_random_small_images_match_naive(seed, matching):
     """Rectangles give many IoUs of exactly k/20 and many ties: exact comparison and the
     greedy order must agree with the naive reference, whichever side overlaps."""
     rng = np.random.default_rng(seed)
@@ -311,7 +374,18 @@ def test_random_small_images_match_naive(seed):
         truth = encode_labels(decode_labels(truth, shape))
     if seed % 3:  # non-overlapping predictions two thirds of the time
         pred = encode_labels(decode_labels(pred, shape))
-    want_tp, want_scores = naive_image_score(truth, pred, shape)
-    got = match_image(truth, pred, shape)
+    want_tp, want_scores = naive_image_score(truth, pred, shape, matching)
+    got = match_image(truth, pred, shape, matching=matching)
     assert got.tp.tolist() == want_tp.tolist()
     assert np.allclose(got.scores, want_scores)
+
+
+def test_training_validation_config_names_the_rule():
+    from cellseg.config import load_train_config
+    from cellseg.errors import UserError
+
+    assert load_train_config("unet_tiny", check_model=False).val.matching == "dsb"
+    cfg = load_train_config("unet_tiny", ["val.matching=greedy"], check_model=False)
+    assert cfg.val.matching == "greedy"
+    with pytest.raises(UserError, match="val.matching 'foo' is not a matching rule"):
+        load_train_config("unet_tiny", ["val.matching=foo"], check_model=False)

@@ -95,3 +95,45 @@ def test_score_coco_results_with_extras_and_fold(tmp_path, shared_livecell, caps
                  "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert 0 < result["counts"]["n_images"] < 5 and result["score"] == 0.0
+
+
+def test_score_matching_rules_on_duplicated_truth(tmp_path, capsys):
+    """Two identical true masks, one prediction: score.json holds both rules, the table names
+    the image whose score the rule changed, --matching picks the headline."""
+    import cv2
+
+    from cellseg.core import rle
+    from cellseg.data import sartorius
+    from cellseg.data.record import ImageRecord
+
+    def rect(r0, r1, c0, c1):
+        m = np.zeros((520, 704), bool)
+        m[r0:r1, c0:c1] = True
+        return rle.encode(m)
+
+    root = tmp_path / "comp"
+    (root / "train").mkdir(parents=True)
+    a, b, c = rect(0, 10, 0, 10), rect(50, 60, 50, 60), rect(100, 110, 0, 10)
+    recs = [ImageRecord("dup000000001", root / "train" / "dup000000001.png", 520, 704,
+                        cell_type="shsy5y", rles=(a, a, b)),
+            ImageRecord("clean0000002", root / "train" / "clean0000002.png", 520, 704,
+                        cell_type="cort", rles=(c,))]
+    sartorius.write_train_csv(recs, root / "train.csv")
+    for r in recs:
+        cv2.imwrite(str(r.image_path), np.full((520, 704), 128, np.uint8))
+    sub = tmp_path / "submission.csv"
+    write_submission(sub, [("dup000000001", [a, b]), ("clean0000002", [c])])
+    for rule, headline in (("dsb", 1.0), ("greedy", (2 / 3 + 1) / 2)):
+        out_json = tmp_path / f"{rule}.json"
+        assert main(["score", "--truth", str(root), "--pred", str(sub), "--no-coco",
+                     "--matching", rule, "--json", str(out_json)]) == 0
+        text = capsys.readouterr().out
+        assert f"competition score  {headline:.4f}" in text
+        assert "the matching rule changes the score of 1 image(s)" in text
+        assert "dup000000001" in text
+        res = json.loads(out_json.read_text())
+        assert res["matching"] == rule and res["score"] == pytest.approx(headline)
+        assert res["score_by_matching"] == {"dsb": 1.0, "greedy": pytest.approx((2 / 3 + 1) / 2)}
+        assert res["per_cell_type_by_matching"]["shsy5y"]["greedy"] == pytest.approx(2 / 3)
+        assert res["n_images_per_cell_type"] == {"cort": 1, "shsy5y": 1}
+        assert list(res["changed_by_matching"]) == ["dup000000001"]

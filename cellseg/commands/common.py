@@ -81,6 +81,16 @@ def add_fold_args(parser: argparse.ArgumentParser, *, what: str = "use") -> None
     parser.add_argument("--fold-seed", type=int, default=0, help="fold seed (default 0)")
 
 
+def add_matching_arg(parser: argparse.ArgumentParser) -> None:
+    """``--matching dsb|greedy``: the metric's rule where truth overlaps (docs/metric.md)."""
+    from cellseg.core.metrics import DEFAULT_MATCHING, MATCHING_RULES
+
+    parser.add_argument("--matching", default=DEFAULT_MATCHING, choices=MATCHING_RULES,
+                        help="how predictions match overlapping true cells: dsb (Data Science "
+                             "Bowl 2018 rule, what Kaggle's evaluation page describes) or greedy "
+                             f"(one-to-one); both are reported (default {DEFAULT_MATCHING})")
+
+
 def select_fold(records: Sequence, args: argparse.Namespace) -> list:
     """The records of ``args.fold`` (all of them when it is None); see ``data.folds.split_fold``."""
     if args.fold is None:

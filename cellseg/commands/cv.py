@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cellseg.commands.common import add_infer_config_args
+from cellseg.commands.common import add_infer_config_args, add_matching_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true", help="flip TTA for both methods")
     parser.add_argument("--threads", type=int, default=1, help="threads per training process")
     parser.add_argument("--seed", type=int, default=0)
+    add_matching_arg(parser)
     parser.add_argument("--max-images", type=int, default=None,
                         help="use only the first N annotated images")
     parser.add_argument("--overlays", default=None, metavar="DIR",
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                           pseudo_min_keep_fraction=args.pseudo_min_keep_fraction,
                           pseudo_min_cells=args.pseudo_min_cells,
                           pseudo_weight=args.pseudo_weight, pseudo_tta=args.pseudo_tta,
-                          only_folds=tuple(args.only_fold))
+                          only_folds=tuple(args.only_fold), matching=args.matching)
     extra = {"command": ["cellseg", "cv", *sys.argv[2:]] if sys.argv[1:2] == ["cv"] else None,
              "sources": list(args.data)}
     summary, rows = run_cv(records, args.out, settings,

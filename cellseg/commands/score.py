@@ -5,6 +5,7 @@
     cellseg score --truth livecell_coco_val.json --pred results.json --report report/
     cellseg score --truth data/sartorius --pred a.json --compare b.json --report cmp/
     cellseg score --truth data/sartorius data/livecell:val --pred mixed_submission.csv
+    cellseg score --truth data/sartorius --pred submission.csv --matching greedy
 
 Truth (``--truth``): one or more of what ``cellseg.data.loaders.load_records`` reads: a
 competition folder or train.csv, a LIVECell root, a COCO JSON; each optionally ``PATH:SPLIT``
@@ -15,6 +16,10 @@ gives each 1.0), or a COCO results JSON: a list of ``{image_id, segmentation (CO
 category_id}``, ``image_id`` being the truth's COCO/LIVECell image id or the kit's image id.
 Optional per-instance ``pred_iou`` / ``stability`` keys are averaged and printed.
 
+Matching (``--matching``, docs/metric.md): ``dsb`` (default, the Data Science Bowl 2018 rule of
+Kaggle's evaluation page) or ``greedy`` one-to-one; they differ only where masks overlap (duplicated
+truth). Both are in ``--json`` and per cell type in the table, with a note naming the images whose
+score the rule changed.
 Every prediction counts for the competition metric (``--min-score`` drops low-confidence
 results first, like a submission would); COCO AP ranks them by score with up to 2000 per image.
 Images of the truth without predictions score 0 (or 1 when they have no cell either).
@@ -35,7 +40,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.commands.common import add_fold_args, input_path, output_dir, output_file, select_fold
+from cellseg.commands.common import (add_fold_args, add_matching_arg, input_path, output_dir,
+                                     output_file, select_fold)
 from cellseg.errors import InputError, UserError
 
 
@@ -54,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ids", nargs="+", default=None, metavar="ID",
                         help="score only these image ids")
     add_fold_args(parser, what="score")
+    add_matching_arg(parser)
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="competition metric: drop predictions scored below this")
     parser.add_argument("--images", type=Path, default=None,
@@ -100,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     preds = {k: v for k, v in preds.items() if k in truth}
     cell_types = {r.image_id: r.cell_type for r in records}
     comp_preds, comp_scores = _min_score(preds, scores, args.min_score)
-    report = metrics.score(truth, comp_preds, cell_types=cell_types, shape=shapes)
+    report = metrics.score(truth, comp_preds, cell_types=cell_types, shape=shapes,
+                           matching=args.matching)
     result = report.to_dict()
     if not args.no_coco:
         from cellseg.core.metrics_coco import coco_metrics
@@ -341,9 +349,26 @@ def format_result(result: Mapping[str, Any]) -> str:
     per_type: dict[str, list[float]] = {}
     for r in result["per_image"].values():
         per_type.setdefault(r["cell_type"] or "unknown", []).append(r["score"])
-    lines.append(f"{'cell type':<12} {'images':>6} {'score':>8}")
+    rules = list(result.get("score_by_matching") or {})
+    others = [m for m in rules if m != result.get("matching")]
+    by_type = result.get("per_cell_type_by_matching") or {}
+    lines.append(f"{'cell type':<12} {'images':>6} {'score':>8}"
+                 + "".join(f" {m + ' rule':>12}" for m in others))
     for t, s in result["per_cell_type"].items():
-        lines.append(f"{t:<12} {len(per_type.get(t, [])):>6} {s:>8.4f}")
+        lines.append(f"{t:<12} {len(per_type.get(t, [])):>6} {s:>8.4f}"
+                     + "".join(f" {by_type.get(t, {}).get(m, float('nan')):>12.4f}"
+                               for m in others))
+    if rules:
+        changed = result.get("changed_by_matching") or {}
+        sbm = result["score_by_matching"]
+        lines.append(f"matching rule: {result['matching']} (docs/metric.md); "
+                     + ", ".join(f"{m} {sbm[m]:.4f}" for m in rules))
+        if changed:
+            lines.append(f"note: the matching rule changes the score of {len(changed)} image(s) "
+                         f"(overlapping truth or predictions), e.g. " + ", ".join(
+                             f"{k} " + "/".join(f"{v:.3f}" for v in changed[k].values())
+                             for k in list(changed)[:3]) + f" ({'/'.join(rules)}); "
+                         f"`cellseg data check` lists duplicated truth")
     lines.append("")
     c = result["counts"]
     lines.append(f"{'IoU >':<6} {'score':>7} {'TP':>7} {'FP':>7} {'FN':>7}")

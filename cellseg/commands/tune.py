@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from cellseg.commands.common import (add_infer_config_args, add_device_arg, add_fold_args,
+                                     add_matching_arg,
                                      add_progress_arg, add_weights_args, default_device,
                                      check_weights, input_path, output_file,
                                      select_fold)
@@ -44,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None,
                         help="pickle of raw predictions: reused when it covers every image")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
+    add_matching_arg(parser)
     parser.add_argument("--report", default=None, help="also write the scores as JSON here")
     parser.add_argument("--by-type", choices=("auto", "yes", "no"), default="auto",
                         help="tune per cell type (yes), or only the default thresholds used when "
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         stitched = tune.collect_stitched(models, records, cfg, device=device,
                                          progress=not args.no_progress)
         decode, decode_report = tune.tune_decode(stitched, records, cfg, by_type=by_type,
-                                                 progress=not args.no_progress)
+                                                 progress=not args.no_progress,
+                                                 matching=args.matching)
         cfg = dataclasses.replace(cfg, decode=decode)
         raw = tune.raw_from_stitched(stitched, cfg)
     elif raw is None:
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
               "for every image: tuning those (use --by-type yes with predict --cell-type)",
               file=sys.stderr)
     tuned, report = tune.tune_thresholds(raw, records, cfg, progress=not args.no_progress,
-                                         by_type=by_type)
+                                         by_type=by_type, matching=args.matching)
     if decode_report is not None:
         # "before" is the score of the starting config, before the decode was tuned
         report["before_decode"] = report["before"]

@@ -17,12 +17,23 @@ Definition (Sartorius Cell Instance Segmentation):
 * undefined cases (Kaggle does not say): no true cell and no prediction -> 1.0; exactly one side
   empty -> 0.0 (follows from the formula).
 
-Matching. With IoU > 0.5 and non-overlapping masks on both sides each truth can match at most
-one prediction and vice versa, so matching is unique. Training masks overlap, and local
-predictions may, so pairs are matched one-to-one GREEDILY by IoU descending (ties: lower truth
-index, then lower prediction index) among pairs with IoU > 0.5. TP(t) is the number of greedy
-pairs with IoU > t: greedy matching on the pairs above t equals the prefix of the greedy
-matching above 0.5, because pairs above t come first in the IoU order.
+Matching (``matching``; docs/metric.md gives the evidence). With IoU > 0.5 and non-overlapping
+masks on both sides each truth can match at most one prediction and vice versa, so every rule
+agrees. Training truth overlaps (near-duplicate shsy5y annotations), and there the rules differ:
+
+* ``"dsb"`` (the default): the Data Science Bowl 2018 rule that the competition's evaluation page
+  describes and the public metric notebooks implement: at threshold t a true cell with EXACTLY
+  one prediction above t is a TP, one with none is a FN; a prediction with no true cell above t
+  is a FP. One prediction covering two duplicated true cells makes two TPs. (With two
+  predictions above t, possible only when predictions overlap, a true cell is neither; should
+  nothing be counted at all the image scores 0.)
+* ``"greedy"``: pairs with IoU > 0.5 are matched one-to-one GREEDILY by IoU descending (ties:
+  lower truth index, then lower prediction index); TP(t) is the number of greedy pairs with
+  IoU > t (greedy on the pairs above t equals the prefix of the greedy matching above 0.5,
+  because pairs above t come first in the IoU order). A duplicated true cell is a FN.
+
+Every result carries the image score under both rules (``score_by_matching``), so a report can
+say where the rule changed the result.
 
 How it stays fast and small: masks are kept as runs over the C-order flat image
 (``cellseg.core.masks.Runs``), never as one dense array per cell. All RLE strings of an image
@@ -49,6 +60,15 @@ if TYPE_CHECKING:
 _K = np.arange(10, 20, dtype=np.int64)
 THRESHOLDS: np.ndarray = _K / 20.0  # 0.50, 0.55, ..., 0.95
 THRESHOLD_KEYS: tuple[str, ...] = tuple(f"{t:.2f}" for t in THRESHOLDS)
+MATCHING_RULES: tuple[str, ...] = ("dsb", "greedy")
+DEFAULT_MATCHING = "dsb"
+
+
+def check_matching(matching: str) -> str:
+    """``matching`` if it names a rule of ``MATCHING_RULES``, else ValueError listing them."""
+    if matching not in MATCHING_RULES:
+        raise ValueError(f"unknown matching rule {matching!r}; valid: {', '.join(MATCHING_RULES)}")
+    return matching
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +199,11 @@ class ImageResult:
         tp, fp, fn: (10,) int64 counts at each threshold of ``THRESHOLDS``.
         scores: (10,) float64 TP / (TP + FP + FN) at each threshold.
         score: mean of ``scores``.
-        matches: (M, 2) int64 (truth index, prediction index) pairs matched at IoU > 0.5.
+        matches: (M, 2) int64 (truth index, prediction index) pairs of the one-to-one greedy
+            matching at IoU > 0.5 (for overlays, whatever the rule).
         match_iou: (M,) float64 their IoU.
+        matching: the rule of tp/fp/fn/scores/score (``MATCHING_RULES``).
+        score_by_matching: the image score under every rule of ``MATCHING_RULES``.
     """
 
     image_id: str | None
@@ -194,40 +217,77 @@ class ImageResult:
     score: float
     matches: np.ndarray = field(repr=False)
     match_iou: np.ndarray = field(repr=False)
+    matching: str = DEFAULT_MATCHING
+    score_by_matching: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"score": float(self.score), "cell_type": self.cell_type,
                 "n_true": self.n_true, "n_pred": self.n_pred,
+                "score_by_matching": {k: float(v) for k, v in self.score_by_matching.items()},
                 "per_threshold": dict(zip(THRESHOLD_KEYS, map(float, self.scores))),
                 "tp": self.tp.tolist(), "fp": self.fp.tolist(), "fn": self.fn.tolist()}
 
 
 def match_image(truth: MaskInput, pred: MaskInput, shape: tuple[int, int] = SHAPE, *,
-                image_id: str | None = None, cell_type: str | None = None) -> ImageResult:
+                image_id: str | None = None, cell_type: str | None = None,
+                matching: str = DEFAULT_MATCHING) -> ImageResult:
     """Score one image.
 
     Args:
         truth: true cells: list of RLE strings (may overlap), (H, W) label image, ``Runs``.
         pred: predicted cells, same forms or ``Instances``.
         shape: (height, width), used for RLE strings.
+        matching: ``"dsb"`` or ``"greedy"`` (module docstring); both scores are computed.
     """
+    check_matching(matching)
     t, p = as_runs(truth, shape), as_runs(pred, shape)
     ti, pi, inter = intersections(t, p)
     union = t.areas[ti] + p.areas[pi] - inter
     cand = 2 * inter > union  # IoU > 0.5, exactly
     ti, pi, inter, union = ti[cand], pi[cand], inter[cand], union[cand]
+    # hit[k, m]: candidate pair m has IoU > THRESHOLDS[k], i.e. 20 * inter > k * union
+    hit = 20 * inter[None, :] > _K[:, None] * union[None, :]
+    counts = {"greedy": _counts_greedy(ti, pi, inter, union, hit, t.n, p.n),
+              "dsb": _counts_dsb(ti, pi, hit, t.n, p.n)}
+    by_rule = {}
+    for rule, (tp, fp, fn) in counts.items():
+        by_rule[rule] = _scores(tp, fp, fn, t.n, p.n)
+    tp, fp, fn = counts[matching]
+    scores = by_rule[matching]
     keep = greedy_match(ti, pi, inter, union)
     ti, pi, inter, union = ti[keep], pi[keep], inter[keep], union[keep]
-    # TP(t = k/20) = matched pairs with 20 * inter > k * union
-    tp = (20 * inter[None, :] > _K[:, None] * union[None, :]).sum(axis=1).astype(np.int64)
-    fp, fn = p.n - tp, t.n - tp
-    denom = tp + fp + fn
-    if t.n == 0 and p.n == 0:
-        scores = np.ones(len(_K))  # documented choice: nothing to find, nothing found
-    else:
-        scores = tp / denom
     return ImageResult(image_id, cell_type, t.n, p.n, tp, fp, fn, scores, float(scores.mean()),
-                       np.stack([ti, pi], axis=1), inter / np.maximum(union, 1))
+                       np.stack([ti, pi], axis=1), inter / np.maximum(union, 1), matching,
+                       {rule: float(by_rule[rule].mean()) for rule in MATCHING_RULES})
+
+
+def _counts_greedy(ti: np.ndarray, pi: np.ndarray, inter: np.ndarray, union: np.ndarray,
+                   hit: np.ndarray, n_true: int, n_pred: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # TP(t) = greedy pairs with IoU > t (the prefix argument of the module docstring)
+    keep = greedy_match(ti, pi, inter, union)
+    tp = hit[:, keep].sum(axis=1).astype(np.int64)
+    return tp, n_pred - tp, n_true - tp
+
+
+def _counts_dsb(ti: np.ndarray, pi: np.ndarray, hit: np.ndarray, n_true: int, n_pred: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tp, fp, fn = (np.zeros(len(_K), np.int64) for _ in range(3))
+    for k in range(len(_K)):
+        per_truth = np.bincount(ti[hit[k]], minlength=n_true)
+        tp[k] = int(np.count_nonzero(per_truth == 1))
+        fn[k] = int(np.count_nonzero(per_truth == 0))
+        fp[k] = n_pred - int(np.unique(pi[hit[k]]).size)
+    return tp, fp, fn
+
+
+def _scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, n_true: int, n_pred: int
+            ) -> np.ndarray:
+    if n_true == 0 and n_pred == 0:
+        return np.ones(len(_K))  # documented choice: nothing to find, nothing found
+    denom = tp + fp + fn
+    # denom 0 only under "dsb" when every true cell has 2+ overlapping predictions: score 0
+    return np.where(denom > 0, tp / np.maximum(denom, 1), 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,6 +309,42 @@ class ScoreReport:
     @property
     def per_image(self) -> dict[str, float]:
         return {k: r.score for k, r in self.images.items()}
+
+    @property
+    def matching(self) -> str:
+        """The rule of ``score`` (that of the images; ``DEFAULT_MATCHING`` when empty)."""
+        rules = {r.matching for r in self.images.values()}
+        return rules.pop() if len(rules) == 1 else DEFAULT_MATCHING
+
+    @property
+    def score_by_matching(self) -> dict[str, float]:
+        """The data-set score under every rule of ``MATCHING_RULES``."""
+        return {rule: float(np.mean([r.score_by_matching[rule] for r in self.images.values()]))
+                if self.images else float("nan") for rule in MATCHING_RULES}
+
+    @property
+    def per_cell_type_by_matching(self) -> dict[str, dict[str, float]]:
+        """``{cell_type: {rule: mean image score}}`` (images without a type under "unknown")."""
+        groups: dict[str, list[ImageResult]] = {}
+        for r in self.images.values():
+            groups.setdefault(r.cell_type or "unknown", []).append(r)
+        return {k: {rule: float(np.mean([r.score_by_matching[rule] for r in v]))
+                    for rule in MATCHING_RULES} for k, v in sorted(groups.items())}
+
+    @property
+    def changed_by_matching(self) -> dict[str, dict[str, float]]:
+        """Images whose score depends on the rule: ``{image_id: {rule: score}}`` (overlapping
+        truth or predictions with two matches above 0.5)."""
+        return {k: dict(r.score_by_matching) for k, r in self.images.items()
+                if len(set(r.score_by_matching.values())) > 1}
+
+    @property
+    def n_images_per_cell_type(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.images.values():
+            key = r.cell_type or "unknown"
+            out[key] = out.get(key, 0) + 1
+        return dict(sorted(out.items()))
 
     @property
     def per_cell_type(self) -> dict[str, float]:
@@ -278,16 +374,21 @@ class ScoreReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score,
+        return {"score": self.score, "matching": self.matching,
+                "score_by_matching": self.score_by_matching,
+                "changed_by_matching": self.changed_by_matching,
                 "per_image": {k: r.to_dict() for k, r in self.images.items()},
                 "per_cell_type": self.per_cell_type,
+                "per_cell_type_by_matching": self.per_cell_type_by_matching,
+                "n_images_per_cell_type": self.n_images_per_cell_type,
                 "per_threshold": self.per_threshold,
                 "counts": self.counts}
 
 
 def score(truth: Mapping[str, MaskInput], pred: Mapping[str, MaskInput], *,
           cell_types: Mapping[str, str | None] | None = None,
-          shape: tuple[int, int] | Mapping[str, tuple[int, int]] = SHAPE) -> ScoreReport:
+          shape: tuple[int, int] | Mapping[str, tuple[int, int]] = SHAPE,
+          matching: str = DEFAULT_MATCHING) -> ScoreReport:
     """Score predictions against truth over the images of ``truth``.
 
     Args:
@@ -295,9 +396,11 @@ def score(truth: Mapping[str, MaskInput], pred: Mapping[str, MaskInput], *,
         pred: image id -> predicted cells; a missing id is an image with no prediction.
         cell_types: image id -> cell type, for the per-type breakdown.
         shape: (height, width) of every image, or image id -> shape.
+        matching: the rule of ``score`` (``MATCHING_RULES``); both are reported.
     Raises:
         ValueError: ``pred`` has ids that ``truth`` lacks (wrong files, or a fold mix-up).
     """
+    check_matching(matching)
     unknown = [k for k in pred if k not in truth]
     if unknown:
         raise ValueError(f"{len(unknown)} predicted image ids are not in the truth, e.g. "
@@ -308,14 +411,15 @@ def score(truth: Mapping[str, MaskInput], pred: Mapping[str, MaskInput], *,
         ct = cell_types.get(image_id) if cell_types else None
         try:
             results[image_id] = match_image(t, pred.get(image_id, []), shp,
-                                            image_id=image_id, cell_type=ct)
+                                            image_id=image_id, cell_type=ct,
+                                            matching=matching)
         except ValueError as err:
             raise type(err)(f"image {image_id}: {err}") from None
     return ScoreReport(results)
 
 
-def score_instances(records: Sequence["ImageRecord"],
-                    preds: Sequence["Instances"]) -> ScoreReport:
+def score_instances(records: Sequence["ImageRecord"], preds: Sequence["Instances"],
+                    matching: str = DEFAULT_MATCHING) -> ScoreReport:
     """Score predicted ``Instances`` against ``ImageRecord`` truth (training validation, tune)."""
     if len(records) != len(preds):
         raise ValueError(f"{len(records)} records but {len(preds)} predictions")
@@ -327,5 +431,6 @@ def score_instances(records: Sequence["ImageRecord"],
             raise ValueError(f"image {r.image_id}: prediction is {p.image_shape}, "
                              f"truth is {r.shape} (HxW)")
     pred = {r.image_id: runs_from_instances(p) for r, p in zip(records, preds)}
-    return score(truth, pred, cell_types={r.image_id: r.cell_type for r in records})
+    return score(truth, pred, cell_types={r.image_id: r.cell_type for r in records},
+                 matching=matching)
 

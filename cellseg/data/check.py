@@ -9,6 +9,9 @@ and listed at the end instead of stopping at the first; the exit code is 1 when 
 Every image is decoded fully with the reader training and prediction use (``cellseg.io.read_gray``),
 so a truncated PNG whose header is intact fails here, not hours into training.
 Known, harmless quirks (LIVECell duplicate entries, degenerate polygons) are listed as notes.
+Duplicated and heavily overlapping truth is listed per image (pairs of true masks with IoU > 0.5,
+and how many of them are identical): on such images the metric's matching rule changes the score
+(docs/metric.md).
 The summary gives, per cell type: images, cells, cells per image (min / median / max) and cell
 area percentiles (5 / 50 / 95, pixels).
 """
@@ -36,6 +39,8 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra_counts: dict[str, int] = field(default_factory=dict)  # e.g. test / semi images
+    # image id -> (pairs of true masks with IoU > 0.5, identical pairs), images with any only
+    duplicates: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -75,6 +80,17 @@ class CheckReport:
             lines.append("no annotated images")
         for what, n in self.extra_counts.items():
             lines.append(f"- {what}: {n}")
+        if self.duplicates:
+            types = {r.image_id: r.cell_type for r in self.records}
+            n_pairs = sum(p for p, _ in self.duplicates.values())
+            n_same = sum(i for _, i in self.duplicates.values())
+            lines += ["", f"duplicated / heavily overlapping truth: {len(self.duplicates)} "
+                          f"image(s), {n_pairs} pair(s) of true masks with IoU > 0.5, {n_same} "
+                          f"identical (the matching rule changes their score: docs/metric.md)",
+                      "", "| image | cell type | pairs IoU > 0.5 | identical |",
+                      "|---|---|---:|---:|"]
+            for image_id, (p, i) in sorted(self.duplicates.items(), key=lambda kv: -kv[1][0]):
+                lines.append(f"| {image_id} | {types.get(image_id)} | {p} | {i} |")
         if self.notes:
             lines += ["", "notes:"] + [f"- {n}" for n in self.notes]
         lines.append("")
@@ -84,6 +100,34 @@ class CheckReport:
         else:
             lines.append("OK: no problems found")
         return "\n".join(lines)
+
+
+def duplicated_truth(rles: Sequence[str], shape: tuple[int, int]) -> tuple[int, int]:
+    """(pairs of masks with IoU > 0.5, identical pairs) among the true masks of one image."""
+    from cellseg.core.masks import runs_from_rles
+    from cellseg.core.metrics import intersections
+
+    runs = runs_from_rles(rles, shape)
+    if runs.n < 2 or not runs.overlapping():
+        return 0, 0
+    a, b, inter = intersections(runs, runs)
+    pair = a < b
+    a, b, inter = a[pair], b[pair], inter[pair]
+    area = runs.areas
+    union = area[a] + area[b] - inter
+    heavy = 2 * inter > union  # IoU > 0.5, exactly
+    same = (inter == area[a]) & (inter == area[b])
+    return int(heavy.sum()), int(same.sum())
+
+
+def find_duplicates(records: Sequence[ImageRecord]) -> dict[str, tuple[int, int]]:
+    """``{image_id: (pairs IoU > 0.5, identical pairs)}`` of the records that have any."""
+    out = {}
+    for r in records:
+        n, same = duplicated_truth(r.rles, r.shape)
+        if n:
+            out[r.image_id] = (n, same)
+    return out
 
 
 def _check_image(path: Path, shape: tuple[int, int], problems: list[str]) -> None:
@@ -121,6 +165,7 @@ def check_competition(root: str | os.PathLike) -> CheckReport:
             report.problems.extend(err.problems)
             return report
         report.records = sartorius.records_from_frame(df, folder / "train")
+        report.duplicates = find_duplicates(report.records)
         if not report.records:
             report.problems.append(f"{csv} has a header but no rows")
         for rec in report.records:

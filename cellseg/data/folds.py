@@ -1,4 +1,4 @@
-"""Cross-validation folds: grouped by ``sample_id``, stratified by cell type.
+"""Cross-validation folds: grouped by sample (or by image similarity), stratified by cell type.
 
     from cellseg.data.folds import make_folds
     folds = make_folds(records, n_folds=5, seed=0)      # {image_id: fold}
@@ -7,6 +7,15 @@
 Time-lapse frames of one sample are near-duplicates, so a sample never straddles two folds
 (a leak that inflates validation scores). Within that constraint each fold gets about the same
 share of every cell type.
+
+The group of an image (``fold_groups``), first that applies:
+
+1. ``sample_id`` (the competition's train.csv), when any record has one;
+2. ``meta["well"]`` (LIVECell: ``<type>_<well>_<location>`` of the file name);
+3. image similarity (``cellseg.data.neardup``: frames of one well found by phase correlation,
+   connected components), when no record has either key (a competition folder whose metadata
+   columns are empty) and every image file can be read; one line on stderr says so;
+4. the image itself.
 
 Algorithm (a small deterministic greedy in the spirit of scikit-learn's StratifiedGroupKFold,
 without the dependency): groups are shuffled with ``seed``, then taken largest first; each goes
@@ -18,21 +27,63 @@ fold index. Same records + same seed -> same folds, on any machine.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from cellseg.data.record import ImageRecord
 
 
-def make_folds(records: Sequence[ImageRecord], n_folds: int = 5, seed: int = 0) -> dict[str, int]:
+MAX_SIMILARITY_IMAGES = 3000  # O(N^2) pairs: beyond this, group by image (and say so)
+_said: set[str] = set()
+
+
+def _say_once(note: str) -> None:
+    import sys
+
+    if note not in _said:  # several commands build the same folds more than once
+        _said.add(note)
+        print(f"folds: {note}", file=sys.stderr)
+
+
+def fold_groups(records: Sequence[ImageRecord], log: Callable[[str], None] | None = _say_once
+                ) -> dict[str, str]:
+    """``{image_id: group key}`` (module docstring: sample_id, LIVECell well, image similarity,
+    or the image); ``log`` gets one line when similarity or single images are used."""
+    if any(r.sample_id is not None for r in records):
+        return {r.image_id: (r.sample_id if r.sample_id is not None else f"image:{r.image_id}")
+                for r in records}
+    if any((r.meta or {}).get("well") for r in records):
+        return {r.image_id: ((r.meta or {}).get("well") or f"image:{r.image_id}")
+                for r in records}
+    readable = all(r.image_path is not None and Path(r.image_path).is_file() for r in records)
+    if readable and 1 < len(records) <= MAX_SIMILARITY_IMAGES:
+        from cellseg.data.neardup import near_duplicate_groups
+
+        groups, note = near_duplicate_groups(records)
+        if log is not None:
+            log(note)
+        return groups
+    if log is not None and len(records) > 1:
+        why = ("image files missing" if not readable
+               else f"more than {MAX_SIMILARITY_IMAGES} images")
+        log(f"sample_id is empty and {why}: each image is its own group (near-duplicate "
+            f"frames may leak between folds)")
+    return {r.image_id: f"image:{r.image_id}" for r in records}
+
+
+def make_folds(records: Sequence[ImageRecord], n_folds: int = 5, seed: int = 0,
+               log: Callable[[str], None] | None = _say_once) -> dict[str, int]:
     """Assign every image to one of ``n_folds`` folds.
 
     Args:
-        records: images; the group key is ``sample_id`` (or the image id when it is None), the
-            stratum is ``cell_type`` (None counts as its own type).
+        records: images; the group key comes from ``fold_groups`` (sample_id, LIVECell well,
+            image similarity, or the image), the stratum is ``cell_type`` (None counts as its
+            own type).
         n_folds: number of folds (>= 2).
         seed: shuffles the order groups of equal size are placed in.
+        log: receives the one-line note of ``fold_groups`` (default: stderr, once per note).
     Returns:
         ``{image_id: fold}`` with folds in ``range(n_folds)``.
     Raises:
@@ -44,9 +95,10 @@ def make_folds(records: Sequence[ImageRecord], n_folds: int = 5, seed: int = 0) 
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"duplicate image ids in records: {dup}")
+    key_of = fold_groups(records, log)
     groups: dict[str, list[ImageRecord]] = defaultdict(list)
     for r in records:
-        groups[r.sample_id if r.sample_id is not None else f"image:{r.image_id}"].append(r)
+        groups[key_of[r.image_id]].append(r)
     if len(groups) < n_folds:
         raise ValueError(f"{len(groups)} sample group(s) cannot fill {n_folds} folds; "
                          f"use n_folds <= {len(groups)}")

@@ -129,10 +129,10 @@ def load_data(cfg: Any, log: Callable[[str], None] = print
     if any(val_splits):
         desc["val_split"] = val_splits
     if pooled and cfg.fold is not None:
-        from cellseg.data.folds import make_folds
+        from cellseg.data.folds import fold_groups, make_folds
 
         records = [r for r, _ in pooled]
-        n_groups = len({r.sample_id or f"image:{r.image_id}" for r in records})
+        n_groups = len(set(fold_groups(records, log=None).values()))
         n_folds = min(cfg.n_folds, n_groups)
         if n_folds < cfg.n_folds:
             log(f"warning: only {n_groups} sample group(s) for {cfg.n_folds} folds; "

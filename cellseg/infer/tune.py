@@ -121,11 +121,13 @@ def predict_knows_types(cfg: InferenceConfig, models: Sequence[Any] | None,
 
 
 def score_images(raw: Sequence[Instances], truths: Sequence[Any], cfg: InferenceConfig,
-                 cell_types: Sequence[str | None]) -> np.ndarray:
-    """(N,) competition score of each image after postprocessing with ``cfg``."""
+                 cell_types: Sequence[str | None], matching: str = "dsb") -> np.ndarray:
+    """(N,) competition score of each image after postprocessing with ``cfg`` (``matching``:
+    the metric's rule, ``cellseg.core.metrics.MATCHING_RULES``)."""
     from cellseg.core.metrics import match_image
 
-    return np.array([match_image(t, postprocess(r, cfg, cell_type=ct), r.image_shape).score
+    return np.array([match_image(t, postprocess(r, cfg, cell_type=ct), r.image_shape,
+                                 matching=matching).score
                      for r, t, ct in zip(raw, truths, cell_types)], dtype=np.float64)
 
 
@@ -138,8 +140,8 @@ def _with_thresholds(cfg: InferenceConfig, cell_type: str | None, th: TypeThresh
 
 def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
                     cfg: InferenceConfig, *, grids: dict[str, Sequence[float]] | None = None,
-                    rounds: int = 2, progress: bool = True, by_type: bool = True
-                    ) -> tuple[InferenceConfig, dict[str, Any]]:
+                    rounds: int = 2, progress: bool = True, by_type: bool = True,
+                    matching: str = "dsb") -> tuple[InferenceConfig, dict[str, Any]]:
     """Search per-cell-type thresholds maximising the mean image score.
 
     Args:
@@ -166,7 +168,7 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
         raise ValueError(f"{len(raw)} predictions for {len(records)} records")
     truths = [runs_from_rles(r.rles, r.shape) for r in records]
     types = tuning_types(records, by_type)
-    before_all = score_images(raw, truths, cfg, types)
+    before_all = score_images(raw, truths, cfg, types, matching)
     groups: dict[str | None, list[int]] = {}
     for k, t in enumerate(types):
         groups.setdefault(t, []).append(k)
@@ -180,13 +182,14 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
         th = cfg.thresholds_for(ctype)
 
         def evaluate(t: TypeThresholds) -> float:
-            return float(score_images(g_raw, g_truth, _with_thresholds(cfg, ctype, t), g_types).mean())
+            return float(score_images(g_raw, g_truth, _with_thresholds(cfg, ctype, t), g_types,
+                                      matching).mean())
 
         th, best, start = coordinate_ascent(
             th, grids, evaluate, rounds,
             lambda t, name, v: dataclasses.replace(t, **{name: type(getattr(t, name))(v)}))
         tuned = _with_thresholds(tuned, ctype, th)
-        after_all[idx] = score_images(g_raw, g_truth, tuned, g_types)
+        after_all[idx] = score_images(g_raw, g_truth, tuned, g_types, matching)
         per_type[ctype or "default"] = {"n_images": len(idx), "before": start, "after": best,
                                         "thresholds": dataclasses.asdict(th)}
         if progress:
@@ -250,7 +253,8 @@ def raw_from_stitched(stitched: Sequence["Stitched"], cfg: InferenceConfig) -> l
 
 def tune_decode(stitched: Sequence["Stitched"], records: Sequence["ImageRecord"],
                 cfg: InferenceConfig, *, by_type: bool = False, grids: dict | None = None,
-                rounds: int = 2, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+                rounds: int = 2, progress: bool = True,
+                matching: str = "dsb") -> tuple[dict[str, Any], dict[str, Any]]:
     """Coordinate ascent over the decode keyword arguments (global: ``cfg.decode`` is not per
     type), scoring with the current postprocessing thresholds; a value changes only for a strict
     gain, so the result is never below the start. ``grids`` defaults to the dense family's
@@ -272,7 +276,7 @@ def tune_decode(stitched: Sequence["Stitched"], records: Sequence["ImageRecord"]
 
     def evaluate(params: dict[str, Any]) -> float:
         raw = raw_from_stitched(stitched, dataclasses.replace(cfg, decode=params))
-        return float(score_images(raw, truths, cfg, types).mean())
+        return float(score_images(raw, truths, cfg, types, matching).mean())
 
     params, best, start = coordinate_ascent(dict(cfg.decode), grids, evaluate, rounds,
                                             lambda p, name, v: {**p, name: v})

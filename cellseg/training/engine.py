@@ -282,8 +282,10 @@ def _batch_size(images: Any) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, family: Any, records: Sequence[Any], infer_cfg: Any, *,
-             device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Competition metric of ``model`` on held-out ``records`` (``ImageRecord`` with RLEs).
+             device: torch.device | str = "cpu", progress: bool = True,
+             matching: str = "dsb") -> dict[str, Any]:
+    """Competition metric of ``model`` on held-out ``records`` (``ImageRecord`` with RLEs),
+    under the matching rule ``matching`` (``cellseg.core.metrics.MATCHING_RULES``).
 
     Predicts through ``cellseg.infer.predict.predict_records``, the loop behind ``cellseg
     predict``: same chunks of ``infer_cfg.batch_size`` images, tiling, decode, cell-type decision
@@ -309,7 +311,7 @@ def evaluate(model: nn.Module, family: Any, records: Sequence[Any], infer_cfg: A
                                              leave=False, dynamic_ncols=True)]
     finally:
         net.train(was_training)
-    report = score_instances(records, preds)
+    report = score_instances(records, preds, matching=matching)
     out: dict[str, Any] = {"score": float(report.score), "n_images": len(records),
                            "n_pred": int(sum(len(p) for p in preds)),
                            "n_true": int(sum(r.n_instances for r in records))}

@@ -245,7 +245,7 @@ def _validator(cfg: TrainConfig, family: Any, records: list, dist: Any, opts: An
 
     infer_cfg = load_inference_config(cfg.val.infer)
     return lambda model: evaluate(model, family, records, infer_cfg, device=dist.device,
-                                  progress=opts.progress)
+                                  progress=opts.progress, matching=cfg.val.matching)
 
 
 def _prepare_out(out: Path, cfg: TrainConfig, dist: Any) -> None:
