@@ -152,7 +152,8 @@ def _score_compare(args: argparse.Namespace, records: Sequence, truth: dict, cel
     preds_b, scores_b, _ = load_predictions(args.compare, records)
     preds_b, scores_b = _min_score({k: v for k, v in preds_b.items() if k in truth}, scores_b,
                                    args.min_score)
-    report_b = metrics.score(truth, preds_b, cell_types=cell_types, shape=shapes)
+    report_b = metrics.score(truth, preds_b, cell_types=cell_types, shape=shapes,
+                             matching=args.matching)
     ids = list(truth)
     pair = paired([report.images[i].score for i in ids], [report_b.images[i].score for i in ids])
     text = (f"\ncompare  B = {args.compare}: score {report_b.score:.4f} (A {report.score:.4f}); "
