@@ -203,7 +203,7 @@ def tune_thresholds(raw: Sequence[Instances], records: Sequence["ImageRecord"],
 def write_config(path: str | os.PathLike, cfg: InferenceConfig) -> None:
     """Write ``cfg`` as an inference config YAML (atomically), loadable by
     ``load_inference_config(path)``."""
-    from cellseg.config import save_yaml
+    from cellseg.configlib import save_yaml
 
     save_yaml(path, cfg)
 
