@@ -167,3 +167,46 @@ def test_filter_extra_drops_low_pred_iou_and_stability_only_when_present() -> No
     cfg = load_inference_config(None, ["default.score_thresh=0.1", "default.min_pred_iou=0.5",
                                        "default.min_stability=0.8", "default.min_area=1"])
     assert postprocess(inst, cfg).scores.tolist() == pytest.approx([0.9])
+
+
+# ----------------------------------------------------------------------------- one default, one type rule
+
+
+def test_one_default_config_and_how_files_and_overrides_change_it(tmp_path):
+    """The dataclass defaults are the kit's one default: no config, the shipped name and
+    ``InferenceConfig()`` agree; a file replaces the top-level keys it names; --set edits inside."""
+    default = load_inference_config()
+    assert default == load_inference_config("infer_default") == InferenceConfig()
+    assert default.decode == {"seed_thresh": 0.7}
+    assert {k: v.min_area for k, v in default.types.items()} == {"shsy5y": 40, "astro": 120,
+                                                                  "cort": 60}
+    own = tmp_path / "own.yaml"
+    own.write_text("tile_size: 512\ntypes: {astro: {score_thresh: 0.4}}\n")
+    cfg = load_inference_config(own)
+    assert cfg.tile_size == 512 and cfg.decode == default.decode  # untouched keys: defaults
+    assert list(cfg.types) == ["astro"] and cfg.types["astro"].min_area == 0  # replaced whole
+    cfg = load_inference_config(None, ["types.astro.score_thresh=0.4"])
+    assert cfg.types["astro"] == TypeThresholds(score_thresh=0.4, min_area=120)
+    assert cfg.types["cort"] == default.types["cort"]  # an override edits inside
+    from cellseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="own.yaml"):  # a bad key is blamed on its file
+        own.write_text("tile_sise: 512\n")
+        load_inference_config(own)
+
+
+def test_image_cell_type_given_then_vote_then_unknown():
+    from cellseg.infer.celltype import image_cell_type, label_names
+    from cellseg.models.base import ModelSpec, attach_spec
+    import torch
+
+    inst = _inst([_square(0, 0, 5), _square(10, 10, 5)], [0.9, 0.4], labels=[1, 0])
+    assert image_cell_type(inst, ("shsy5y", "astro"), "cort") == "cort"  # --cell-type wins
+    assert image_cell_type(inst, ("shsy5y", "astro")) == "astro"  # 0.9 vs 0.4
+    assert image_cell_type(inst, ()) is None  # labels name no type: default thresholds
+    typed = attach_spec(torch.nn.Linear(1, 1), ModelSpec("maskrcnn", class_map={"a": 1, "b": 0}))
+    agnostic = torch.nn.Linear(1, 1)
+    cfg = InferenceConfig()
+    assert label_names(cfg, [(agnostic, None, 1.0)]) == ()
+    assert label_names(cfg, [(agnostic, None, 1.0), (typed, None, 1.0)]) == ("b", "a")
+    assert label_names(InferenceConfig(cell_type_names=("x",)), [(typed, None, 1.0)]) == ("x",)

@@ -57,9 +57,6 @@ class Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-_NO_TIMER = Timer()
-
-
 NO_TIMER = Timer()
 
 
