@@ -118,3 +118,22 @@ def test_probe_of_a_real_model_is_reproduced_and_an_altered_model_fails(
     assert "probe FAILED" in msg and f"expected {probe['count']}" in msg
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["expected"]["rles"] == probe["rles"] and result["actual"]["count"] != probe["count"]
+
+
+def test_build_kernel_embeds_the_probe_and_warns_when_it_checks_little(
+        tiny_unet_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """An untrained model finds nothing but the empty-image placeholder on the probe image: the
+    build still embeds that result, and says it is too little to tell environments apart."""
+    from cellseg.cli import main
+    from cellseg.kaggle.kernel_template import embedded_of
+    from cellseg.weights import add_weights
+
+    manifest = tmp_path / "weights" / "manifest.yaml"
+    add_weights(tiny_unet_ckpt, "tiny", manifest=manifest)
+    assert main(["kaggle", "build-kernel", "--weights", "tiny", "--manifest", str(manifest),
+                 "--kernel-id", "me/cellseg-infer", "--out", str(tmp_path / "k")]) == 0
+    emb = embedded_of((tmp_path / "k" / "cellseg_infer.py").read_text())
+    assert emb["probe"]["count"] == len(emb["probe"]["rles"]) <= 1
+    assert base64.b64decode(emb["probe"]["png_base64"]).startswith(b"\x89PNG")
+    assert emb["probe"]["min_mean_iou"] == 0.9 and emb["probe"]["count_tolerance"] == 0.05
+    assert "too few to tell a changed environment apart" in capsys.readouterr().err

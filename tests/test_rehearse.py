@@ -331,7 +331,7 @@ def test_rehearsal_reports_a_failing_kernel(tmp_path: Path) -> None:
     wheels.mkdir()
     (wheels / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"never installed")
     build_kernel(["w0"], tmp_path / "kernel", manifest=manifest, kernel_id="me/cellseg-infer",
-                 wheels_dir=wheels)
+                 wheels_dir=wheels, probe=False)
     (manifest.parent / "w0.pt").write_bytes(b"retrained since")
     data = tmp_path / "comp"
     (data / "test").mkdir(parents=True)

@@ -208,6 +208,10 @@ def _build_kernel(args: argparse.Namespace) -> int:
     probe = b.embedded["probe"]
     if probe:
         print(f"probe: {probe['image']}: {probe['count']} instance(s) on {probe['computed_on']}")
+        if probe["count"] < 5:
+            print(f"WARNING: the model finds {probe['count']} instance(s) on the probe image, too "
+                  "few to tell a changed environment apart; pass --probe-image with a crop of an "
+                  "image it segments (e.g. train/<id>.png:0,0,260,352)", file=sys.stderr)
     print(f"built for Kaggle image {b.embedded['image']['label']}; "
           f"{len(b.embedded['wheels'])} wheel(s) pinned by sha256")
     print(json.dumps(b.metadata, indent=2))
