@@ -1,4 +1,4 @@
-"""cellseg.checkpoint: self-describing, atomic, weights_only-loadable checkpoints."""
+"""cellseg.checkpoint: self-describing, atomic, weights_only-loadable checkpoints; rebuilding\nthe network from one (cellseg.models.loading), also from the formats written before."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cellseg.checkpoint import (load_checkpoint, load_model, save_checkpoint,  # noqa: E402
-                                sha256_file, verify_checkpoint)
+from cellseg.checkpoint import (load_checkpoint, save_checkpoint, sha256_file,  # noqa: E402
+                                verify_checkpoint)
+from cellseg.models.loading import load_model  # noqa: E402
 
 
 def _small_state():
@@ -108,7 +109,7 @@ def test_load_model_rebuilds_unet_with_identical_outputs(tmp_path):
     # EMA weights are preferred when present
     ema = {k: (v + 1 if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     save_checkpoint(path, model=model.state_dict(), ema=ema, family="unet",
-                    model_args=cfg.model.args)
+                    model_args=cfg.model.args.to_dict())
     m_ema, _, _ = load_model(path)
     m_raw, _, _ = load_model(path, ema=False)
     k = next(k for k, v in ema.items() if v.is_floating_point())
