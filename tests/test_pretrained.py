@@ -3,7 +3,8 @@
 Nothing here may touch the network: the ``no_network`` fixture makes every socket connection fail,
 and the CLI subprocesses run with ``--offline``. The session fixture ``official_cache`` lays out a
 cache the way torch.hub and huggingface_hub do, holding random tensors saved under the OFFICIAL file
-names with the OFFICIAL shapes (taken from the real architectures built with weights=None).
+names with the OFFICIAL shapes (taken from the real architectures built with weights=None); it lives
+in conftest.py (the model-family tests build every shipped config from it too).
 """
 
 from __future__ import annotations
@@ -49,54 +50,6 @@ def env(monkeypatch):
     for var in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "KAGGLE_USERNAME"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
-
-
-def _random_like(state):
-    """A state dict of the same names and shapes with fresh random values: the module's own random
-    init plus noise (so no tensor equals a freshly built model's), variances kept positive. The
-    released files use FrozenBatchNorm, so they carry no num_batches_tracked."""
-    out = {}
-    for k, v in state.items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        if not v.is_floating_point():
-            out[k] = v.clone()
-        elif k.endswith("running_var"):
-            out[k] = 0.75 + 0.5 * torch.rand(v.shape)
-        else:
-            out[k] = v + 0.05 * torch.randn(v.shape)
-    return out
-
-
-@pytest.fixture(scope="session")
-def official_cache(tmp_path_factory) -> Path:
-    """torch/hub/checkpoints/{maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth, sam_vit_b_01ec64.pth} and
-    huggingface/hub/models--smp-hub--resnet34.imagenet/snapshots/<smp's commit>/{model.safetensors,
-    config.json}, written by hand in the libraries' documented layouts."""
-    import segment_anything
-    import torchvision
-    from safetensors.torch import save_file
-    from segmentation_models_pytorch.encoders import get_encoder
-
-    root = tmp_path_factory.mktemp("official_cache")
-    ckpts = root / "torch" / "hub" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    torch.manual_seed(0)
-    coco = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    torch.save(_random_like(coco.state_dict()), ckpts / COCO_V1)
-    del coco
-    sam = segment_anything.sam_model_registry["vit_b"]()
-    torch.save(_random_like(sam.state_dict()), ckpts / "sam_vit_b_01ec64.pth")
-    del sam
-    snap = (root / "huggingface" / "hub" / "models--smp-hub--resnet34.imagenet" / "snapshots"
-            / SMP_R34.revision)
-    snap.mkdir(parents=True)
-    enc = get_encoder("resnet34", weights=None)
-    save_file({k: v.contiguous() for k, v in _random_like(enc.state_dict()).items()},
-              str(snap / "model.safetensors"))
-    (snap / "config.json").write_text(json.dumps({"mean": [0.485, 0.456, 0.406],
-                                                  "std": [0.229, 0.224, 0.225]}))
-    return root
 
 
 @pytest.fixture(scope="module")
