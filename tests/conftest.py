@@ -81,7 +81,9 @@ def tiny_unet_ckpt(tmp_path: Path) -> Path:
 def _random_like(state):
     """A state dict of the same names and shapes with fresh random values: the module's own random
     init plus noise (so no tensor equals a freshly built model's), variances kept positive. The
-    released files use FrozenBatchNorm, so they carry no num_batches_tracked."""
+    noise scales with each tensor's spread, so activations keep their scale through a deep
+    network and a model started from the file still predicts something. The released files use
+    FrozenBatchNorm, so they carry no num_batches_tracked."""
     import torch
 
     out = {}
@@ -93,7 +95,8 @@ def _random_like(state):
         elif k.endswith("running_var"):
             out[k] = 0.75 + 0.5 * torch.rand(v.shape)
         else:
-            out[k] = v + 0.05 * torch.randn(v.shape)
+            spread = float(v.std()) if v.numel() > 1 else 0.0
+            out[k] = v + 0.05 * (spread if spread > 0 else 1.0) * torch.randn(v.shape)
     return out
 
 

@@ -28,6 +28,7 @@ SMALL_UNET = dict(encoder_name="resnet18", encoder_depth=3, decoder_channels=(16
 # SAM ViT-B's image encoder runs at 1024 x 1024 (minutes per image on 2 CPU threads): the
 # prediction check of a SAM config swaps in these sizes; its full-size build is checked tensor
 # by tensor.
+MAX_DETECTIONS = 100  # per image, in the prediction check (the configs allow up to 2000)
 TINY_SAM = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1],
                 window_size=4, prompt_dim=32, mlp_dim=64, decoder_heads=2, iou_head_hidden_dim=32)
 
@@ -116,16 +117,19 @@ def _sample_image() -> np.ndarray:
     return image[None]
 
 
-def _predict(family, model, images: np.ndarray) -> list:
-    """The family's raw network output for (B, H, W) uint8 images, as comparable arrays."""
+def _predict(family, model, images: np.ndarray) -> tuple[list, int]:
+    """The family's raw network output for (B, H, W) uint8 images, as comparable arrays, and
+    how many instances / nonzero map pixels it holds."""
     x = family.preprocess(model, images)
     if family.kind == "dense":
-        return [family.predict_dense(model, x)]
-    out = []
+        maps = family.predict_dense(model, x)
+        return [maps], int((maps > 0.5).sum())
+    out, n = [], 0
     for inst in family.predict_instances(model, x):
         out += [inst.boxes, inst.scores, inst.labels, *inst.masks,
                 *[inst.extra[k] for k in sorted(inst.extra)]]
-    return out
+        n += len(inst)
+    return out, n
 
 
 def _round_trip(args, family_name: str, tmp_path, name: str, predict: bool) -> None:
@@ -145,9 +149,13 @@ def _round_trip(args, family_name: str, tmp_path, name: str, predict: bool) -> N
         assert model.spec.args[weight_arg] is None
     if predict:
         images = _sample_image()
+        for net in (model, again):  # the mask head on 2000 boxes takes minutes on 2 CPU threads
+            for module in net.modules():
+                if hasattr(module, "detections_per_img"):  # torchvision's RoIHeads, at run time
+                    module.detections_per_img = min(module.detections_per_img, MAX_DETECTIONS)
         with torch.no_grad():
-            got, expected = _predict(fam, again, images), _predict(family, model, images)
-        assert len(got) > 3 if family.kind == "instances" else got[0].std() > 0  # not vacuous
+            (got, n), (expected, _) = _predict(fam, again, images), _predict(family, model, images)
+        assert n > 0  # something to compare: instances, or map pixels above 0.5
         for a, b in zip(expected, got, strict=True):
             assert np.array_equal(np.asarray(a), np.asarray(b))
 
