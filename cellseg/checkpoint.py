@@ -3,10 +3,10 @@
     from cellseg.checkpoint import save_checkpoint, load_checkpoint
     save_checkpoint("runs/unet/best.pt", model=model.state_dict(), spec=model.spec, config=...)
     ckpt = load_checkpoint("runs/unet/best.pt")        # the plain dict below
-    model, family, ckpt = load_model("runs/unet/best.pt")   # cellseg.models.loading
+    model, family, ckpt = load_model("runs/unet/best.pt")   # cellseg.models.load_model
 
 This module reads and writes the files and knows nothing about model families; rebuilding the
-network from ``spec`` is ``cellseg.models.loading.load_model``.
+network from ``spec`` is ``cellseg.models.load_model``.
 
 A checkpoint is a plain dict saved with ``torch.save``:
 

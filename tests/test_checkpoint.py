@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from cellseg.checkpoint import (load_checkpoint, save_checkpoint, sha256_file,  # noqa: E402
                                 verify_checkpoint)
-from cellseg.models.loading import load_model  # noqa: E402
+from cellseg.models import load_model  # noqa: E402
 
 
 def _small_state():

@@ -21,7 +21,7 @@ from cellseg.config import config_names, load_train_config  # noqa: E402
 from cellseg.errors import ConfigError  # noqa: E402
 from cellseg.models import FAMILIES, get_family  # noqa: E402
 from cellseg.models.args import FAMILY_ARGS, MaskRCNNArgs, UNetArgs  # noqa: E402
-from cellseg.models.loading import load_model  # noqa: E402
+from cellseg.models import load_model  # noqa: E402
 
 SMALL_UNET = dict(encoder_name="resnet18", encoder_depth=3, decoder_channels=(16, 8, 4),
                   in_channels=1, norm="dataset")

@@ -269,7 +269,7 @@ def test_maskrcnn_coco_trains_one_step_offline(official_cache, small, env, no_ne
             "--set", "model.args.rpn_post_nms_top_n_test=100"]
     assert cli(argv + [x for kv in FAST for x in ("--set", kv)]) == 0
     from cellseg.checkpoint import load_checkpoint
-    from cellseg.models.loading import load_model
+    from cellseg.models import load_model
 
     ckpt = load_checkpoint(run / "best.pt")
     coco = _state(official_cache / "torch" / "hub" / "checkpoints" / COCO_V1)

@@ -320,11 +320,16 @@ def test_detector_from_checkpoint_is_embedded(tmp_path):
     for k, v in det.state_dict().items():
         torch.testing.assert_close(model.detector.state_dict()[k], v, msg=k)
     args = model.spec.args
-    assert "detector_checkpoint" not in args and args["detector"]["backbone"] == "resnet18"
+    assert args["detector_checkpoint"] is None and args["detector"]["backbone"] == "resnet18"
     path.unlink()
     again = FAMILY.build(**args)
     again.load_state_dict(model.state_dict())
     with pytest.raises(FileNotFoundError, match="does not exist"):
+        FAMILY.build(detector_checkpoint=str(path), **TINY_CROP)
+    unet = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
+                                    decoder_channels=(16, 8, 4), in_channels=1)
+    save_checkpoint(path, model=unet.state_dict(), spec=unet.spec)
+    with pytest.raises(ValueError, match="holds family 'unet', not 'maskrcnn', .*det.pt"):
         FAMILY.build(detector_checkpoint=str(path), **TINY_CROP)
 
 
@@ -372,7 +377,7 @@ def test_tiny_config_trains_with_cellseg_train(tmp_path):
     """`cellseg train --config promptseg_tiny` runs stage 2 end to end (H5's loop, H6's validation
     through the attached detector) and the checkpoint alone rebuilds the model."""
     from cellseg.checkpoint import load_checkpoint
-    from cellseg.models.loading import load_model
+    from cellseg.models import load_model
     from cellseg.config import load_train_config
     from cellseg.data.synthetic import generate
     from cellseg.training.loop import get_args_parser, main

@@ -257,7 +257,7 @@ def test_ema_tracks_weights():
 
 def test_tiny_train_end_to_end(synth, tmp_path):
     from cellseg.checkpoint import load_checkpoint, verify_checkpoint
-    from cellseg.models.loading import load_model
+    from cellseg.models import load_model
 
     out = tmp_path / "run"
     assert _train("unet_tiny", synth, out, "train.epochs=2", "data.max_train_images=4") == 0

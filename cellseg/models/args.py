@@ -8,7 +8,7 @@
 The same class serves three readers: ``family.build(args)`` builds from it, the config loader types
 ``model.args`` with it (``cellseg.config.ModelConfig``: an unknown key is a ``ConfigError`` naming the
 nearest valid key and listing all of them), and a checkpoint stores ``to_dict(args)`` with the
-weight files set to None (``model.spec.args``; ``cellseg.models.loading.load_model`` rebuilds from
+weight files set to None (``model.spec.args``; ``cellseg.models.load_model`` rebuilds from
 it). An args object also reads as a mapping (``args["norm"]``, ``**args``), so code written for the
 plain dicts of older checkpoints and configs keeps working.
 
@@ -215,8 +215,8 @@ class PromptSegArgs(BuildArgs):
     decoder: "crop" (``base_channels``, ``levels``, ``neighbours``) or "sam" (``sam``: size
         kwargs of ``SamPromptDecoder``; ``sam_checkpoint``: "vit_b" | "vit_l" | "vit_h" or a LOCAL
         SAM/CellSAM file).
-    detector: build args of the ``detector_family`` (typed with that family's args class), or
-        ``detector_checkpoint``: a cellseg checkpoint holding the detector.
+    detector: build args of the Mask R-CNN that makes the box prompts (typed as
+        ``MaskRCNNArgs``), or ``detector_checkpoint``: a cellseg ``maskrcnn`` checkpoint.
     """
 
     WEIGHTS: ClassVar[tuple[str, ...]] = ("sam_checkpoint", "detector_checkpoint")
@@ -235,7 +235,7 @@ class PromptSegArgs(BuildArgs):
     sam_checkpoint: str | None = None
     detector: dict[str, Any] | None = None
     detector_checkpoint: str | None = None
-    detector_family: str = "maskrcnn"
+    detector_family: Literal["maskrcnn"] = "maskrcnn"  # the one detector family, kept in specs
     jitter: float = 0.1
     max_train_instances: int = 64
     mask_threshold: float = 0.5
@@ -249,9 +249,12 @@ class PromptSegArgs(BuildArgs):
         if self.decoder not in ("crop", "sam"):
             raise _fail("decoder", f"promptseg decoder={self.decoder!r}",
                         fix="valid: 'crop', 'sam'")
-        if self.detector is not None and not isinstance(self.detector, BuildArgs):
+        if self.detector_family != "maskrcnn":
+            raise _fail("detector_family", f"detector_family={self.detector_family!r}",
+                        fix="the detector is a Mask R-CNN: 'maskrcnn'")
+        if self.detector is not None and not isinstance(self.detector, MaskRCNNArgs):
             try:
-                typed = build_args_for(self.detector_family, self.detector)
+                typed = MaskRCNNArgs.parse(self.detector)
             except ConfigError as exc:  # name the nested key: detector.<key>
                 key = f"detector.{exc.key}" if exc.key else "detector_family"
                 fix = exc.fix.replace("did you mean ", "did you mean detector.") if exc.fix else None

@@ -12,7 +12,7 @@ What every family provides (``ModelFamily``), and what each kind adds:
 - ``build`` returns the network with ``model.spec``, a frozen ``ModelSpec`` (family, the build
   arguments without weight files, norm, class map, output names), set by ``attach_spec``.
   Checkpoints store ``spec.to_dict()`` under ``"spec"`` and
-  ``cellseg.models.loading.load_model`` rebuilds from it.
+  ``cellseg.models.load_model`` rebuilds from it.
 - ``target_spec`` tells the data pipeline which training target to build
   (``cellseg.data.targets.TargetSpec``); data-loader workers build it from the augmented image
   and its instances, so the main process never decodes masks.

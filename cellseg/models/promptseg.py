@@ -184,11 +184,11 @@ def _build_detector(a: PromptSegArgs) -> nn.Module | None:
     """The frozen box source: loaded from ``a.detector_checkpoint``, built from ``a.detector``,
     or None (prompts then come from ``predict_with_boxes``)."""
     if a.detector_checkpoint:
-        return _load_detector(a.detector_checkpoint, a.detector_family)
+        return _load_detector(a.detector_checkpoint)
     if a.detector is not None:
-        from cellseg.models import get_family
+        from cellseg.models.maskrcnn import FAMILY as MASKRCNN
 
-        return get_family(a.detector_family).build(a.detector)
+        return MASKRCNN.build(a.detector)
     return None
 
 
@@ -212,8 +212,9 @@ class PromptSegFamily:
         mean, std: input normalisation on the 0-255 scale; in_channels: gray repeated C times.
         crop_size: S of the (S, S) mask crops; margin: context added around each box (fraction of
             its size per side); min_region: smallest region side in pixels.
-        detector / detector_checkpoint: the box source, a ``detector_family`` model built from
-            its args, or loaded (architecture + weights) from a cellseg checkpoint; frozen.
+        detector / detector_checkpoint: the box source, a Mask R-CNN built from its args
+            (``MaskRCNNArgs``), or loaded (architecture + weights) from a cellseg checkpoint;
+            frozen.
         jitter: box noise (fraction of the box side) in training; max_train_instances: cells per
             image per step; iou_weight / neighbour_weight: loss weights.
         mask_threshold: pasted probability above which a pixel is in the mask;
@@ -419,9 +420,6 @@ class PromptSegFamily:
             raise ValueError("this promptseg model has no detector to make box prompts: build it "
                              "with detector={...maskrcnn args...} or detector_checkpoint=<path of a "
                              "trained maskrcnn checkpoint>, or call predict_with_boxes with boxes")
-        from cellseg.models import get_family
-
-        fam = get_family(model.detector_family)
         # re-normalise the tensor for the detector in place of a uint8 round trip (host copy,
         # rounding, and the detector's preprocess normalising it again): one affine map on the
         # device, raw = x * std + mean, then (raw - mean_d) / std_d per detector channel
@@ -430,9 +428,7 @@ class PromptSegFamily:
         mean_d = torch.tensor(det_norm["mean"], dtype=raw.dtype, device=raw.device)
         std_d = torch.tensor(det_norm["std"], dtype=raw.dtype, device=raw.device)
         det_in = (raw - mean_d[None, :, None, None]) / std_d[None, :, None, None]
-        if hasattr(model.detector, "roi_heads") and hasattr(model.detector, "transform"):
-            return _torchvision_boxes(model.detector, det_in)
-        return fam.predict_instances(model.detector, det_in)
+        return _torchvision_boxes(model.detector, det_in)
 
     def predict_instances(self, model: PromptSegModel, images: torch.Tensor) -> list[Instances]:
         """(B, C, H, W) preprocessed -> detector boxes -> one ``Instances`` per image."""
@@ -474,18 +470,17 @@ def _torchvision_boxes(detector: nn.Module, images: torch.Tensor) -> list[Instan
     return results
 
 
-def _load_detector(path: str, family: str) -> nn.Module:
-    """The detector network (architecture and weights) from a cellseg checkpoint."""
+def _load_detector(path: str) -> nn.Module:
+    """The Mask R-CNN detector (architecture and weights) from a cellseg checkpoint, frozen."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"detector checkpoint {path} does not exist: train one with "
-                                f"`cellseg train` (model.family={family}) or pass detector=<args>")
-    from cellseg.models.loading import load_model
+                                "`cellseg train` (model.family=maskrcnn) or pass detector=<args>")
+    from cellseg.checkpoint import load_checkpoint
+    from cellseg.models.loading import rebuild
+    from cellseg.models.maskrcnn import FAMILY as MASKRCNN
 
-    det, fam, _ = load_model(path)
-    if fam.name != family or fam.kind != "instances":
-        raise ValueError(f"detector checkpoint {path} holds family {fam.name!r}; promptseg needs "
-                         f"an instance family ({family!r})")
-    return det  # built by its family: det.spec.args rebuild it without the checkpoint file
+    det = rebuild(MASKRCNN, load_checkpoint(path), where=path)
+    return det.eval()  # built by its family: det.spec.args rebuild it without the checkpoint file
 
 
 FAMILY = PromptSegFamily()
