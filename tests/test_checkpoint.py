@@ -230,3 +230,18 @@ def test_checkpoints_in_the_earlier_spec_format_still_load(tmp_path, name):
         assert fam.predict_dense(model, x).shape == (1, 3, 64, 64)
     else:
         assert len(fam.predict_instances(model, x)) == 1
+
+
+def test_a_spec_of_another_version_is_one_clear_error(tmp_path):
+    """A renamed argument or an unknown family: an InputError naming the file and the key."""
+    from cellseg.errors import InputError
+
+    path = tmp_path / "future.pt"
+    spec = {**OLD_SPECS["unet"], "args": {**OLD_SPECS["unet"]["args"], "encoder": "resnet18"}}
+    torch.save({"model": {}, "spec": spec, "family": "unet"}, path)
+    with pytest.raises(InputError, match="cannot read the model spec \\(unknown key encoder, "
+                                         ".*valid keys: encoder_name.*future.pt, re-train it"):
+        load_model(path)
+    torch.save({"model": {}, "spec": {**spec, "family": "yolo"}, "family": "yolo"}, path)
+    with pytest.raises(InputError, match="unknown model family 'yolo'.*future.pt"):
+        load_model(path)
