@@ -153,7 +153,10 @@ def test_pasting_inverts_torchvision_mask_projection(family, sample, scale):
     model = family.build(**TINY, input_scale=scale)
     model.train()
     x = family.preprocess(model, image[None])
+    from cellseg.data.targets import masks_from_layers
+
     target = pipeline_target(family, masks, np.zeros(len(masks), np.int64))
+    target["masks"] = masks_from_layers(target.pop("layers"), len(target["boxes"]))  # as in loss
     _, (resized,) = model.transform([x[0]], [dict(target)])
     n = len(masks)
     head = project_masks_on_boxes(resized["masks"], resized["boxes"], torch.arange(n), 28)

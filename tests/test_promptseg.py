@@ -149,7 +149,7 @@ def test_sam_weights_load_from_local_file(tmp_path):
     b = FAMILY.build(decoder="sam", crop_size=16, sam=TINY_SAM, sam_checkpoint=str(path))
     for (k, va), vb in zip(a.decoder.sam.state_dict().items(), b.decoder.sam.state_dict().values()):
         torch.testing.assert_close(va, vb, msg=k)
-    assert "sam_checkpoint" not in b.spec.args  # the weights live in the state_dict
+    assert b.spec.args["sam_checkpoint"] is None  # the weights live in the state_dict
     wrong = dict(TINY_SAM, embed_dim=16)
     with pytest.raises(ValueError, match="does not fit"):
         FAMILY.build(decoder="sam", crop_size=16, sam=wrong, sam_checkpoint=str(path))
