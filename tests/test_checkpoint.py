@@ -245,3 +245,21 @@ def test_a_spec_of_another_version_is_one_clear_error(tmp_path):
     torch.save({"model": {}, "spec": {**spec, "family": "yolo"}, "family": "yolo"}, path)
     with pytest.raises(InputError, match="unknown model family 'yolo'.*future.pt"):
         load_model(path)
+
+
+def test_resume_accepts_a_model_config_saved_before_the_args_were_typed(tmp_path):
+    """last.pt of a run started before model.args were typed holds only the non-default args;
+    --resume compares typed configs, so the same model resumes and another one is refused."""
+    from cellseg.config import load_train_config
+    from cellseg.training.loop import _resume_checkpoint
+
+    cfg = load_train_config("unet_tiny")
+    shipped = {"family": "unet", "args": {"encoder_name": "tu-mobilenetv3_small_050",
+                                          "decoder_channels": [64, 32, 16, 16, 8],
+                                          "in_channels": 1, "norm": "dataset"}}
+    save_checkpoint(tmp_path / "last.pt", model={}, family="unet", config={"model": shipped},
+                    epoch=1, step=5)
+    assert _resume_checkpoint(tmp_path, cfg, log=lambda m: None)["step"] == 5
+    other = load_train_config("unet_tiny", ["model.args.in_channels=3"])
+    with pytest.raises(ValueError, match="--resume: .* was trained with model"):
+        _resume_checkpoint(tmp_path, other, log=lambda m: None)
