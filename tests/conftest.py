@@ -78,28 +78,6 @@ def tiny_unet_ckpt(tmp_path: Path) -> Path:
     return ckpt
 
 
-def _random_like(state):
-    """A state dict of the same names and shapes with fresh random values: the module's own random
-    init plus noise (so no tensor equals a freshly built model's), variances kept positive. The
-    noise scales with each tensor's spread, so activations keep their scale through a deep
-    network and a model started from the file still predicts something. The released files use
-    FrozenBatchNorm, so they carry no num_batches_tracked."""
-    import torch
-
-    out = {}
-    for k, v in state.items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        if not v.is_floating_point():
-            out[k] = v.clone()
-        elif k.endswith("running_var"):
-            out[k] = 0.75 + 0.5 * torch.rand(v.shape)
-        else:
-            spread = float(v.std()) if v.numel() > 1 else 0.0
-            out[k] = v + 0.05 * (spread if spread > 0 else 1.0) * torch.randn(v.shape)
-    return out
-
-
 @pytest.fixture(scope="session")
 def official_cache(tmp_path_factory) -> Path:
     """torch/hub/checkpoints/{maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth, sam_vit_b_01ec64.pth} and
@@ -112,6 +90,7 @@ def official_cache(tmp_path_factory) -> Path:
     from segmentation_models_pytorch.encoders import get_encoder
 
     from cellseg.models import pretrained as P
+    from stand_in import random_like
 
     smp_r34 = P.unet_source("resnet34", "imagenet")
     root = tmp_path_factory.mktemp("official_cache")
@@ -119,16 +98,16 @@ def official_cache(tmp_path_factory) -> Path:
     ckpts.mkdir(parents=True)
     torch.manual_seed(0)
     coco = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    torch.save(_random_like(coco.state_dict()), ckpts / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    torch.save(random_like(coco.state_dict()), ckpts / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
     del coco
     sam = segment_anything.sam_model_registry["vit_b"]()
-    torch.save(_random_like(sam.state_dict()), ckpts / "sam_vit_b_01ec64.pth")
+    torch.save(random_like(sam.state_dict()), ckpts / "sam_vit_b_01ec64.pth")
     del sam
     snap = (root / "huggingface" / "hub" / "models--smp-hub--resnet34.imagenet" / "snapshots"
             / smp_r34.revision)
     snap.mkdir(parents=True)
     enc = get_encoder("resnet34", weights=None)
-    save_file({k: v.contiguous() for k, v in _random_like(enc.state_dict()).items()},
+    save_file({k: v.contiguous() for k, v in random_like(enc.state_dict()).items()},
               str(snap / "model.safetensors"))
     (snap / "config.json").write_text(json.dumps({"mean": [0.485, 0.456, 0.406],
                                                   "std": [0.229, 0.224, 0.225]}))

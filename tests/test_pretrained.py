@@ -24,6 +24,7 @@ torch = pytest.importorskip("torch")
 
 from cellseg.cli import main as cli  # noqa: E402
 from cellseg.models import pretrained as P  # noqa: E402
+from stand_in import random_like  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMP_R34 = P.unet_source("resnet34", "imagenet")
@@ -305,7 +306,7 @@ def test_maskrcnn_v2_coco_layout_and_coco_anchors(env, tmp_path):
 
     fam = get_family("maskrcnn")
     torch.manual_seed(1)
-    ref = _random_like(torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
+    ref = random_like(torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
         weights=None, weights_backbone=None).state_dict())
     coco_anchors = dict(anchor_sizes=((32,), (64,), (128,), (256,), (512,)),
                         aspect_ratios=(0.5, 1.0, 2.0))
@@ -331,7 +332,7 @@ def test_backbone_imagenet_by_name(env, no_network, tmp_path):
 
     src = P.backbone_source("resnet18")
     assert src.file == "resnet18-f37072fd.pth"
-    ref = _random_like(torchvision.models.resnet18(weights=None).state_dict())
+    ref = random_like(torchvision.models.resnet18(weights=None).state_dict())
     env.setenv("TORCH_HOME", str(tmp_path))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(ref, tmp_path / "hub" / "checkpoints" / src.file)
