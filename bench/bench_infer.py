@@ -52,7 +52,7 @@ def _checkpoint(family: str, config: str, path: Path) -> Path:
     from cellseg.models import get_family
 
     torch.manual_seed(0)
-    cfg = load_train_config(config, check_model=False)
+    cfg = load_train_config(config)
     model = get_family(family).build(**cfg.model.args)
     save_checkpoint(path, model=model.state_dict(), spec=model.spec)
     return path

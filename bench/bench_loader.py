@@ -78,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         records, what = _records(Path(tmp))
         for name in configs:
-            cfg = load_train_config(name, check_model=False)
+            cfg = load_train_config(name)
             family = get_family(cfg.model.family)
             n = 12 if quick else 48
             rate, wall, shape = loader_rate(cfg, family, records, n)

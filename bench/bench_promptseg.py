@@ -6,7 +6,7 @@ postprocessing, for 100 and 500 boxes per image.
 
 - detect: the tiny random-init Mask R-CNN (``maskrcnn`` family, ResNet-18 FPN-32) that the
   ``promptseg_tiny`` config attaches, on the whole image (independent of the box count).
-- decode: the mask decoder on N box prompts (``FAMILY.decode``; all boxes batched in chunks of
+- decode: the mask decoder on N box prompts (``FAMILY.decode_boxes``; all boxes batched in chunks of
   ``decode_chunk``), for the crop decoder at two sizes and a small SAM-architecture decoder.
   A ``one call per box`` row (decode_chunk=1) shows what batching saves.
 - paste: stability score, paste-back into image pixels (``cellseg.models.paste``) and extras
@@ -96,14 +96,14 @@ def main() -> None:
         x = fam.preprocess(model, image[None])
         with torch.inference_mode():
             warm = torch.as_tensor(_boxes(rng, 8, shape))
-            fam.decode(model, x, [warm], [model.regions(warm)])
+            fam.decode_boxes(model, x, [warm], [model.regions(warm)])
             for n in counts:
                 if only is not None and n not in only:
                     continue
                 boxes = torch.as_tensor(_boxes(rng, n, shape))
                 regions = [model.regions(boxes)]
                 scores = [rng.uniform(0.5, 1.0, n).astype(np.float32)]
-                t_dec, (logits, ious) = _timed(lambda: fam.decode(model, x, [boxes], regions))
+                t_dec, (logits, ious) = _timed(lambda: fam.decode_boxes(model, x, [boxes], regions))
                 t_paste, insts = _timed(lambda: fam.to_instances(model, logits, ious, regions,
                                                                  shape, scores))
                 t_post, final = _timed(lambda: postprocess(insts[0], cfg))

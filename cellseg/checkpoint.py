@@ -1,13 +1,18 @@
-"""Self-describing checkpoints: the weights plus everything needed to rebuild and trust them.
+"""Self-describing checkpoint files: the weights plus everything needed to rebuild and trust them.
 
-    from cellseg.checkpoint import load_model
-    model, family, ckpt = load_model("runs/unet/best.pt", device="cuda")
+    from cellseg.checkpoint import save_checkpoint, load_checkpoint
+    save_checkpoint("runs/unet/best.pt", model=model.state_dict(), spec=model.spec, config=...)
+    ckpt = load_checkpoint("runs/unet/best.pt")        # the plain dict below
+    model, family, ckpt = load_model("runs/unet/best.pt")   # cellseg.models.load_model
+
+This module reads and writes the files and knows nothing about model families; rebuilding the
+network from ``spec`` is ``cellseg.models.load_model``.
 
 A checkpoint is a plain dict saved with ``torch.save``:
 
     model        state_dict of the network (EMA weights live apart, under "ema")
     spec         ``model.spec.to_dict()`` (``cellseg.models.base.ModelSpec``: family, build
-                 arguments, norm, class map): what ``load_model`` rebuilds the network from
+                 arguments, norm, class map): what the network is rebuilt from
     family       "unet" | "maskrcnn" | "promptseg" (copied from ``spec``)
     model_args   keyword arguments of ``family.build`` (copied from ``spec``; checkpoints written
                  before ``spec`` existed have only ``family`` / ``model_args``, and load from them)
@@ -165,50 +170,3 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
                          where=str(path), fix="pass a checkpoint written by `cellseg train` "
                          "(bare state_dicts are not self-describing)")
     return ckpt
-
-
-def build_args(ckpt: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(family name, ``build`` keyword arguments) of a checkpoint dict: from its ``spec``, or from
-    ``family`` / ``model_args`` in checkpoints written before the spec existed."""
-    spec = ckpt.get("spec")
-    if spec:
-        from cellseg.models.base import ModelSpec
-
-        spec = ModelSpec.from_dict(spec)
-        return spec.family, dict(spec.args)
-    return str(ckpt["family"]), dict(ckpt.get("model_args") or {})
-
-
-def load_model(path: str | os.PathLike, device: Any = "cpu", *, ema: bool = True,
-               verify: bool = False) -> tuple["torch.nn.Module", Any, dict[str, Any]]:  # noqa: F821
-    """Rebuild the network from the checkpoint alone and load its weights.
-
-    The network is built from the checkpoint's ``spec`` (``build_args``), so ``model.spec`` is
-    the one the training run had. Returns ``(model in eval mode on device, family, checkpoint
-    dict)``. With ``ema`` the EMA weights are used when the checkpoint has them.
-    """
-    from cellseg.models import get_family
-
-    ckpt = load_checkpoint(path, map_location="cpu", verify=verify)
-    try:
-        name, args = build_args(ckpt)
-        family = get_family(name)
-    except (KeyError, ValueError) as exc:  # a spec of another cellseg version / an unknown family
-        raise InputError(f"cannot read the model spec ({str(exc).strip(chr(39))})", where=str(path),
-                         fix="re-train it with this cellseg version") from exc
-    try:
-        model = family.build(**args)
-    except TypeError as exc:  # model_args of another cellseg version (a renamed/moved argument)
-        raise InputError(f"model arguments do not fit family {name!r} ({exc})",
-                         where=str(path), fix="re-train it with this cellseg version") from exc
-    weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise InputError(f"weights do not fit family {name!r} built with "
-                         f"{args} ({first})", where=str(path),
-                         fix="the checkpoint is corrupt or from another cellseg version; "
-                         "re-train it") from exc
-    model.to(device).eval()
-    return model, family, ckpt

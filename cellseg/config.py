@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from cellseg.configlib import (ConfigError, apply_overrides, blame, config_names, from_dict,
                                load_config, load_yaml, parse_value, read_config_source, replace,
@@ -27,7 +27,7 @@ from cellseg.configlib import (ConfigError, apply_overrides, blame, config_names
 from cellseg.infer.config import InferenceConfig
 
 __all__ = ["ConfigError", "TrainConfig", "ModelConfig", "DataConfig", "OptimConfig",
-           "ScheduleConfig", "TrainSection", "ValConfig", "load_train_config", "check_model_args",
+           "ScheduleConfig", "TrainSection", "ValConfig", "load_train_config",
            "apply_overrides", "config_names", "from_dict", "load_config", "load_yaml",
            "parse_value", "read_config_source", "replace", "save_yaml", "to_dict"]
 
@@ -39,10 +39,28 @@ _read_config_source = read_config_source  # old private name, still imported by 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which family to build and the explicit keyword arguments of its ``build``."""
+    """Which family to build and the arguments of its ``build``.
+
+    ``args`` is typed on construction with the family's args dataclass
+    (``cellseg.models.args``: ``UNetArgs``, ``MaskRCNNArgs``, ``PromptSegArgs``): every default
+    filled in, an unknown key rejected with the nearest valid one. It reads as a mapping too
+    (``family.build(**cfg.model.args)``).
+    """
 
     family: str = "unet"
-    args: dict[str, Any] = field(default_factory=dict)
+    args: Any = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from cellseg.models.args import build_args_for
+
+        try:
+            typed = build_args_for(self.family, self.args)
+        except ConfigError as exc:  # key relative to this section (from_dict adds "model.")
+            key = exc.key if exc.key == "family" else f"args.{exc.key}" if exc.key else "args"
+            fix = exc.fix.replace("did you mean ", "did you mean model.args.") if exc.fix else None
+            what = f"unknown key model.{key}" if "unknown key" in exc.what else exc.what
+            raise ConfigError(what, fix=fix, key=key) from None
+        object.__setattr__(self, "args", typed)
 
 
 @dataclass(frozen=True)
@@ -165,12 +183,12 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
 
 
-def load_train_config(name_or_path: str | os.PathLike, overrides: Iterable[str] = (), *,
-                      check_model: bool = True) -> TrainConfig:
+def load_train_config(name_or_path: str | os.PathLike,
+                      overrides: Iterable[str] = ()) -> TrainConfig:
     """Load a shipped config by name (``unet_tiny``) or a YAML path, apply ``a.b=c`` overrides.
 
-    With ``check_model`` the model arguments are checked against the family builder's signature
-    (this imports the family module, hence torch).
+    ``model.args`` is typed with the family's args dataclass (``ModelConfig``), so a key the family
+    does not take fails here, before any data or model.
     """
     overrides = list(overrides)
     cfg = load_config(TrainConfig, name_or_path, overrides)
@@ -178,34 +196,4 @@ def load_train_config(name_or_path: str | os.PathLike, overrides: Iterable[str] 
         raise ConfigError(f"val.matching {cfg.val.matching!r} is not a matching rule",
                           where=blame("val.matching", overrides, str(name_or_path)),
                           fix="use dsb or greedy", key="val.matching")
-    if check_model:
-        try:
-            check_model_args(cfg.model.family, cfg.model.args)
-        except ConfigError as exc:
-            where = blame(exc.key, overrides, str(name_or_path))
-            raise ConfigError(exc.what, where=where, fix=exc.fix, key=exc.key) from None
     return cfg
-
-
-def check_model_args(family: str, args: Mapping[str, Any]) -> None:
-    """Reject ``model.args`` keys that the family's ``build`` does not take, listing valid ones."""
-    import inspect
-
-    from cellseg.models import get_family
-
-    fam = get_family(family)
-    params = inspect.signature(fam.build).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return  # a builder with **kwargs validates its own arguments
-    valid = [n for n, p in params.items()
-             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-             and n != "self"]
-    unknown = sorted(set(args) - set(valid))
-    if unknown:
-        import difflib
-
-        near = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f"did you mean model.args.{near[0]}? " if near else ""
-        raise ConfigError(f"unknown model.args for family {family!r}: {', '.join(unknown)}",
-                          where="config model.args", fix=f"{hint}valid: {', '.join(valid)}",
-                          key=f"model.args.{unknown[0]}")

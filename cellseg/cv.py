@@ -110,7 +110,7 @@ def kit_train_command(settings: CVSettings, train_data: Path, n_train: int, out:
     so the schedule spans about ``settings.steps`` and checkpoints are not written every step."""
     from cellseg.config import load_train_config
 
-    cfg = load_train_config(settings.config, settings.overrides, check_model=False)
+    cfg = load_train_config(settings.config, settings.overrides)
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     cmd = [sys.executable, "-m", "cellseg", "train", "--config", settings.config,
            "--out", str(out), "--no-progress"]

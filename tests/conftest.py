@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -87,3 +88,39 @@ def tiny_unet_ckpt(tmp_path: Path) -> Path:
     ckpt = tmp_path / "unet.pt"
     save_checkpoint(ckpt, model=model.state_dict(), spec=model.spec)
     return ckpt
+
+
+@pytest.fixture(scope="session")
+def official_cache(tmp_path_factory) -> Path:
+    """torch/hub/checkpoints/{maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth, sam_vit_b_01ec64.pth} and
+    huggingface/hub/models--smp-hub--resnet34.imagenet/snapshots/<smp's commit>/{model.safetensors,
+    config.json}, written by hand in the libraries' documented layouts."""
+    torch = pytest.importorskip("torch")
+    import segment_anything
+    import torchvision
+    from safetensors.torch import save_file
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    from cellseg.models import pretrained as P
+    from stand_in import random_like
+
+    smp_r34 = P.unet_source("resnet34", "imagenet")
+    root = tmp_path_factory.mktemp("official_cache")
+    ckpts = root / "torch" / "hub" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.manual_seed(0)
+    coco = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    torch.save(random_like(coco.state_dict()), ckpts / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    del coco
+    sam = segment_anything.sam_model_registry["vit_b"]()
+    torch.save(random_like(sam.state_dict()), ckpts / "sam_vit_b_01ec64.pth")
+    del sam
+    snap = (root / "huggingface" / "hub" / "models--smp-hub--resnet34.imagenet" / "snapshots"
+            / smp_r34.revision)
+    snap.mkdir(parents=True)
+    enc = get_encoder("resnet34", weights=None)
+    save_file({k: v.contiguous() for k, v in random_like(enc.state_dict()).items()},
+              str(snap / "model.safetensors"))
+    (snap / "config.json").write_text(json.dumps({"mean": [0.485, 0.456, 0.406],
+                                                  "std": [0.229, 0.224, 0.225]}))
+    return root

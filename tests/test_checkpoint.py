@@ -1,4 +1,4 @@
-"""cellseg.checkpoint: self-describing, atomic, weights_only-loadable checkpoints."""
+"""cellseg.checkpoint: self-describing, atomic, weights_only-loadable checkpoints; rebuilding\nthe network from one (cellseg.models.loading), also from the formats written before."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 
 import torch
 
-from cellseg.checkpoint import (load_checkpoint, load_model, save_checkpoint,  # noqa: E402
-                                sha256_file, verify_checkpoint)
+from cellseg.checkpoint import (load_checkpoint, save_checkpoint, sha256_file,  # noqa: E402
+                                verify_checkpoint)
+from cellseg.models import load_model  # noqa: E402
 
 
 def _small_state():
@@ -108,7 +109,7 @@ def test_load_model_rebuilds_unet_with_identical_outputs(tmp_path):
     # EMA weights are preferred when present
     ema = {k: (v + 1 if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     save_checkpoint(path, model=model.state_dict(), ema=ema, family="unet",
-                    model_args=cfg.model.args)
+                    model_args=cfg.model.args.to_dict())
     m_ema, _, _ = load_model(path)
     m_raw, _, _ = load_model(path, ema=False)
     k = next(k for k, v in ema.items() if v.is_floating_point())
@@ -154,3 +155,111 @@ def test_save_checkpoint_refuses_a_family_that_contradicts_the_spec(tmp_path):
 
     with pytest.raises(ValueError, match="family='maskrcnn'.*'unet'"):
         save_checkpoint(tmp_path / "x.pt", model={}, family="maskrcnn", spec=ModelSpec("unet"))
+
+
+# ``spec`` dicts exactly as checkpoints wrote them before the build arguments became dataclasses
+# (cellseg.models.args; HEAD d61caa5): plain lists, resolved norm, no sam/detector_checkpoint keys.
+_NORM1 = {"mean": [128.0], "std": [11.58], "in_channels": 1}
+_ANCHORS = [[4.0, 6.0], [9.0, 13.0], [17.0, 24.0], [31.0, 45.0], [64.0, 127.0]]
+
+
+def _old_maskrcnn_args(**changes):
+    args = {"backbone": "resnet18", "heads": "v1", "weights": None, "backbone_weights": None,
+            "trainable_backbone_layers": 5, "frozen_bn": False, "in_channels": 1, "num_classes": 1,
+            "class_per_cell_type": False, "cell_types": ["shsy5y", "astro", "cort"],
+            "fpn_channels": 16, "box_head_dim": 32, "mask_head_channels": 8,
+            "anchor_sizes": _ANCHORS, "aspect_ratios": [0.25, 0.5, 1.0, 2.0, 4.0],
+            "input_scale": 1.0, "min_size": 800, "max_size": 1333, "detections_per_img": 100,
+            "box_score_thresh": 0.05, "box_nms_thresh": 0.5, "box_batch_size_per_image": 512,
+            "rpn_pre_nms_top_n_train": 4000, "rpn_post_nms_top_n_train": 2000,
+            "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100,
+            "rpn_batch_size_per_image": 256, "rpn_nms_thresh": 0.7, "norm": _NORM1,
+            "pretrained_origin": []}
+    return {**args, **changes}
+
+
+OLD_SPECS = {
+    "unet": {"family": "unet", "args": {
+        "encoder_name": "resnet18", "encoder_weights": None, "in_channels": 1, "encoder_depth": 3,
+        "decoder_channels": [16, 8, 4], "decoder_attention_type": None, "norm": _NORM1,
+        "pretrained_origin": [{"name": "unet:resnet18:imagenet", "file": "model.safetensors",
+                               "sha256": "0" * 64, "into": "encoder", "tensors": 100}]},
+        "norm": _NORM1, "class_map": None, "outputs": ["cell", "border", "centre"]},
+    "maskrcnn": {"family": "maskrcnn", "args": _old_maskrcnn_args(
+        num_classes=3, class_per_cell_type=True), "norm": _NORM1,
+        "class_map": {"shsy5y": 0, "astro": 1, "cort": 2}, "outputs": []},
+    "promptseg": {"family": "promptseg", "args": {
+        "decoder": "crop", "in_channels": 1, "mean": 128.0, "std": 13.0, "crop_size": 16,
+        "margin": 0.25, "min_region": 8.0, "neighbours": True, "base_channels": 4, "levels": 2,
+        "sam": None, "detector": _old_maskrcnn_args(), "detector_family": "maskrcnn",
+        "jitter": 0.1, "max_train_instances": 64, "mask_threshold": 0.5, "stability_offset": 1.0,
+        "iou_weight": 1.0, "neighbour_weight": 0.5, "decode_chunk": 256, "pretrained_origin": []},
+        "norm": {"mean": [128.0], "std": [13.0], "in_channels": 1}, "class_map": None,
+        "outputs": []},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_SPECS))
+def test_checkpoints_in_the_earlier_spec_format_still_load(tmp_path, name):
+    """A checkpoint dict written by hand in the earlier format (spec + family + model_args)
+    rebuilds the same network with the same spec, and predicts with its weights."""
+    from cellseg.models import get_family
+
+    old = OLD_SPECS[name]
+    family = get_family(name)
+    torch.manual_seed(0)
+    weights = {k: v + 0.01 if v.is_floating_point() else v  # not a fresh init
+               for k, v in family.build(**old["args"]).state_dict().items()}
+    path = tmp_path / "old.pt"
+    torch.save({"model": weights, "spec": old, "family": name, "model_args": old["args"],
+                "config": {}, "format": 1, "version": {"cellseg": "0.4.0", "git": None}}, path)
+    model, fam, ckpt = load_model(path)
+    assert fam is family and ckpt["spec"] == old
+    new = model.spec.to_dict()
+    assert {k: new[k] for k in ("family", "norm", "class_map", "outputs")} == \
+        {k: old[k] for k in ("family", "norm", "class_map", "outputs")}
+    added = {k: v for k, v in new["args"].items() if k not in old["args"]}
+    assert {k: new["args"][k] for k in old["args"]} == old["args"]  # same values, same types
+    assert added == ({"sam_checkpoint": None, "detector_checkpoint": None}
+                     if name == "promptseg" else {})
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    # and it still predicts
+    x = fam.preprocess(model, np.full((1, 64, 64), 128, np.uint8))
+    if fam.kind == "dense":
+        assert fam.predict_dense(model, x).shape == (1, 3, 64, 64)
+    else:
+        assert len(fam.predict_instances(model, x)) == 1
+
+
+def test_a_spec_of_another_version_is_one_clear_error(tmp_path):
+    """A renamed argument or an unknown family: an InputError naming the file and the key."""
+    from cellseg.errors import InputError
+
+    path = tmp_path / "future.pt"
+    spec = {**OLD_SPECS["unet"], "args": {**OLD_SPECS["unet"]["args"], "encoder": "resnet18"}}
+    torch.save({"model": {}, "spec": spec, "family": "unet"}, path)
+    with pytest.raises(InputError, match="cannot read the model spec \\(unknown key encoder, "
+                                         ".*valid keys: encoder_name.*future.pt, re-train it"):
+        load_model(path)
+    torch.save({"model": {}, "spec": {**spec, "family": "yolo"}, "family": "yolo"}, path)
+    with pytest.raises(InputError, match="unknown model family 'yolo'.*future.pt"):
+        load_model(path)
+
+
+def test_resume_accepts_a_model_config_saved_before_the_args_were_typed(tmp_path):
+    """last.pt of a run started before model.args were typed holds only the non-default args;
+    --resume compares typed configs, so the same model resumes and another one is refused."""
+    from cellseg.config import load_train_config
+    from cellseg.training.loop import _resume_checkpoint
+
+    cfg = load_train_config("unet_tiny")
+    shipped = {"family": "unet", "args": {"encoder_name": "tu-mobilenetv3_small_050",
+                                          "decoder_channels": [64, 32, 16, 16, 8],
+                                          "in_channels": 1, "norm": "dataset"}}
+    save_checkpoint(tmp_path / "last.pt", model={}, family="unet", config={"model": shipped},
+                    epoch=1, step=5)
+    assert _resume_checkpoint(tmp_path, cfg, log=lambda m: None)["step"] == 5
+    other = load_train_config("unet_tiny", ["model.args.in_channels=3"])
+    with pytest.raises(ValueError, match="--resume: .* was trained with model"):
+        _resume_checkpoint(tmp_path, other, log=lambda m: None)

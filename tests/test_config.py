@@ -101,31 +101,31 @@ def test_shipped_configs_all_load():
     for name in names:
         if name.startswith("infer"):
             continue  # inference configs (cellseg.infer) share the folder
-        cfg = load_train_config(name, check_model=False)
+        cfg = load_train_config(name)
         assert cfg.model.family in ("unet", "maskrcnn", "promptseg")
-    seed = load_train_config("maskrcnn_livecell_pretrain", check_model=False)
+    seed = load_train_config("maskrcnn_livecell_pretrain")
     assert (seed.optim.name, seed.optim.lr, seed.train.batch_size, seed.train.epochs) == \
         ("sgd", 1e-3, 2, 8)
-    unet = load_train_config("unet_livecell_pretrain", check_model=False)
+    unet = load_train_config("unet_livecell_pretrain")
     assert (unet.optim.name, unet.optim.lr, unet.train.epochs) == ("adam", 5e-4, 12)
 
 
 def test_load_train_config_overrides_and_errors(tmp_path):
-    cfg = load_train_config("unet_tiny", ["train.epochs=3", "optim.lr=2e-3"], check_model=False)
+    cfg = load_train_config("unet_tiny", ["train.epochs=3", "optim.lr=2e-3"])
     assert cfg.train.epochs == 3 and cfg.optim.lr == 2e-3
     with pytest.raises(ConfigError, match="train.epoch, --set train.epoch=3, did you mean "
                                           "train.epochs\\? valid keys"):
-        load_train_config("unet_tiny", ["train.epoch=3"], check_model=False)
+        load_train_config("unet_tiny", ["train.epoch=3"])
     with pytest.raises(ConfigError, match="no config named 'unet_tny'.*did you mean 'unet_tiny'"
                                           ".*shipped configs: .*unet_tiny"):
         load_train_config("unet_tny")
     p = tmp_path / "mine.yaml"
     p.write_text("model: {family: unet}\ntrain: {epochs: 1}\n")
-    assert load_train_config(p, check_model=False).train.epochs == 1
+    assert load_train_config(p).train.epochs == 1
     # a typo in the file itself names the file
     p.write_text("optim: {lrr: 0.1}\n")
     with pytest.raises(ConfigError) as err:
-        load_train_config(p, check_model=False)
+        load_train_config(p)
     assert err.value.key == "optim.lrr" and f"config {p}" in str(err.value)
     assert "did you mean optim.lr?" in str(err.value)
     assert "\n" not in str(err.value)
@@ -135,24 +135,22 @@ def test_val_infer_is_typed_and_checked_at_load_time():
     from cellseg.infer.config import InferenceConfig, TypeThresholds
 
     cfg = load_train_config("unet_tiny", ["val.infer.tta=[h]",
-                                          "val.infer.types.astro.min_area=50"], check_model=False)
+                                          "val.infer.types.astro.min_area=50"])
     assert isinstance(cfg.val.infer, InferenceConfig)
     assert cfg.val.infer.tta == ("h",)
     assert cfg.val.infer.types["astro"] == TypeThresholds(min_area=50)
     assert from_dict(TrainConfig, {}).val.infer == InferenceConfig()
     with pytest.raises(ConfigError) as err:
-        load_train_config("unet_tiny", ["val.infer.tile_sise=256"], check_model=False)
+        load_train_config("unet_tiny", ["val.infer.tile_sise=256"])
     assert err.value.key == "val.infer.tile_sise"
     assert "did you mean val.infer.tile_size?" in str(err.value)
     # per-type thresholds are typed too: a typo deep inside fails with its full path
     with pytest.raises(ConfigError, match="val.infer.types.astro.score_thres,.*did you mean "
                                           "val.infer.types.astro.score_thresh"):
-        load_train_config("unet_tiny", ["val.infer.types.astro.score_thres=0.4"],
-                          check_model=False)
+        load_train_config("unet_tiny", ["val.infer.types.astro.score_thres=0.4"])
     # cross-field rules of InferenceConfig name the nested key
     with pytest.raises(ConfigError) as err:
-        load_train_config("unet_tiny", ["val.infer.tile_size=64", "val.infer.overlap=96"],
-                          check_model=False)
+        load_train_config("unet_tiny", ["val.infer.tile_size=64", "val.infer.overlap=96"])
     assert err.value.key == "val.infer.overlap" and "--set val.infer.overlap=96" in str(err.value)
     # a training config round-trips through its plain dict (checkpoints store that)
     assert from_dict(TrainConfig, to_dict(cfg)) == cfg
@@ -166,8 +164,7 @@ def test_one_loader_for_both_configs(tmp_path):
     p.write_text("infer: {scale: 2.0}\n")  # a tuned file nested under "infer"
     assert load_inference_config(p).scale == 2.0
     assert load_config(InferenceConfig, p, section="infer") == load_inference_config(p)
-    assert load_config(TrainConfig, "unet_tiny") == load_train_config("unet_tiny",
-                                                                      check_model=False)
+    assert load_config(TrainConfig, "unet_tiny") == load_train_config("unet_tiny")
     cfg = load_inference_config(None, ["scale=1.5"])
     assert load_inference_config(cfg, ["tta=[v]"]) == InferenceConfig(scale=1.5, tta=("v",))
     with pytest.raises(ConfigError, match="not positive, --set scale=-1") as err:
@@ -175,15 +172,43 @@ def test_one_loader_for_both_configs(tmp_path):
     assert err.value.key == "scale"
 
 
-def test_model_args_checked_against_builder_signature():
-    for name in config_names():  # the shipped args of this kit's unet / maskrcnn configs fit
-        if name.startswith(("unet", "maskrcnn")):
-            assert load_train_config(name).model.args
+def test_model_args_are_typed_by_the_family_args_class():
+    from cellseg.models.args import FAMILY_ARGS, MaskRCNNArgs
+
+    for name in config_names():  # every shipped training config types its model.args
+        if not name.startswith("infer"):
+            cfg = load_train_config(name)
+            assert type(cfg.model.args) is FAMILY_ARGS[cfg.model.family], name
     cfg = load_train_config("unet_tiny")
-    assert cfg.model.args
-    with pytest.raises(ConfigError, match="unknown model.args.*not_an_arg, --set model.args."
-                                          "not_an_arg=1.*valid:"):
+    assert cfg.model.args.in_channels == 1 and cfg.model.args["norm"] == "dataset"
+    assert cfg.model.args.encoder_depth == 5  # defaults filled in, once, from UNetArgs
+    assert dict(**cfg.model.args)["decoder_channels"] == (64, 32, 16, 16, 8)  # reads as a mapping
+    mr = load_train_config("maskrcnn_tiny", ["model.args.input_scale=2", "model.args.heads=v2"])
+    assert mr.model.args.input_scale == 2.0 and isinstance(mr.model.args.input_scale, float)
+    assert from_dict(TrainConfig, to_dict(mr)) == mr  # checkpoints store the plain dict
+    with pytest.raises(ConfigError, match="unknown key model.args.not_an_arg, --set model.args."
+                                          "not_an_arg=1, valid keys: encoder_name, "):
         load_train_config("unet_tiny", ["model.args.not_an_arg=1"])
+    with pytest.raises(ConfigError, match="did you mean model.args.encoder_name\\?") as err:
+        load_train_config("unet_tiny", ["model.args.encoder_nam=x"])
+    assert err.value.key == "model.args.encoder_nam"
+    # the detector of promptseg is typed with the detector family's class
+    assert isinstance(load_train_config("promptseg_tiny").model.args.detector, MaskRCNNArgs)
+    with pytest.raises(ConfigError, match="model.args.detector.backbon.*did you mean "
+                                          "model.args.detector.backbone\\?"):
+        load_train_config("promptseg_tiny", ["model.args.detector.backbon=resnet18"])
+    # wrong values and cross-field rules fail when the config is loaded, naming the key
+    with pytest.raises(ConfigError, match="heads='v3' is not allowed.*valid values: 'v1', 'v2'"):
+        load_train_config("maskrcnn_tiny", ["model.args.heads=v3"])
+    with pytest.raises(ConfigError, match="--set model.args.decoder_channels=.*one channel count"
+                       ) as err:
+        load_train_config("unet_tiny", ["model.args.decoder_channels=[8, 8]"])
+    assert err.value.key == "model.args.decoder_channels"
+    with pytest.raises(ConfigError, match="in_channels='x' must be an integer"):
+        load_train_config("unet_tiny", ["model.args.in_channels=x"])
+    with pytest.raises(ConfigError, match="unknown model family 'unett'.*valid families: "
+                                          "maskrcnn, promptseg, unet"):
+        load_train_config("unet_tiny", ["model.family=unett"])
 
 
 def test_to_dict_is_plain():

@@ -384,8 +384,8 @@ def test_training_validation_config_names_the_rule():
     from cellseg.config import load_train_config
     from cellseg.errors import UserError
 
-    assert load_train_config("unet_tiny", check_model=False).val.matching == "dsb"
-    cfg = load_train_config("unet_tiny", ["val.matching=greedy"], check_model=False)
+    assert load_train_config("unet_tiny").val.matching == "dsb"
+    cfg = load_train_config("unet_tiny", ["val.matching=greedy"])
     assert cfg.val.matching == "greedy"
     with pytest.raises(UserError, match="val.matching 'foo' is not a matching rule"):
-        load_train_config("unet_tiny", ["val.matching=foo"], check_model=False)
+        load_train_config("unet_tiny", ["val.matching=foo"])

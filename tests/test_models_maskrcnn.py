@@ -9,6 +9,7 @@ import torch
 
 from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models import get_family  # noqa: E402
+from pipeline_target import pipeline_target  # noqa: E402
 
 TINY = dict(backbone="resnet18", fpn_channels=32, box_head_dim=128, mask_head_channels=32,
             rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=300, detections_per_img=100,
@@ -63,16 +64,19 @@ def test_build_args_and_norm(family):
         family.build(**{**TINY, "anchor_sizes": ((4,), (8,))})
 
 
-def test_make_target_boxes_labels_and_empty_masks(family):
+def test_pipeline_target_boxes_labels_and_empty_masks(family):
+    """The target the data pipeline builds from ``target_spec``: label layers, labels + 1."""
+    from cellseg.data.targets import masks_from_layers
+
     masks = np.zeros((3, 20, 30), bool)
     masks[0, 2:5, 3:9] = True
     masks[2, 10, 20] = True  # a single pixel is a valid 1x1 box
-    t = family.make_target(masks, np.array([0, 1, 2]))
+    t = pipeline_target(family, masks, np.array([0, 1, 2]))
     assert t["boxes"].tolist() == [[3, 2, 9, 5], [20, 10, 21, 11]]
     assert t["labels"].tolist() == [1, 3]  # class k -> torchvision label k + 1; empty mask dropped
-    assert t["masks"].dtype == torch.uint8 and t["masks"].shape == (2, 20, 30)
-    none = family.make_target(np.zeros((0, 20, 30), bool), np.zeros(0, np.int64))
-    assert none["boxes"].shape == (0, 4) and none["masks"].shape == (0, 20, 30)
+    assert (masks_from_layers(t["layers"].numpy(), 2) == masks[[0, 2]]).all()
+    none = pipeline_target(family, np.zeros((0, 20, 30), bool), np.zeros(0, np.int64))
+    assert none["boxes"].shape == (0, 4) and none["labels"].shape == (0,)
 
 
 @pytest.mark.parametrize("scale,heads", [(1.0, "v1"), (2.0, "v1"), (1.0, "v2")])
@@ -81,8 +85,8 @@ def test_loss_backward_and_predict(family, sample, scale, heads):
     image, masks = sample
     model = family.build(**TINY, input_scale=scale, heads=heads)
     x = family.preprocess(model, image[None])
-    target = family.make_target(masks, np.zeros(len(masks), np.int64))
-    empty = family.make_target(np.zeros((0, 96, 96), bool), np.zeros(0, np.int64))
+    target = pipeline_target(family, masks, np.zeros(len(masks), np.int64))
+    empty = pipeline_target(family, np.zeros((0, 96, 96), bool), np.zeros(0, np.int64))
     images, targets = family.collate([(x[0], target), (x[0].flip(-1), empty)])
     model.train()
     losses = family.loss(model, images, targets)
@@ -106,7 +110,7 @@ def test_loss_drops_when_overfitting_one_image(family, sample):
     model = family.build(**TINY)
     model.train()
     x = family.preprocess(model, image[None])
-    target = family.make_target(masks, np.zeros(len(masks), np.int64))
+    target = pipeline_target(family, masks, np.zeros(len(masks), np.int64))
     images, targets = family.collate([(x[0], target)])
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     history = []
@@ -149,7 +153,10 @@ def test_pasting_inverts_torchvision_mask_projection(family, sample, scale):
     model = family.build(**TINY, input_scale=scale)
     model.train()
     x = family.preprocess(model, image[None])
-    target = family.make_target(masks, np.zeros(len(masks), np.int64))
+    from cellseg.data.targets import masks_from_layers
+
+    target = pipeline_target(family, masks, np.zeros(len(masks), np.int64))
+    target["masks"] = masks_from_layers(target.pop("layers"), len(target["boxes"]))  # as in loss
     _, (resized,) = model.transform([x[0]], [dict(target)])
     n = len(masks)
     head = project_masks_on_boxes(resized["masks"], resized["boxes"], torch.arange(n), 28)

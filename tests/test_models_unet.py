@@ -12,6 +12,7 @@ import torch
 
 from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models import FAMILIES, get_family  # noqa: E402
+from pipeline_target import pipeline_target  # noqa: E402
 
 TINY = dict(encoder_name="tu-mobilenetv3_small_050", decoder_channels=(32, 16, 16, 8, 8))
 RESNET = dict(encoder_name="resnet18", decoder_channels=(32, 16, 16, 8, 8))
@@ -78,7 +79,7 @@ def test_loss_backward_and_shapes(family, sample):
     image, masks = sample
     model = family.build(**TINY)
     x = family.preprocess(model, image[None])[0]
-    target = family.make_target(masks, np.zeros(len(masks), np.int64))
+    target = pipeline_target(family, masks, np.zeros(len(masks), np.int64))
     assert target["maps"].shape == (3, 96, 96) and target["maps"].dtype == torch.float32
     images, targets = family.collate([(x, target), (x.flip(-1), target)])
     assert images.shape == (2, 3, 96, 96) and targets["maps"].shape == (2, 3, 96, 96)
@@ -104,7 +105,7 @@ def test_loss_drops_when_overfitting_one_image(family, sample):
     model = family.build(**TINY)
     model.train()
     x = family.preprocess(model, image[None])
-    target = family.make_target(masks, np.zeros(len(masks), np.int64))
+    target = pipeline_target(family, masks, np.zeros(len(masks), np.int64))
     images, targets = family.collate([(x[0], target)])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []

@@ -3,7 +3,8 @@
 Nothing here may touch the network: the ``no_network`` fixture makes every socket connection fail,
 and the CLI subprocesses run with ``--offline``. The session fixture ``official_cache`` lays out a
 cache the way torch.hub and huggingface_hub do, holding random tensors saved under the OFFICIAL file
-names with the OFFICIAL shapes (taken from the real architectures built with weights=None).
+names with the OFFICIAL shapes (taken from the real architectures built with weights=None); it lives
+in conftest.py (the model-family tests build every shipped config from it too).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from cellseg.cli import main as cli  # noqa: E402
 from cellseg.models import pretrained as P  # noqa: E402
+from stand_in import random_like  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMP_R34 = P.unet_source("resnet34", "imagenet")
@@ -49,54 +51,6 @@ def env(monkeypatch):
     for var in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "KAGGLE_USERNAME"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
-
-
-def _random_like(state):
-    """A state dict of the same names and shapes with fresh random values: the module's own random
-    init plus noise (so no tensor equals a freshly built model's), variances kept positive. The
-    released files use FrozenBatchNorm, so they carry no num_batches_tracked."""
-    out = {}
-    for k, v in state.items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        if not v.is_floating_point():
-            out[k] = v.clone()
-        elif k.endswith("running_var"):
-            out[k] = 0.75 + 0.5 * torch.rand(v.shape)
-        else:
-            out[k] = v + 0.05 * torch.randn(v.shape)
-    return out
-
-
-@pytest.fixture(scope="session")
-def official_cache(tmp_path_factory) -> Path:
-    """torch/hub/checkpoints/{maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth, sam_vit_b_01ec64.pth} and
-    huggingface/hub/models--smp-hub--resnet34.imagenet/snapshots/<smp's commit>/{model.safetensors,
-    config.json}, written by hand in the libraries' documented layouts."""
-    import segment_anything
-    import torchvision
-    from safetensors.torch import save_file
-    from segmentation_models_pytorch.encoders import get_encoder
-
-    root = tmp_path_factory.mktemp("official_cache")
-    ckpts = root / "torch" / "hub" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    torch.manual_seed(0)
-    coco = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    torch.save(_random_like(coco.state_dict()), ckpts / COCO_V1)
-    del coco
-    sam = segment_anything.sam_model_registry["vit_b"]()
-    torch.save(_random_like(sam.state_dict()), ckpts / "sam_vit_b_01ec64.pth")
-    del sam
-    snap = (root / "huggingface" / "hub" / "models--smp-hub--resnet34.imagenet" / "snapshots"
-            / SMP_R34.revision)
-    snap.mkdir(parents=True)
-    enc = get_encoder("resnet34", weights=None)
-    save_file({k: v.contiguous() for k, v in _random_like(enc.state_dict()).items()},
-              str(snap / "model.safetensors"))
-    (snap / "config.json").write_text(json.dumps({"mean": [0.485, 0.456, 0.406],
-                                                  "std": [0.229, 0.224, 0.225]}))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +269,8 @@ def test_maskrcnn_coco_trains_one_step_offline(official_cache, small, env, no_ne
             "--set", "model.args.rpn_pre_nms_top_n_test=200",
             "--set", "model.args.rpn_post_nms_top_n_test=100"]
     assert cli(argv + [x for kv in FAST for x in ("--set", kv)]) == 0
-    from cellseg.checkpoint import load_checkpoint, load_model
+    from cellseg.checkpoint import load_checkpoint
+    from cellseg.models import load_model
 
     ckpt = load_checkpoint(run / "best.pt")
     coco = _state(official_cache / "torch" / "hub" / "checkpoints" / COCO_V1)
@@ -351,7 +306,7 @@ def test_maskrcnn_v2_coco_layout_and_coco_anchors(env, tmp_path):
 
     fam = get_family("maskrcnn")
     torch.manual_seed(1)
-    ref = _random_like(torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
+    ref = random_like(torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
         weights=None, weights_backbone=None).state_dict())
     coco_anchors = dict(anchor_sizes=((32,), (64,), (128,), (256,), (512,)),
                         aspect_ratios=(0.5, 1.0, 2.0))
@@ -377,7 +332,7 @@ def test_backbone_imagenet_by_name(env, no_network, tmp_path):
 
     src = P.backbone_source("resnet18")
     assert src.file == "resnet18-f37072fd.pth"
-    ref = _random_like(torchvision.models.resnet18(weights=None).state_dict())
+    ref = random_like(torchvision.models.resnet18(weights=None).state_dict())
     env.setenv("TORCH_HOME", str(tmp_path))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(ref, tmp_path / "hub" / "checkpoints" / src.file)

@@ -10,6 +10,7 @@ import torch
 
 from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models.promptseg import FAMILY, expand_boxes, stability_score  # noqa: E402
+from pipeline_target import pipeline_target  # noqa: E402
 
 TINY_SAM = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
                 window_size=2, prompt_dim=32, mlp_dim=64, decoder_heads=2, iou_head_hidden_dim=32)
@@ -58,7 +59,7 @@ def gt_mask_iou(model, images_masks) -> float:
     ious = []
     for img, masks in images_masks:
         x = FAMILY.preprocess(model, img[None])
-        t = FAMILY.make_target(masks, np.zeros(len(masks)))
+        t = pipeline_target(FAMILY, masks, np.zeros(len(masks)))
         # the model emits raw candidates (no filter): pair prediction i with GT i
         out = FAMILY.predict_with_boxes(model, x, [t["boxes"].numpy()])[0]
         pred = np.zeros((len(masks),) + img.shape, bool)
@@ -89,14 +90,14 @@ def test_stability_score_matches_hand_computation_and_sam():
     torch.testing.assert_close(stability_score(rand), calculate_stability_score(rand, 0.0, 1.0))
 
 
-def test_expand_boxes_and_make_target():
+def test_expand_boxes_and_pipeline_target():
     r = expand_boxes(torch.tensor([[10.0, 20.0, 30.0, 30.0], [0.0, 0.0, 2.0, 2.0]]), 0.25, 8.0)
     torch.testing.assert_close(r[0], torch.tensor([5.0, 17.5, 35.0, 32.5]))
     torch.testing.assert_close(r[1], torch.tensor([-3.0, -3.0, 5.0, 5.0]))  # min_size 8
     masks = np.zeros((3, 20, 30), bool)
     masks[0, 2:5, 3:9] = True
     masks[2, 10:20, 29] = True  # touches the bottom-right border
-    t = FAMILY.make_target(masks, np.array([0, 1, 2]))
+    t = pipeline_target(FAMILY, masks, np.array([0, 1, 2]))
     assert t["boxes"].tolist() == [[3, 2, 9, 5], [29, 10, 30, 20]]  # empty mask 1 dropped
     assert t["labels"].tolist() == [0, 2] and t["masks"].shape == (2, 20, 30)
 
@@ -105,8 +106,8 @@ def test_collate_pads_to_largest():
     model = FAMILY.build(**TINY_CROP)
     a = FAMILY.preprocess(model, np.zeros((1, 40, 50), np.uint8))[0]
     b = FAMILY.preprocess(model, np.zeros((1, 48, 44), np.uint8))[0]
-    ma = FAMILY.make_target(np.ones((1, 40, 50), bool), np.zeros(1))
-    mb = FAMILY.make_target(np.ones((1, 48, 44), bool), np.zeros(1))
+    ma = pipeline_target(FAMILY, np.ones((1, 40, 50), bool), np.zeros(1))
+    mb = pipeline_target(FAMILY, np.ones((1, 48, 44), bool), np.zeros(1))
     x, targets = FAMILY.collate([(a, ma), (b, mb)])
     assert x.shape == (2, 1, 48, 50)
     assert [tuple(t["masks"].shape) for t in targets] == [(1, 48, 50), (1, 48, 50)]
@@ -148,7 +149,7 @@ def test_sam_weights_load_from_local_file(tmp_path):
     b = FAMILY.build(decoder="sam", crop_size=16, sam=TINY_SAM, sam_checkpoint=str(path))
     for (k, va), vb in zip(a.decoder.sam.state_dict().items(), b.decoder.sam.state_dict().values()):
         torch.testing.assert_close(va, vb, msg=k)
-    assert "sam_checkpoint" not in b.spec.args  # the weights live in the state_dict
+    assert b.spec.args["sam_checkpoint"] is None  # the weights live in the state_dict
     wrong = dict(TINY_SAM, embed_dim=16)
     with pytest.raises(ValueError, match="does not fit"):
         FAMILY.build(decoder="sam", crop_size=16, sam=wrong, sam_checkpoint=str(path))
@@ -161,14 +162,14 @@ def test_tiny_sam_trains_and_predicts():
     model = FAMILY.build(decoder="sam", crop_size=16, sam=TINY_SAM)
     img, masks = ellipse_image(3, (64, 64), n=4)
     x = FAMILY.preprocess(model, img[None])
-    batch = FAMILY.collate([(x[0], FAMILY.make_target(masks, np.zeros(len(masks))))])
+    batch = FAMILY.collate([(x[0], pipeline_target(FAMILY, masks, np.zeros(len(masks))))])
     losses = FAMILY.loss(model, *batch)
     assert set(losses) >= {"loss", "loss_bce", "loss_dice", "loss_iou"}
     losses["loss"].backward()
     grads = [p.grad for p in model.decoder.sam.mask_decoder.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     model.eval()
-    t = FAMILY.make_target(masks, np.zeros(len(masks)))
+    t = pipeline_target(FAMILY, masks, np.zeros(len(masks)))
     out = FAMILY.predict_with_boxes(model, x, [t["boxes"].numpy()])[0]
     _check_instances(out, img.shape)
 
@@ -198,7 +199,7 @@ def test_training_raises_mask_iou_on_gt_boxes():
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for step in range(80):
         pair = [train[(2 * step + k) % len(train)] for k in range(2)]
-        samples = [(FAMILY.preprocess(model, im[None])[0], FAMILY.make_target(m, np.zeros(len(m))))
+        samples = [(FAMILY.preprocess(model, im[None])[0], pipeline_target(FAMILY, m, np.zeros(len(m))))
                    for im, m in pair]
         losses = FAMILY.loss(model, *FAMILY.collate(samples))
         assert torch.isfinite(losses["loss"])
@@ -218,7 +219,7 @@ def test_predict_with_gt_boxes_gives_valid_instances():
     model = FAMILY.build(**TINY_CROP).eval()
     img, masks = ellipse_image(7, (80, 96))
     x = FAMILY.preprocess(model, np.stack([img, img]))
-    t = FAMILY.make_target(masks, np.zeros(len(masks)))
+    t = pipeline_target(FAMILY, masks, np.zeros(len(masks)))
     scores = np.linspace(0.5, 1.0, len(masks)).astype(np.float32)
     out = FAMILY.predict_with_boxes(model, x, [t["boxes"].numpy(), np.zeros((0, 4))],
                                     scores=[scores, np.zeros(0)])
@@ -247,9 +248,9 @@ def test_loss_keys_stable_for_a_batch_without_cells():
     model = FAMILY.build(**TINY_CROP)
     img, masks = ellipse_image(4, (64, 64), n=3)
     full = FAMILY.collate([(FAMILY.preprocess(model, img[None])[0],
-                            FAMILY.make_target(masks, np.zeros(len(masks))))])
+                            pipeline_target(FAMILY, masks, np.zeros(len(masks))))])
     empty = FAMILY.collate([(FAMILY.preprocess(model, img[None])[0],
-                             FAMILY.make_target(np.zeros((0, 64, 64), bool), np.zeros(0)))])
+                             pipeline_target(FAMILY, np.zeros((0, 64, 64), bool), np.zeros(0)))])
     a, b = FAMILY.loss(model, *full), FAMILY.loss(model, *empty)
     assert set(a) == set(b) and "loss_neighbour" in a
     assert float(b["loss"].detach()) == 0.0 and float(a["loss"].detach()) > 0
@@ -319,11 +320,16 @@ def test_detector_from_checkpoint_is_embedded(tmp_path):
     for k, v in det.state_dict().items():
         torch.testing.assert_close(model.detector.state_dict()[k], v, msg=k)
     args = model.spec.args
-    assert "detector_checkpoint" not in args and args["detector"]["backbone"] == "resnet18"
+    assert args["detector_checkpoint"] is None and args["detector"]["backbone"] == "resnet18"
     path.unlink()
     again = FAMILY.build(**args)
     again.load_state_dict(model.state_dict())
     with pytest.raises(FileNotFoundError, match="does not exist"):
+        FAMILY.build(detector_checkpoint=str(path), **TINY_CROP)
+    unet = get_family("unet").build(encoder_name="resnet18", encoder_depth=3,
+                                    decoder_channels=(16, 8, 4), in_channels=1)
+    save_checkpoint(path, model=unet.state_dict(), spec=unet.spec)
+    with pytest.raises(ValueError, match="holds family 'unet', not 'maskrcnn', .*det.pt"):
         FAMILY.build(detector_checkpoint=str(path), **TINY_CROP)
 
 
@@ -345,7 +351,7 @@ def test_predict_to_submission_with_promptseg(tmp_path, monkeypatch, boxes_from)
     if boxes_from.startswith("gt_oracle"):
         model = (FAMILY.build(decoder="sam", crop_size=16, sam=TINY_SAM) if boxes_from.endswith("sam")
                  else FAMILY.build(**TINY_CROP)).eval()
-        gt = FAMILY.make_target(masks, np.zeros(len(masks)))["boxes"].numpy()
+        gt = pipeline_target(FAMILY, masks, np.zeros(len(masks)))["boxes"].numpy()
         monkeypatch.setattr(FAMILY, "detect", lambda m, x: [
             Instances(tuple(x.shape[-2:]), gt.astype(np.int32), [np.ones((int(b[3] - b[1]),
                       int(b[2] - b[0])), bool) for b in gt], np.full(len(gt), 0.9), np.zeros(len(gt)))
@@ -370,7 +376,8 @@ def test_predict_to_submission_with_promptseg(tmp_path, monkeypatch, boxes_from)
 def test_tiny_config_trains_with_cellseg_train(tmp_path):
     """`cellseg train --config promptseg_tiny` runs stage 2 end to end (H5's loop, H6's validation
     through the attached detector) and the checkpoint alone rebuilds the model."""
-    from cellseg.checkpoint import load_checkpoint, load_model
+    from cellseg.checkpoint import load_checkpoint
+    from cellseg.models import load_model
     from cellseg.config import load_train_config
     from cellseg.data.synthetic import generate
     from cellseg.training.loop import get_args_parser, main
@@ -399,7 +406,7 @@ def test_pixel_iou_matches_paste_back():
     rng = np.random.default_rng(0)
     img, masks = ellipse_image(5, (70, 90), n=6)
     probs = torch.from_numpy(rng.random((len(masks), 16, 16)).astype(np.float32))
-    t = FAMILY.make_target(masks, np.zeros(len(masks)))
+    t = pipeline_target(FAMILY, masks, np.zeros(len(masks)))
     regions = expand_boxes(t["boxes"], 0.25, 8.0) + torch.from_numpy(
         rng.normal(0, 2, (len(masks), 4)).astype(np.float32))
     got = pixel_iou(probs, regions, torch.from_numpy(masks), 0.5)
@@ -417,7 +424,7 @@ def test_sam_every_trainable_parameter_gets_a_gradient():
     model = FAMILY.build(decoder="sam", crop_size=16, sam=TINY_SAM)
     img, masks = ellipse_image(6, (64, 64), n=4)
     batch = FAMILY.collate([(FAMILY.preprocess(model, img[None])[0],
-                             FAMILY.make_target(masks, np.zeros(len(masks))))])
+                             pipeline_target(FAMILY, masks, np.zeros(len(masks))))])
     FAMILY.loss(model, *batch)["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing

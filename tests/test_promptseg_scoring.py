@@ -16,6 +16,7 @@ from cellseg.core import coco_rle
 from cellseg.cli import main  # noqa: E402
 from cellseg.core.instances import Instances  # noqa: E402
 from cellseg.models.promptseg import FAMILY  # noqa: E402
+from pipeline_target import pipeline_target  # noqa: E402
 from tests.test_promptseg import TINY_CROP, ellipse_image  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def test_predict_results_json_feeds_score_extras(tmp_path: Path, monkeypatch,
     torch.manual_seed(0)
     img, masks = ellipse_image(3, (96, 96))
     model = FAMILY.build(**TINY_CROP).eval()
-    gt = FAMILY.make_target(masks, np.zeros(len(masks)))["boxes"].numpy().astype(np.int32)
+    gt = pipeline_target(FAMILY, masks, np.zeros(len(masks)))["boxes"].numpy().astype(np.int32)
     # oracle boxes: the mask path runs deterministically without a trained detector
     monkeypatch.setattr(FAMILY, "detect", lambda m, x: [
         Instances(tuple(x.shape[-2:]), gt, [np.ones((b[3] - b[1], b[2] - b[0]), bool) for b in gt],

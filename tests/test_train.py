@@ -18,6 +18,7 @@ import torch
 
 from cellseg.training import engine  # noqa: E402
 from cellseg.config import ScheduleConfig  # noqa: E402
+from pipeline_target import pipeline_target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # small and fast: 64 px crops, one validation image, no workers
@@ -103,7 +104,7 @@ def _unet_batches(n: int, seed: int = 0):
         masks[0, 4:20, 4:20] = masks[1, 30:50, 24:60] = True
         image = (128 + 20 * masks.any(0) + rng.normal(0, 3, (64, 64))).astype(np.uint8)
         x = family.preprocess(model, image[None])[0]
-        batches.append(family.collate([(x, family.make_target(masks, np.zeros(2, np.int64)))]))
+        batches.append(family.collate([(x, pipeline_target(family, masks, np.zeros(2, np.int64)))]))
     return model, family, batches
 
 
@@ -255,7 +256,8 @@ def test_ema_tracks_weights():
 
 
 def test_tiny_train_end_to_end(synth, tmp_path):
-    from cellseg.checkpoint import load_checkpoint, load_model, verify_checkpoint
+    from cellseg.checkpoint import load_checkpoint, verify_checkpoint
+    from cellseg.models import load_model
 
     out = tmp_path / "run"
     assert _train("unet_tiny", synth, out, "train.epochs=2", "data.max_train_images=4") == 0

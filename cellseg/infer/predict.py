@@ -45,11 +45,11 @@ __all__ = ["Member", "Timer", "PredictOptions", "class_names", "load_models", "p
 
 def load_models(paths: Sequence[str | os.PathLike], device: Any = "cpu",
                 weights: Sequence[float] | None = None) -> list[Member]:
-    """Load checkpoints (``cellseg.checkpoint.load_model``) as (model, family, weight) triples.
+    """Load checkpoints (``cellseg.models.load_model``) as (model, family, weight) triples.
 
     ``weights``: one per path (default 1 each).
     """
-    from cellseg.checkpoint import load_model
+    from cellseg.models import load_model
 
     weights = [1.0] * len(paths) if not weights else [float(w) for w in weights]
     if len(weights) != len(paths):

@@ -4,61 +4,86 @@ A *family* (``"unet"``, ``"maskrcnn"``, ``"promptseg"``) bundles what training a
 to know about one kind of model. Families are plain objects in the dict
 ``cellseg.models.FAMILIES``; ``get_family(name)`` raises a KeyError listing the valid names.
 
-Conventions shared by all families:
-- Input images are 8-bit grayscale (H, W). ``preprocess`` turns a batch of them into the float
-  tensor the network eats, (B, C, H, W) float32, using the normalisation in the model's spec
-  (``model.spec.norm``: dict with ``mean``, ``std`` (0-255 scale) and ``in_channels``), so a
-  checkpoint alone is enough to predict.
+What every family provides (``ModelFamily``), and what each kind adds:
+
+- ``args_type``: the frozen dataclass of its build arguments (``cellseg.models.args``), declared
+  once. ``build(args)`` and ``target_spec(args)`` take one (or a mapping / keyword arguments of
+  its fields, typed through it); the config loader types ``model.args`` with it.
 - ``build`` returns the network with ``model.spec``, a frozen ``ModelSpec`` (family, the build
-  arguments without weight files, norm, class map, output names), set by ``attach_spec``. Checkpoints
-  store ``spec.to_dict()`` under ``"spec"`` and ``cellseg.checkpoint.load_model`` rebuilds from it.
-- Targets are built in data-loader workers by ``make_target`` from the augmented image and its
-  instance masks, so the main process never decodes masks.
-- ``kind == "dense"``: the network predicts per-pixel maps; inference stitches tiles of
-  ``predict_dense`` output and calls ``decode`` ONCE on the stitched (K, H, W) map.
-  ``kind == "instances"``: the network predicts instances per tile (``predict_instances``) and
-  inference merges them across seams.
+  arguments without weight files, norm, class map, output names), set by ``attach_spec``.
+  Checkpoints store ``spec.to_dict()`` under ``"spec"`` and
+  ``cellseg.models.load_model`` rebuilds from it.
+- ``target_spec`` tells the data pipeline which training target to build
+  (``cellseg.data.targets.TargetSpec``); data-loader workers build it from the augmented image
+  and its instances, so the main process never decodes masks.
+- Input images are 8-bit grayscale (H, W). ``preprocess`` turns a batch of them into the float
+  tensor the network eats, (B, C, H, W) float32, using ``model.spec.norm`` (``mean``, ``std`` on
+  the 0-255 scale, ``in_channels``), so a checkpoint alone is enough to predict.
+- ``kind == "dense"`` (``DenseFamily``): the network predicts per-pixel maps; inference stitches
+  tiles of ``predict_dense`` output and calls ``decode`` ONCE on the stitched (K, H, W) map.
+  ``kind == "instances"`` (``InstanceFamily``): the network predicts instances per tile
+  (``predict_instances``) and inference merges them across seams.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
 from cellseg.core.instances import Instances
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from cellseg.data.targets import TargetSpec
+    from cellseg.models.args import BuildArgs
+
 
 class ModelFamily(Protocol):
+    """What training and inference call on every family."""
+
     name: str
     kind: Literal["dense", "instances"]
+    args_type: type["BuildArgs"]
 
-    def build(self, **kwargs: Any) -> "torch.nn.Module":  # noqa: F821
-        """Build the network from explicit keyword arguments (never downloads weights)."""
+    def build(self, args: "BuildArgs | Mapping[str, Any] | None" = None, /,
+              **kwargs: Any) -> "torch.nn.Module":
+        """The network from its build arguments, ``model.spec`` attached (never downloads
+        weights: pretrained names resolve through the local caches)."""
 
-    def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
+    def target_spec(self, args: "BuildArgs | Mapping[str, Any] | None" = None, /,
+                    **kwargs: Any) -> "TargetSpec":
+        """The training target the data pipeline builds for a network of these arguments."""
+
+    def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":
         """(B, H, W) uint8 -> (B, C, H, W) float32 tensor on the model's device."""
 
-    def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """Training target of one image from (N, H, W) bool masks and (N,) int64 class labels."""
-
-    def collate(self, samples: Sequence[tuple["torch.Tensor", dict]]) -> tuple[Any, Any]:  # noqa: F821
+    def collate(self, samples: Sequence[tuple["torch.Tensor", dict]]) -> tuple[Any, Any]:
         """Stack (image (C, H, W) float32, target) samples into a batch for ``loss``."""
 
-    def loss(self, model: "torch.nn.Module", images: Any, targets: Any) -> dict[str, "torch.Tensor"]:  # noqa: F821
+    def loss(self, model: "torch.nn.Module", images: Any, targets: Any
+             ) -> dict[str, "torch.Tensor"]:
         """Training losses; key ``"loss"`` is the total that is back-propagated."""
 
-    # dense families
-    def predict_dense(self, model: "torch.nn.Module", images: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+
+class DenseFamily(ModelFamily, Protocol):
+    """``kind == "dense"``: per-pixel maps, decoded once per stitched image."""
+
+    def predict_dense(self, model: "torch.nn.Module", images: "torch.Tensor") -> "torch.Tensor":
         """(B, C, H, W) preprocessed -> (B, K, H, W) float32 maps in [0, 1]."""
 
     def decode(self, dense: np.ndarray, **params: Any) -> Instances:
         """(K, H, W) float32 stitched maps -> instances of one image (pure numpy)."""
 
-    # instance families
-    def predict_instances(self, model: "torch.nn.Module", images: "torch.Tensor") -> list[Instances]:  # noqa: F821
+
+class InstanceFamily(ModelFamily, Protocol):
+    """``kind == "instances"``: instances per tile."""
+
+    def predict_instances(self, model: "torch.nn.Module", images: "torch.Tensor"
+                          ) -> list[Instances]:
         """(B, C, H, W) preprocessed -> one ``Instances`` per image (before postprocessing)."""
 
 
@@ -76,8 +101,9 @@ class ModelSpec:
     """What a built network is: everything that rebuilds it and feeds it, apart from its weights.
 
     family: the family name (``cellseg.models.FAMILIES``).
-    args: keyword arguments of ``family.build`` that rebuild the architecture WITHOUT any weight
-        file (weight names/files set to None; ``pretrained_origin`` records where they came from).
+    args: the family's build arguments (its ``args_type``) as plain types, which rebuild the
+        architecture WITHOUT any weight file (weight names/files set to None;
+        ``pretrained_origin`` records where they came from).
     norm: ``{"mean": [C floats], "std": [C floats], "in_channels": C}`` on the 0-255 scale, used by
         ``preprocess`` and the data set.
     class_map: cell type -> class index of a per-cell-type head; None when class-agnostic.

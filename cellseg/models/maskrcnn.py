@@ -31,15 +31,15 @@ Choices (see FACTS sections 4-5):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.data.targets import TargetSpec, crops_from_masks, masks_from_layers
+from cellseg.data.targets import TargetSpec, masks_from_layers
 from cellseg.core.instances import Instances
+from cellseg.models.args import MaskRCNNArgs
 from cellseg.models.base import ModelSpec, attach_spec
 
-DEFAULT_ANCHORS: tuple[tuple[int, ...], ...] = ((4, 6), (9, 13), (17, 24), (31, 45), (64, 127))
 _RESNET_WIDTH = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256, "resnet152": 256}
 
 
@@ -171,6 +171,68 @@ def load_detection_weights(model: "torch.nn.Module", state: Mapping[str, Any], *
     return sorted(fixed), reinit
 
 
+def _anchor_generator(a: MaskRCNNArgs) -> "torch.nn.Module":  # noqa: F821
+    """Anchors of ``a.anchor_sizes`` (original pixels) scaled by ``a.input_scale``, every
+    aspect ratio on each of the 5 FPN levels."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    scale = 1.0 if a.input_scale is None else float(a.input_scale)
+    return AnchorGenerator(tuple(tuple(s * scale for s in level) for level in a.anchor_sizes),
+                           (tuple(a.aspect_ratios),) * 5)
+
+
+def _heads(a: MaskRCNNArgs, anchors_per_location: int) -> dict[str, "torch.nn.Module"]:  # noqa: F821
+    """RPN head, box head + predictor and mask head + predictor of the ``a.heads`` layout
+    (created in this order, so a fixed seed gives the same initial weights)."""
+    import torch
+    from torchvision.models.detection.faster_rcnn import (FastRCNNConvFCHead, FastRCNNPredictor,
+                                                          TwoMLPHead)
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.models.detection.rpn import RPNHead
+
+    c, bn = a.fpn_channels, torch.nn.BatchNorm2d
+    if a.heads == "v1":
+        rpn_head = RPNHead(c, anchors_per_location)
+        box_head = TwoMLPHead(c * 7 * 7, a.box_head_dim)
+        mask_head = MaskRCNNHeads(c, [a.mask_head_channels] * 4, 1)
+    else:
+        rpn_head = RPNHead(c, anchors_per_location, conv_depth=2)
+        box_head = FastRCNNConvFCHead((c, 7, 7), [c] * 4, [a.box_head_dim], norm_layer=bn)
+        mask_head = MaskRCNNHeads(c, [a.mask_head_channels] * 4, 1, norm_layer=bn)
+    n = a.num_classes + 1  # + background
+    return {"rpn_head": rpn_head, "box_head": box_head, "mask_head": mask_head,
+            "box_predictor": FastRCNNPredictor(a.box_head_dim, n),
+            "mask_predictor": MaskRCNNPredictor(a.mask_head_channels, a.mask_head_channels, n)}
+
+
+def _detection_settings(a: MaskRCNNArgs) -> dict[str, Any]:
+    """The proposal / detection counts and thresholds, as torchvision's ``MaskRCNN`` names them."""
+    return {"box_detections_per_img": a.detections_per_img,
+            "box_score_thresh": a.box_score_thresh, "box_nms_thresh": a.box_nms_thresh,
+            "box_batch_size_per_image": a.box_batch_size_per_image,
+            "rpn_pre_nms_top_n_train": a.rpn_pre_nms_top_n_train,
+            "rpn_post_nms_top_n_train": a.rpn_post_nms_top_n_train,
+            "rpn_pre_nms_top_n_test": a.rpn_pre_nms_top_n_test,
+            "rpn_post_nms_top_n_test": a.rpn_post_nms_top_n_test,
+            "rpn_batch_size_per_image": a.rpn_batch_size_per_image,
+            "rpn_nms_thresh": a.rpn_nms_thresh}
+
+
+def _load_coco_start(model: "torch.nn.Module", a: MaskRCNNArgs,  # noqa: F821
+                     anchor_sizes: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Load ``a.weights`` (torchvision's COCO model or a local file) into ``model``; returns the
+    ``pretrained_origin`` record. The RPN outputs load only when the anchors equal COCO's."""
+    from cellseg.models.pretrained import coco_source, resolve
+
+    coco_anchors = (tuple(tuple(lv) for lv in anchor_sizes)
+                    == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
+                    and tuple(a.aspect_ratios) == (0.5, 1.0, 2.0))
+    state, record = resolve(a.weights, lambda name: coco_source(name, a.heads))
+    loaded, reinit = load_detection_weights(model, state, same_anchors=coco_anchors,
+                                            what=f"Mask R-CNN weights {a.weights}")
+    return {**record, "into": "model", "tensors": len(loaded), "reinitialised": reinit}
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskRCNNFamily:
     """The Mask R-CNN family; ``mask_threshold`` binarises the pasted mask probabilities and
@@ -181,27 +243,14 @@ class MaskRCNNFamily:
     name: str = "maskrcnn"
     kind: Literal["dense", "instances"] = "instances"
 
-    # ----------------------------------------------------------------------------- network
-    def build(self, *, backbone: str = "resnet50", heads: str = "v1",
-              weights: str | None = None, backbone_weights: str | None = None,
-              trainable_backbone_layers: int | None = None, frozen_bn: bool | None = None,
-              in_channels: int = 3, num_classes: int = 1, class_per_cell_type: bool = False,
-              cell_types: Sequence[str] = ("shsy5y", "astro", "cort"), fpn_channels: int = 256,
-              box_head_dim: int = 1024, mask_head_channels: int = 256,
-              anchor_sizes: Sequence[Sequence[float]] = DEFAULT_ANCHORS,
-              aspect_ratios: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
-              input_scale: float | None = 1.0, min_size: int = 800, max_size: int = 1333,
-              detections_per_img: int = 2000, box_score_thresh: float = 0.05,
-              box_nms_thresh: float = 0.5, box_batch_size_per_image: int = 512,
-              rpn_pre_nms_top_n_train: int = 4000, rpn_post_nms_top_n_train: int = 2000,
-              rpn_pre_nms_top_n_test: int = 6000, rpn_post_nms_top_n_test: int = 3000,
-              rpn_batch_size_per_image: int = 256, rpn_nms_thresh: float = 0.7,
-              norm: str | Mapping[str, Any] = "imagenet",
-              pretrained_origin: Sequence[Mapping[str, Any]] | None = None
-              ) -> "torch.nn.Module":  # noqa: F821
-        """torchvision ``MaskRCNN`` on a ResNet-FPN; every argument is explicit.
+    args_type: ClassVar[type[MaskRCNNArgs]] = MaskRCNNArgs
 
-        backbone: "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152".
+    # ----------------------------------------------------------------------------- network
+    def build(self, args: MaskRCNNArgs | Mapping[str, Any] | None = None, /,
+              **kwargs: Any) -> "torch.nn.Module":  # noqa: F821
+        """torchvision ``MaskRCNN`` on a ResNet-FPN from ``MaskRCNNArgs`` (or a mapping /
+        keyword arguments of its fields; ``cellseg.models.args``).
+
         heads: "v1" (torchvision maskrcnn_resnet50_fpn: 2-fc box head, plain mask head) or "v2"
             (maskrcnn_resnet50_fpn_v2 design: BatchNorm in FPN and heads, 2-conv RPN head, 4-conv
             + 1-fc box head; stronger, slower).
@@ -209,115 +258,35 @@ class MaskRCNNFamily:
             torchvision Mask R-CNN state file; the class predictors (and the RPN outputs when the
             anchors differ from COCO's) stay re-initialised: ``load_detection_weights``.
         backbone_weights: "imagenet" (torchvision ResNet IMAGENET1K_V1; or a member name such as
-            "IMAGENET1K_V2") or a LOCAL file for the ResNet body (None = random init). Use either
-            ``weights`` or ``backbone_weights``. Pair pretrained weights with ``norm="imagenet"``.
-        trainable_backbone_layers: 0-5; default 5 without weights, 3 with.
-        frozen_bn: FrozenBatchNorm in the body; default: only with pretrained weights.
-        pretrained_origin: where the weights came from (filled in by ``build``); informational.
-        num_classes: cell classes; background is added internally. Ignored (set to
-            ``len(cell_types)``) when ``class_per_cell_type``: then class i is ``cell_types[i]``
-            and ``model.spec.class_map`` maps cell type -> class for the data set.
-        anchor_sizes: per FPN level (5), in original-image pixels; each level the same count.
-        input_scale: fixed upscale factor (None = torchvision min_size/max_size resizing).
+            "IMAGENET1K_V2") or a LOCAL file for the ResNet body. Pair pretrained weights with
+            ``norm="imagenet"``. The spec stores both as None and records them in
+            ``pretrained_origin``.
         """
-        import torch
-        from torchvision.models.detection.anchor_utils import AnchorGenerator
-        from torchvision.models.detection.faster_rcnn import (FastRCNNConvFCHead,
-                                                              FastRCNNPredictor, TwoMLPHead)
-        from torchvision.models.detection.mask_rcnn import (MaskRCNN, MaskRCNNHeads,
-                                                            MaskRCNNPredictor)
-        from torchvision.models.detection.rpn import RPNHead
+        from torchvision.models.detection.mask_rcnn import MaskRCNN
 
         from cellseg.data.transforms import resolve_norm
 
-        if heads not in ("v1", "v2"):
-            raise ValueError(f"heads must be 'v1' or 'v2', got {heads!r}")
-        if class_per_cell_type:
-            cell_types = [str(t) for t in cell_types]
-            if not cell_types or len(set(t.lower() for t in cell_types)) != len(cell_types):
-                raise ValueError(f"cell_types must be distinct names, got {cell_types}")
-            num_classes = len(cell_types)
-        if num_classes < 1:
-            raise ValueError(f"num_classes counts cell classes and must be >= 1, got {num_classes}")
-        anchor_sizes = [tuple(float(s) for s in level) for level in anchor_sizes]
-        if len(anchor_sizes) != 5 or len({len(level) for level in anchor_sizes}) != 1:
-            raise ValueError("anchor_sizes needs 5 levels (FPN P2-P6) with the same number of sizes "
-                             f"each, got {anchor_sizes}")
-        if input_scale is not None and input_scale <= 0:
-            raise ValueError(f"input_scale must be positive, got {input_scale}")
-        if weights is not None and backbone_weights is not None:
-            raise ValueError("set Mask R-CNN weights (whole model, e.g. coco) OR backbone_weights "
-                             f"(ResNet body only), not both: got {weights!r} and {backbone_weights!r}")
-        pretrained = weights is not None or backbone_weights is not None
-        if trainable_backbone_layers is None:
-            trainable_backbone_layers = 3 if pretrained else 5
-        if frozen_bn is None:
-            frozen_bn = pretrained
-        fpn, body_origin = _resnet_fpn(backbone, in_channels=in_channels, fpn_channels=fpn_channels,
-                          trainable_layers=trainable_backbone_layers, frozen_bn=frozen_bn,
-                          weights=backbone_weights, fpn_norm=heads == "v2")
-        scale = 1.0 if input_scale is None else float(input_scale)
-        anchors = AnchorGenerator(tuple(tuple(s * scale for s in level) for level in anchor_sizes),
-                                  (tuple(float(r) for r in aspect_ratios),) * 5)
-        bn = torch.nn.BatchNorm2d
-        if heads == "v1":
-            rpn_head = RPNHead(fpn_channels, anchors.num_anchors_per_location()[0])
-            box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_dim)
-            mask_head = MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1)
-        else:
-            rpn_head = RPNHead(fpn_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
-            box_head = FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * 4, [box_head_dim],
-                                          norm_layer=bn)
-            mask_head = MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1, norm_layer=bn)
-        model = MaskRCNN(
-            fpn, num_classes=None, rpn_anchor_generator=anchors, rpn_head=rpn_head,
-            box_head=box_head,
-            box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1),
-            mask_head=mask_head,
-            mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes + 1),
-            box_detections_per_img=detections_per_img, box_score_thresh=box_score_thresh,
-            box_nms_thresh=box_nms_thresh, box_batch_size_per_image=box_batch_size_per_image,
-            rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-            rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
-            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-            rpn_batch_size_per_image=rpn_batch_size_per_image, rpn_nms_thresh=rpn_nms_thresh)
-        origin = [dict(o) for o in pretrained_origin or []]
+        a = MaskRCNNArgs.parse(args, **kwargs).resolved()
+        fpn, body_origin = _resnet_fpn(a.backbone, in_channels=a.in_channels,
+                                       fpn_channels=a.fpn_channels,
+                                       trainable_layers=a.trainable_backbone_layers,
+                                       frozen_bn=a.frozen_bn, weights=a.backbone_weights,
+                                       fpn_norm=a.heads == "v2")
+        anchors = _anchor_generator(a)
+        model = MaskRCNN(fpn, num_classes=None, rpn_anchor_generator=anchors,
+                         **_heads(a, anchors.num_anchors_per_location()[0]),
+                         **_detection_settings(a))
+        origin = [dict(o) for o in a.pretrained_origin]
         if body_origin is not None:
             origin.append(body_origin)
-        if weights is not None:
-            from cellseg.models.pretrained import coco_source, resolve
-
-            coco_anchors = (tuple(tuple(lv) for lv in anchors.sizes)
-                            == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
-                            and tuple(aspect_ratios) == (0.5, 1.0, 2.0))
-            state, record = resolve(weights, lambda name: coco_source(name, heads))
-            loaded, reinit = load_detection_weights(model, state, same_anchors=coco_anchors,
-                                                    what=f"Mask R-CNN weights {weights}")
-            origin.append({**record, "into": "model", "tensors": len(loaded),
-                           "reinitialised": reinit})
-        model.transform = _cell_transform_class()(input_scale, min_size, max_size, in_channels)
-        norm = resolve_norm(norm, in_channels)
-        class_map = {t: i for i, t in enumerate(cell_types)} if class_per_cell_type else None
-        args = {
-            "backbone": backbone, "heads": heads, "weights": None, "backbone_weights": None,
-            "trainable_backbone_layers": trainable_backbone_layers, "frozen_bn": frozen_bn,
-            "in_channels": in_channels, "num_classes": num_classes,
-            "class_per_cell_type": class_per_cell_type, "cell_types": list(cell_types),
-            "fpn_channels": fpn_channels,
-            "box_head_dim": box_head_dim, "mask_head_channels": mask_head_channels,
-            "anchor_sizes": [list(level) for level in anchor_sizes],
-            "aspect_ratios": [float(r) for r in aspect_ratios], "input_scale": input_scale,
-            "min_size": min_size, "max_size": max_size, "detections_per_img": detections_per_img,
-            "box_score_thresh": box_score_thresh, "box_nms_thresh": box_nms_thresh,
-            "box_batch_size_per_image": box_batch_size_per_image,
-            "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
-            "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
-            "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
-            "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
-            "rpn_batch_size_per_image": rpn_batch_size_per_image, "rpn_nms_thresh": rpn_nms_thresh,
-            "norm": norm, "pretrained_origin": origin}
-        return attach_spec(model, ModelSpec(self.name, args, norm, class_map=class_map))
+        if a.weights is not None:
+            origin.append(_load_coco_start(model, a, anchors.sizes))
+        model.transform = _cell_transform_class()(a.input_scale, a.min_size, a.max_size,
+                                                  a.in_channels)
+        norm = resolve_norm(a.norm, a.in_channels)
+        spec_args = dataclasses.replace(a.without_weights(origin), norm=norm)
+        return attach_spec(model, ModelSpec(self.name, spec_args.to_dict(), norm,
+                                            class_map=a.class_map))
 
     def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
         """(B, H, W) uint8 -> (B, C, H, W) float32 on the model's device, normalised."""
@@ -326,38 +295,18 @@ class MaskRCNNFamily:
         return normalise_batch(images, model.spec.norm, _device(model))
 
     # ----------------------------------------------------------------------------- training
-    def target_spec(self, *, in_channels: int = 3, norm: str | Mapping[str, Any] = "imagenet",
-                    class_per_cell_type: bool = False,
-                    cell_types: Sequence[str] = ("shsy5y", "astro", "cort"),
-                    **_build_args: Any) -> TargetSpec:
-        """What the data pipeline builds for this family, from the ``build`` arguments: boxes,
-        labels + 1 and masks as label layers (expanded on the device in ``loss``)."""
+    def target_spec(self, args: MaskRCNNArgs | Mapping[str, Any] | None = None, /,
+                    **kwargs: Any) -> TargetSpec:
+        """What the data pipeline builds for this family, from the build arguments: boxes,
+        labels + 1 and masks as label layers (expanded on the device in ``loss``); masks under
+        ``min_mask_area`` pixels are dropped."""
         from cellseg.data.transforms import resolve_norm
 
-        cmap = (tuple((str(t), i) for i, t in enumerate(cell_types)) if class_per_cell_type
-                else None)
-        return TargetSpec.with_norm(resolve_norm(norm, in_channels), kind="instances",
+        a = MaskRCNNArgs.parse(args, **kwargs)
+        cmap = tuple(a.class_map.items()) if a.class_map is not None else None
+        return TargetSpec.with_norm(resolve_norm(a.norm, a.in_channels), kind="instances",
                                     min_mask_area=self.min_mask_area, mask_format="layers",
                                     label_offset=1, class_map=cmap)
-
-    def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """(N, H, W) bool masks, (N,) class labels -> torchvision target {"boxes": (M, 4) float32
-        x0, y0, x1, y1 (exclusive upper bounds), "labels": (M,) int64 = class + 1, "masks":
-        (M, H, W) uint8}; masks with fewer than ``min_mask_area`` pixels are dropped."""
-        import torch
-
-        masks = np.asarray(masks, dtype=bool)
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        if masks.ndim != 3 or len(labels) != len(masks):
-            raise ValueError(f"make_target expects (N, H, W) masks and (N,) labels, got "
-                             f"{masks.shape} and {labels.shape}")
-        crops = crops_from_masks(masks)
-        boxes = np.array([b for b, _ in crops], np.float32).reshape(-1, 4)
-        areas = np.array([int(c.sum()) for _, c in crops], np.int64)
-        keep = areas >= max(self.min_mask_area, 1)
-        return {"boxes": torch.from_numpy(boxes[keep]),
-                "labels": torch.from_numpy(labels[keep] + 1),
-                "masks": torch.from_numpy(masks[keep].view(np.uint8))}
 
     def collate(self, samples: Sequence[tuple["torch.Tensor", dict]]) -> tuple[Any, Any]:  # noqa: F821
         """-> (list of (C, H, W) images, list of target dicts); sizes may differ."""

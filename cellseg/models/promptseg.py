@@ -37,8 +37,9 @@ Masks go back to image pixels through
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cellseg.core.instances import Instances
-from cellseg.core.masks import mask_boxes
+from cellseg.models.args import PromptSegArgs
 from cellseg.models.base import ModelSpec, attach_spec
 from cellseg.models.paste import paste_masks
 from cellseg.models.promptseg_crop import CropDecoder, stability_score  # noqa: F401 (API)
@@ -128,21 +129,21 @@ class PromptSegModel(nn.Module):
     """Mask decoder (+ optional frozen detector) and the settings that turn its output into
     instances. Build it with ``FAMILY.build``; attributes are documented there."""
 
-    def __init__(self, decoder: nn.Module, *, margin: float, min_region: float,
-                 jitter: float, max_train_instances: int, mask_threshold: float,
-                 stability_offset: float, iou_weight: float, neighbour_weight: float, decode_chunk: int | None,
-                 detector: nn.Module | None = None, detector_family: str = "maskrcnn") -> None:
+    def __init__(self, decoder: nn.Module, settings: PromptSegArgs,
+                 detector: nn.Module | None = None) -> None:
         super().__init__()
         self.decoder = decoder
         self.detector = detector
         if detector is not None:
             detector.requires_grad_(False)  # stage 1 is trained by its own family
-        self.detector_family = detector_family
-        self.margin, self.min_region, self.jitter = float(margin), float(min_region), float(jitter)
-        self.max_train_instances = int(max_train_instances)
-        self.mask_threshold, self.stability_offset = float(mask_threshold), float(stability_offset)
-        self.iou_weight, self.neighbour_weight = float(iou_weight), float(neighbour_weight)
-        self.decode_chunk = decode_chunk
+        s = settings
+        self.detector_family = s.detector_family
+        self.margin, self.min_region, self.jitter = float(s.margin), float(s.min_region), float(s.jitter)
+        self.max_train_instances = int(s.max_train_instances)
+        self.mask_threshold, self.stability_offset = float(s.mask_threshold), float(s.stability_offset)
+        self.iou_weight, self.neighbour_weight = float(s.iou_weight), float(s.neighbour_weight)
+        self.decode_chunk = s.decode_chunk
+
 
     def train(self, mode: bool = True) -> "PromptSegModel":
         super().train(mode)
@@ -166,23 +167,43 @@ def _check_images(images: torch.Tensor) -> None:
                          f"(use FAMILY.preprocess), got {getattr(images, 'shape', type(images))}")
 
 
+def _build_decoder(a: PromptSegArgs) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The mask decoder of ``a.decoder`` and the SAM sizes it was built with (None for "crop")."""
+    if a.decoder == "crop":
+        return CropDecoder(in_channels=a.in_channels, crop_size=a.crop_size,
+                           base_channels=a.base_channels, levels=a.levels,
+                           out_channels=2 if a.neighbours else 1), a.sam
+    from cellseg.models.promptseg_sam import SamPromptDecoder, sam_sizes
+
+    sam = sam_sizes(a.sam_checkpoint, a.sam)
+    return SamPromptDecoder(mean=a.mean, std=a.std, crop_size=a.crop_size,
+                            checkpoint=a.sam_checkpoint, **sam), sam
+
+
+def _build_detector(a: PromptSegArgs) -> nn.Module | None:
+    """The frozen box source: loaded from ``a.detector_checkpoint``, built from ``a.detector``,
+    or None (prompts then come from ``predict_with_boxes``)."""
+    if a.detector_checkpoint:
+        return _load_detector(a.detector_checkpoint)
+    if a.detector is not None:
+        from cellseg.models.maskrcnn import FAMILY as MASKRCNN
+
+        return MASKRCNN.build(a.detector)
+    return None
+
+
 class PromptSegFamily:
     """The ``promptseg`` model family (contract: ``cellseg/models/base.py``)."""
 
     name = "promptseg"
     kind: Literal["instances"] = "instances"
 
-    def build(self, *, decoder: Literal["crop", "sam"] = "crop", in_channels: int = 1,
-              mean: float = 128.0, std: float = 13.0, crop_size: int = 128, margin: float = 0.25,
-              min_region: float = 8.0, neighbours: bool = True, base_channels: int = 32,
-              levels: int = 3, sam: dict[str, Any] | None = None, sam_checkpoint: str | None = None,
-              detector: dict[str, Any] | None = None, detector_checkpoint: str | None = None,
-              detector_family: str = "maskrcnn", jitter: float = 0.1,
-              max_train_instances: int = 64, mask_threshold: float = 0.5,
-              stability_offset: float = 1.0, iou_weight: float = 1.0, neighbour_weight: float = 0.5,
-              decode_chunk: int | None = 256,
-              pretrained_origin: Sequence[Mapping[str, Any]] | None = None) -> PromptSegModel:
-        """Build a promptseg model.
+    args_type: ClassVar[type[PromptSegArgs]] = PromptSegArgs
+
+    def build(self, args: PromptSegArgs | Mapping[str, Any] | None = None, /,
+              **kwargs: Any) -> PromptSegModel:
+        """Build a promptseg model from ``PromptSegArgs`` (or a mapping / keyword arguments of its
+        fields; ``cellseg.models.args``).
 
         decoder: "crop" (UNet on roi crops; ``base_channels``, ``levels``, ``neighbours`` adds the
             neighbour channel) or "sam" (``sam``: ``SamPromptDecoder`` size kwargs, e.g.
@@ -191,8 +212,9 @@ class PromptSegFamily:
         mean, std: input normalisation on the 0-255 scale; in_channels: gray repeated C times.
         crop_size: S of the (S, S) mask crops; margin: context added around each box (fraction of
             its size per side); min_region: smallest region side in pixels.
-        detector / detector_checkpoint: the box source, a ``detector_family`` model built from
-            kwargs, or loaded (architecture + weights) from a cellseg checkpoint; frozen.
+        detector / detector_checkpoint: the box source, a Mask R-CNN built from its args
+            (``MaskRCNNArgs``), or loaded (architecture + weights) from a cellseg checkpoint;
+            frozen.
         jitter: box noise (fraction of the box side) in training; max_train_instances: cells per
             image per step; iou_weight / neighbour_weight: loss weights.
         mask_threshold: pasted probability above which a pixel is in the mask;
@@ -200,49 +222,23 @@ class PromptSegFamily:
         decode_chunk: boxes per decoder call (bounds memory; None: all boxes of the batch at once).
         Rescoring and the pred_iou / stability filters are inference settings
         (``InferenceConfig.rescore``, ``TypeThresholds.min_pred_iou`` / ``min_stability``).
-        pretrained_origin: where SAM's weights came from (filled in by ``build``); informational.
         """
         from cellseg.data.transforms import resolve_norm
 
-        norm = resolve_norm({"mean": float(mean), "std": float(std)}, in_channels)
-        if decoder == "crop":
-            dec: nn.Module = CropDecoder(in_channels=in_channels, crop_size=crop_size,
-                                         base_channels=base_channels, levels=levels,
-                                         out_channels=2 if neighbours else 1)
-        elif decoder == "sam":
-            from cellseg.models.promptseg_sam import SamPromptDecoder, sam_sizes
-
-            sam = sam_sizes(sam_checkpoint, sam)
-            dec = SamPromptDecoder(mean=mean, std=std, crop_size=crop_size,
-                                   checkpoint=sam_checkpoint, **sam)
-        else:
-            raise ValueError(f"promptseg decoder={decoder!r}; valid: 'crop', 'sam'")
-        det = None
-        if detector_checkpoint:
-            det = _load_detector(detector_checkpoint, detector_family)
-        elif detector is not None:
-            from cellseg.models import get_family
-
-            det = get_family(detector_family).build(**dict(detector))
-        model = PromptSegModel(dec, margin=margin, min_region=min_region, jitter=jitter,
-                               max_train_instances=max_train_instances,
-                               mask_threshold=mask_threshold, stability_offset=stability_offset,
-                               iou_weight=iou_weight,
-                               neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
-                               detector=det, detector_family=detector_family)
+        a = PromptSegArgs.parse(args, **kwargs)
+        norm = resolve_norm({"mean": float(a.mean), "std": float(a.std)}, a.in_channels)
+        dec, sam = _build_decoder(a)
+        det = _build_detector(a)
+        model = PromptSegModel(dec, a, detector=det)
         # Arguments that rebuild this model WITHOUT the external files: the weights of SAM and of
         # the detector live in this model's state_dict, so a saved checkpoint needs no other file.
-        args = dict(decoder=decoder, in_channels=in_channels, mean=mean, std=std,
-                    crop_size=crop_size, margin=margin, min_region=min_region,
-                    neighbours=neighbours, base_channels=base_channels, levels=levels, sam=sam,
-                    detector=dict(det.spec.args) if det is not None else None,
-                    detector_family=detector_family, jitter=jitter,
-                    max_train_instances=max_train_instances, mask_threshold=mask_threshold,
-                    stability_offset=stability_offset, iou_weight=iou_weight,
-                    neighbour_weight=neighbour_weight, decode_chunk=decode_chunk,
-                    pretrained_origin=[dict(o) for o in pretrained_origin or []]
-                    + ([dec.pretrained_origin] if getattr(dec, "pretrained_origin", None) else []))
-        return attach_spec(model, ModelSpec(self.name, args, norm))
+        origin = [dict(o) for o in a.pretrained_origin]
+        if getattr(dec, "pretrained_origin", None):
+            origin.append(dec.pretrained_origin)
+        spec_args = dataclasses.replace(
+            a.without_weights(origin), sam=sam,
+            detector=dict(det.spec.args) if det is not None else None)
+        return attach_spec(model, ModelSpec(self.name, spec_args.to_dict(), norm))
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -252,27 +248,15 @@ class PromptSegFamily:
 
         return normalise_batch(images, model.spec.norm, next(model.parameters()).device)
 
-    def target_spec(self, *, in_channels: int = 1, mean: float = 128.0, std: float = 13.0,
-                    **_build_args: Any) -> "TargetSpec":
-        """What the data pipeline builds for this family, from the ``build`` arguments."""
+    def target_spec(self, args: PromptSegArgs | Mapping[str, Any] | None = None, /,
+                    **kwargs: Any) -> "TargetSpec":
+        """What the data pipeline builds for this family (full masks), from the build arguments."""
         from cellseg.data.targets import TargetSpec
         from cellseg.data.transforms import resolve_norm
 
-        norm = resolve_norm({"mean": float(mean), "std": float(std)}, in_channels)
+        a = PromptSegArgs.parse(args, **kwargs)
+        norm = resolve_norm({"mean": float(a.mean), "std": float(a.std)}, a.in_channels)
         return TargetSpec.with_norm(norm, kind="instances", mask_format="full")
-
-    def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """(N, H, W) bool masks -> {"boxes": (M, 4) float32 tight boxes (x1, y1 exclusive),
-        "masks": (M, H, W) uint8, "labels": (M,) int64}; empty masks (cut away by a crop) dropped."""
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 3:
-            raise ValueError(f"make_target expects (N, H, W) masks, got shape {masks.shape}")
-        boxes = mask_boxes(masks)
-        keep = boxes[:, 2] > 0  # x1 > 0 exactly when the mask has a pixel
-        boxes, masks = boxes[keep].astype(np.float32), masks[keep]
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)[keep]
-        return {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
-                "masks": torch.from_numpy(masks.astype(np.uint8))}
 
     def collate(self, samples: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
         """Stack images (zero-padded at the bottom/right to the largest) and list the targets."""
@@ -365,14 +349,17 @@ class PromptSegFamily:
         if len(bx) != len(images):
             raise ValueError(f"predict_with_boxes got {len(bx)} box arrays for {len(images)} images")
         rg = [model.regions(b) for b in bx]
-        logits, ious = self.decode(model, images, bx, rg)
+        logits, ious = self.decode_boxes(model, images, bx, rg)
         return self.to_instances(model, logits, ious, rg, (h, w), scores, labels)
 
     @torch.no_grad()
-    def decode(self, model: PromptSegModel, images: torch.Tensor, boxes: Sequence[torch.Tensor],
-               regions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder outputs for all boxes of the batch, ``decode_chunk`` boxes per call (batched,
-        bounded memory): cell logits (N, S, S) float32 and raw predicted IoU (N,), images in order."""
+    def decode_boxes(self, model: PromptSegModel, images: torch.Tensor,
+                     boxes: Sequence[torch.Tensor], regions: Sequence[torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask decoder on box prompts (a network call, unlike a dense family's ``decode``):
+        images (B, C, H, W) preprocessed, B boxes / regions tensors (N_b, 4) -> cell logits
+        (N, S, S) float32 and raw predicted IoU (N,), N = sum N_b, images in order;
+        ``decode_chunk`` boxes per call (batched, bounded memory)."""
         flat = [(i, k) for i, b in enumerate(boxes) for k in range(len(b))]
         chunk = model.decode_chunk or max(len(flat), 1)
         logits_parts, iou_parts = [], []
@@ -433,9 +420,6 @@ class PromptSegFamily:
             raise ValueError("this promptseg model has no detector to make box prompts: build it "
                              "with detector={...maskrcnn args...} or detector_checkpoint=<path of a "
                              "trained maskrcnn checkpoint>, or call predict_with_boxes with boxes")
-        from cellseg.models import get_family
-
-        fam = get_family(model.detector_family)
         # re-normalise the tensor for the detector in place of a uint8 round trip (host copy,
         # rounding, and the detector's preprocess normalising it again): one affine map on the
         # device, raw = x * std + mean, then (raw - mean_d) / std_d per detector channel
@@ -444,9 +428,7 @@ class PromptSegFamily:
         mean_d = torch.tensor(det_norm["mean"], dtype=raw.dtype, device=raw.device)
         std_d = torch.tensor(det_norm["std"], dtype=raw.dtype, device=raw.device)
         det_in = (raw - mean_d[None, :, None, None]) / std_d[None, :, None, None]
-        if hasattr(model.detector, "roi_heads") and hasattr(model.detector, "transform"):
-            return _torchvision_boxes(model.detector, det_in)
-        return fam.predict_instances(model.detector, det_in)
+        return _torchvision_boxes(model.detector, det_in)
 
     def predict_instances(self, model: PromptSegModel, images: torch.Tensor) -> list[Instances]:
         """(B, C, H, W) preprocessed -> detector boxes -> one ``Instances`` per image."""
@@ -488,18 +470,17 @@ def _torchvision_boxes(detector: nn.Module, images: torch.Tensor) -> list[Instan
     return results
 
 
-def _load_detector(path: str, family: str) -> nn.Module:
-    """The detector network (architecture and weights) from a cellseg checkpoint."""
+def _load_detector(path: str) -> nn.Module:
+    """The Mask R-CNN detector (architecture and weights) from a cellseg checkpoint, frozen."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"detector checkpoint {path} does not exist: train one with "
-                                f"`cellseg train` (model.family={family}) or pass detector=<args>")
-    from cellseg.checkpoint import load_model
+                                "`cellseg train` (model.family=maskrcnn) or pass detector=<args>")
+    from cellseg.checkpoint import load_checkpoint
+    from cellseg.models.loading import rebuild
+    from cellseg.models.maskrcnn import FAMILY as MASKRCNN
 
-    det, fam, _ = load_model(path)
-    if fam.name != family or fam.kind != "instances":
-        raise ValueError(f"detector checkpoint {path} holds family {fam.name!r}; promptseg needs "
-                         f"an instance family ({family!r})")
-    return det  # built by its family: det.spec.args rebuild it without the checkpoint file
+    det = rebuild(MASKRCNN, load_checkpoint(path), where=path)
+    return det.eval()  # built by its family: det.spec.args rebuild it without the checkpoint file
 
 
 FAMILY = PromptSegFamily()

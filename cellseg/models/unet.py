@@ -24,14 +24,15 @@ normalisation in ``model.spec.norm``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
-from cellseg.data.targets import UNET_CHANNELS, TargetSpec, unet_maps
+from cellseg.data.targets import UNET_CHANNELS, TargetSpec
 from cellseg.core.instances import Instances
+from cellseg.models.args import UNetArgs
 from cellseg.models.base import ModelSpec, attach_spec
-from cellseg.models.pretrained import load_into, load_state_file  # noqa: F401  (re-export)
+from cellseg.models.pretrained import load_into
 
 STRIDE = 32  # smp UNet with depth 5 needs H and W divisible by 2**5
 
@@ -59,7 +60,7 @@ def _soft_dice(prob: "torch.Tensor", target: "torch.Tensor", eps: float = 1.0) -
 @dataclasses.dataclass(frozen=True)
 class UNetFamily:
     """The UNet family. Target options are fields (``dataclasses.replace(FAMILY, border_width=2)``);
-    network options are ``build`` keyword arguments."""
+    network options are ``UNetArgs`` (``build``'s argument)."""
 
     channels: tuple[str, ...] = UNET_CHANNELS
     border_width: int = 1
@@ -68,49 +69,39 @@ class UNetFamily:
     name: str = "unet"
     kind: Literal["dense", "instances"] = "dense"
 
-    # ----------------------------------------------------------------------------- network
-    def build(self, *, encoder_name: str = "resnet34", encoder_weights: str | None = None,
-              in_channels: int = 3, encoder_depth: int = 5,
-              decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-              decoder_attention_type: str | None = None,
-              norm: str | Mapping[str, Any] = "imagenet",
-              pretrained_origin: Sequence[Mapping[str, Any]] | None = None
-              ) -> "torch.nn.Module":  # noqa: F821
-        """smp.Unet with ``len(self.channels)`` output maps (logits).
+    args_type: ClassVar[type[UNetArgs]] = UNetArgs
 
-        encoder_name: any smp encoder ("resnet34", "efficientnet-b0", "tu-<timm name>", ...).
-        encoder_weights: a published tag ("imagenet", ...; see ``cellseg.models.pretrained``), a
-            LOCAL weights file for the encoder, or None (random init).
-        pretrained_origin: where the weights came from (filled in by ``build``; a checkpoint's
-            record is passed back unchanged). Informational: nothing is loaded from it.
-        norm: "imagenet" / "dataset" (LIVECell mean 128, std 11.58) or {"mean", "std"} (0-255).
+    # ----------------------------------------------------------------------------- network
+    def build(self, args: UNetArgs | Mapping[str, Any] | None = None, /,
+              **kwargs: Any) -> "torch.nn.Module":  # noqa: F821
+        """smp.Unet with ``len(self.channels)`` output maps (logits), from ``UNetArgs`` (or a
+        mapping / keyword arguments of its fields; ``cellseg.models.args``).
+
+        ``encoder_weights`` (a published tag or a LOCAL file) is loaded into the encoder; the
+        spec records it in ``pretrained_origin`` and stores None, so the checkpoint alone rebuilds
+        the network.
         """
         import segmentation_models_pytorch as smp
 
         from cellseg.data.transforms import resolve_norm
 
-        if len(decoder_channels) != encoder_depth:
-            raise ValueError(f"decoder_channels needs {encoder_depth} entries (one per encoder stage), "
-                             f"got {list(decoder_channels)}")
-        model = smp.Unet(encoder_name=encoder_name, encoder_depth=encoder_depth, encoder_weights=None,
-                         decoder_channels=list(decoder_channels),
-                         decoder_attention_type=decoder_attention_type,
-                         in_channels=in_channels, classes=len(self.channels))
-        origin = [dict(o) for o in pretrained_origin or []]
-        if encoder_weights is not None:
+        a = UNetArgs.parse(args, **kwargs)
+        model = smp.Unet(encoder_name=a.encoder_name, encoder_depth=a.encoder_depth,
+                         encoder_weights=None, decoder_channels=list(a.decoder_channels),
+                         decoder_attention_type=a.decoder_attention_type,
+                         in_channels=a.in_channels, classes=len(self.channels))
+        origin = [dict(o) for o in a.pretrained_origin]
+        if a.encoder_weights is not None:
             from cellseg.models.pretrained import resolve, unet_source
 
-            state, record = resolve(encoder_weights, lambda tag: unet_source(encoder_name, tag))
+            state, record = resolve(a.encoder_weights, lambda tag: unet_source(a.encoder_name, tag))
             n = load_into(model.encoder, state, prefixes=("encoder.",),
-                          what=f"encoder weights {encoder_weights}")
+                          what=f"encoder weights {a.encoder_weights}")
             origin.append({**record, "into": "encoder", "tensors": n})
-        norm = resolve_norm(norm, in_channels)
-        args = {"encoder_name": encoder_name, "encoder_weights": None,
-                "in_channels": in_channels, "encoder_depth": encoder_depth,
-                "decoder_channels": list(decoder_channels),
-                "decoder_attention_type": decoder_attention_type,
-                "norm": norm, "pretrained_origin": origin}
-        return attach_spec(model, ModelSpec(self.name, args, norm, outputs=self.channels))
+        norm = resolve_norm(a.norm, a.in_channels)
+        spec_args = dataclasses.replace(a.without_weights(origin), norm=norm)
+        return attach_spec(model, ModelSpec(self.name, spec_args.to_dict(), norm,
+                                            outputs=self.channels))
 
     def preprocess(self, model: "torch.nn.Module", images: np.ndarray) -> "torch.Tensor":  # noqa: F821
         """(B, H, W) uint8 -> (B, C, H, W) float32 on the model's device, normalised."""
@@ -119,22 +110,15 @@ class UNetFamily:
         return normalise_batch(images, model.spec.norm, _device(model))
 
     # ----------------------------------------------------------------------------- training
-    def target_spec(self, *, in_channels: int = 3, norm: str | Mapping[str, Any] = "imagenet",
-                    **_build_args: Any) -> TargetSpec:
-        """What the data pipeline builds for this family, from the ``build`` arguments."""
+    def target_spec(self, args: UNetArgs | Mapping[str, Any] | None = None, /,
+                    **kwargs: Any) -> TargetSpec:
+        """What the data pipeline builds for this family (maps of ``self.channels``), from the
+        build arguments."""
         from cellseg.data.transforms import resolve_norm
 
-        return TargetSpec.with_norm(resolve_norm(norm, in_channels), kind="maps",
+        a = UNetArgs.parse(args, **kwargs)
+        return TargetSpec.with_norm(resolve_norm(a.norm, a.in_channels), kind="maps",
                                     channels=tuple(self.channels), border_width=self.border_width)
-
-    def make_target(self, masks: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        """(N, H, W) bool masks -> {"maps": (K, H, W) float32 tensor}; labels are not used."""
-        import torch
-
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 3:
-            raise ValueError(f"make_target expects (N, H, W) masks, got shape {masks.shape}")
-        return {"maps": torch.from_numpy(unet_maps(masks, self.channels, self.border_width))}
 
     def collate(self, samples: Sequence[tuple["torch.Tensor", dict]]) -> tuple[Any, Any]:  # noqa: F821
         """Stack samples of one size -> ((B, C, H, W) images, {"maps": (B, K, H, W)})."""

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cellseg.config import ConfigError, TrainConfig, load_train_config, save_yaml, to_dict
+from cellseg.config import (ConfigError, TrainConfig, from_dict, load_train_config, save_yaml,
+                            to_dict)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -171,7 +172,8 @@ def _resume_checkpoint(out: Path, cfg: TrainConfig, log) -> dict[str, Any] | Non
         log(f"--resume: no {path} yet, starting from scratch")
         return None
     ckpt = load_checkpoint(path)
-    if ckpt["config"].get("model") != to_dict(cfg.model):
+    # compared typed: a config saved with only the non-default args is the same model
+    if from_dict(type(cfg.model), ckpt["config"].get("model")) != cfg.model:
         raise ConfigError(f"--resume: {path} was trained with model {ckpt['config'].get('model')}"
                           f", the config now says {to_dict(cfg.model)}; resume with the same "
                           "model or start a new --out")
