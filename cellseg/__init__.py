@@ -4,4 +4,4 @@ Importing the package does no work: no torch, no network, no files. Submodules a
 explicitly (``from cellseg.core import rle``; ``from cellseg.core.metrics import score``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -218,10 +218,10 @@ def test_wheel_tags_must_fit_the_image(filename: str, fits: bool) -> None:
 
 
 def test_requirements_come_from_the_built_wheel(tmp_path: Path) -> None:
-    whl = tmp_path / "cellseg-0.1.0-py3-none-any.whl"
+    whl = tmp_path / "cellseg_kit-0.2.0-py3-none-any.whl"
     with zipfile.ZipFile(whl, "w") as zf:
-        zf.writestr("cellseg-0.1.0.dist-info/METADATA",
-                    "Metadata-Version: 2.1\nName: cellseg\nVersion: 0.1.0\n"
+        zf.writestr("cellseg_kit-0.2.0.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: cellseg-kit\nVersion: 0.2.0\n"
                     "Requires-Dist: numpy>=1.22\nRequires-Dist: faster-coco-eval>=1.5\n"
                     "Requires-Dist: kaggle<3,>=1.7.3; extra == \"kaggle\"\n\n")
     assert kwheels.wheel_requirements(whl) == ["numpy>=1.22", "faster-coco-eval>=1.5"]

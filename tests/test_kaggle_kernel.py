@@ -168,7 +168,7 @@ def _layout(root: Path, layout: str, weights_file: Path, weight_name: str) -> Pa
     (comp / "test" / "abc.png").write_bytes(b"png")
     (comp / "train.csv").write_text("id\n")
     wheels.mkdir(parents=True)
-    (wheels / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"")
+    (wheels / "cellseg_kit-0.2.0-py3-none-any.whl").write_bytes(b"")
     (wheels / "faster_coco_eval-1.8.0-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
     weights.mkdir(parents=True)
     (weights / weight_name).write_bytes(weights_file.read_bytes())
@@ -189,11 +189,11 @@ def test_kernel_finds_inputs_in_both_layouts(manifest: Path, tmp_path: Path, lay
     wheels = k.find_wheels_dir(inp, "me/cellseg-wheels")
     assert wheels.name == "cellseg-wheels"
     assert [f.name for f in k.wheel_files(wheels)] == [
-        "cellseg-0.1.0-py3-none-any.whl", "faster_coco_eval-1.8.0-cp311-cp311-manylinux_2_28_x86_64.whl"]
+        "cellseg_kit-0.2.0-py3-none-any.whl", "faster_coco_eval-1.8.0-cp311-cp311-manylinux_2_28_x86_64.whl"]
     paths = k.find_weights(inp, b.embedded["weights"], "me/cellseg-weights")
     assert paths["unet_tiny_f0.pt"].parent.name == "cellseg-weights"
     k.verify_weights(paths, b.embedded["weights"])  # no exception: hashes match
-    with pytest.raises(k.KernelError, match="no cellseg-\\*.whl"):
+    with pytest.raises(k.KernelError, match="no cellseg_kit-\\*.whl"):
         k.find_wheels_dir(tmp_path / "empty")
 
 
@@ -237,7 +237,7 @@ def test_install_by_file_requires_cellseg_but_tolerates_other_wheels(manifest: P
     k = _load_code(b.code_file)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    for name in ("cellseg-0.1.0-py3-none-any.whl", "other_pkg-1.0-cp399-cp399-linux_x86_64.whl",
+    for name in ("cellseg_kit-0.2.0-py3-none-any.whl", "other_pkg-1.0-cp399-cp399-linux_x86_64.whl",
                  "segmentation_models_pytorch-0.6.0-py3-none-any.whl"):
         (wheels / name).write_bytes(b"")
     calls = []
@@ -252,7 +252,7 @@ def test_install_by_file_requires_cellseg_but_tolerates_other_wheels(manifest: P
     pip_calls = [c for c in calls if "pip" in c]
     # by file path, never by bare name, and never from an index or a --find-links folder
     assert [Path(c[-1]) for c in pip_calls] == [
-        wheels / "cellseg-0.1.0-py3-none-any.whl",
+        wheels / "cellseg_kit-0.2.0-py3-none-any.whl",
         wheels / "other_pkg-1.0-cp399-cp399-linux_x86_64.whl",
         wheels / "segmentation_models_pytorch-0.6.0-py3-none-any.whl"]
     assert all("--no-index" in c and "--no-deps" in c and "--find-links" not in c
@@ -273,7 +273,7 @@ def test_build_wheels_makes_a_pure_wheel_with_package_data(tmp_path: Path) -> No
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "wheels"
     out.mkdir()
-    (out / "cellseg-0.0.1-py3-none-any.whl").write_bytes(b"stale")
+    (out / "cellseg_kit-0.0.1-py3-none-any.whl").write_bytes(b"stale")
     asked = []
 
     def no_network(requests, img, log=print):  # what build-wheels would resolve, answered empty
@@ -283,8 +283,8 @@ def test_build_wheels_makes_a_pure_wheel_with_package_data(tmp_path: Path) -> No
     bundled, left_out = build_wheels(out, dataset_id="me/cellseg-wheels", source=root,
                                      resolver=no_network, log=lambda s: None)
     wheels = sorted(out.glob("*.whl"))
-    assert [w.name for w in wheels] == ["cellseg-0.1.0-py3-none-any.whl"]  # stale one removed
-    assert [p.file for p in bundled] == ["cellseg-0.1.0-py3-none-any.whl"]
+    assert [w.name for w in wheels] == ["cellseg_kit-0.2.0-py3-none-any.whl"]  # stale one removed
+    assert [p.file for p in bundled] == ["cellseg_kit-0.2.0-py3-none-any.whl"]
     # only what the image lacks is resolved; faster-coco-eval (scoring only) never is
     assert [[r.split("==")[0] for r in a] for a in asked] == [["segmentation-models-pytorch"]]
     assert "faster-coco-eval" in {p.name for p in left_out}
@@ -395,7 +395,7 @@ def test_header_names_python_device_and_versions(manifest: Path, tmp_path: Path,
     k = _load_code(b.code_file)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    (wheels / "cellseg-9.9.9-py3-none-any.whl").write_bytes(b"")
+    (wheels / "cellseg_kit-9.9.9-py3-none-any.whl").write_bytes(b"")
     k.header(wheels)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"python {sys.version.split()[0]} ")
@@ -440,7 +440,7 @@ def _wheel_layout(tmp_path: Path, manifest: Path, content: bytes):
     """A kernel built with a wheels folder, and a Kaggle input tree holding those wheels."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    (wheels / "cellseg-0.1.0-py3-none-any.whl").write_bytes(content)
+    (wheels / "cellseg_kit-0.2.0-py3-none-any.whl").write_bytes(content)
     (wheels / "segmentation_models_pytorch-0.5.0-py3-none-any.whl").write_bytes(b"smp")
     b = build_kernel(["unet_tiny_f0"], tmp_path / "k", manifest=manifest, kernel_id="me/cellseg-infer",
                      wheels_dir=wheels, probe=False)
@@ -454,26 +454,26 @@ def _wheel_layout(tmp_path: Path, manifest: Path, content: bytes):
 def test_swapped_wheel_stops_the_kernel(manifest: Path, tmp_path: Path) -> None:
     b, inp, dest = _wheel_layout(tmp_path, manifest, b"the wheel that was built and rehearsed")
     assert [w["file"] for w in b.embedded["wheels"]] == [
-        "cellseg-0.1.0-py3-none-any.whl", "segmentation_models_pytorch-0.5.0-py3-none-any.whl"]
+        "cellseg_kit-0.2.0-py3-none-any.whl", "segmentation_models_pytorch-0.5.0-py3-none-any.whl"]
     assert b.embedded["wheels"][0]["sha256"] == hashlib.sha256(
         b"the wheel that was built and rehearsed").hexdigest()
     ok = _run_verify(b.code_file, inp, tmp_path / "work")
     assert ok.returncode == 0 and "wheels verified: 2 file(s)" in ok.stdout, ok.stderr
     # a wheels dataset left at another build: same file name, other content
-    (dest / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"an older build of cellseg 0.1.0")
+    (dest / "cellseg_kit-0.2.0-py3-none-any.whl").write_bytes(b"an older build of cellseg 0.1.0")
     bad = _run_verify(b.code_file, inp, tmp_path / "work")
     assert bad.returncode == 3, bad.stderr
-    assert "wheels do not match" in bad.stderr and "cellseg-0.1.0-py3-none-any.whl" in bad.stderr
+    assert "wheels do not match" in bad.stderr and "cellseg_kit-0.2.0-py3-none-any.whl" in bad.stderr
     (dest / "segmentation_models_pytorch-0.5.0-py3-none-any.whl").unlink()
     bad = _run_verify(b.code_file, inp, tmp_path / "work")
     assert bad.returncode == 3 and "segmentation_models_pytorch-0.5.0-py3-none-any.whl: missing" in bad.stderr
     # the kernel installs exactly the embedded files, cellseg first; extra files are ignored
     (dest / "segmentation_models_pytorch-0.5.0-py3-none-any.whl").write_bytes(b"smp")
-    (dest / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"the wheel that was built and rehearsed")
+    (dest / "cellseg_kit-0.2.0-py3-none-any.whl").write_bytes(b"the wheel that was built and rehearsed")
     (dest / "zz_extra-1.0-py3-none-any.whl").write_bytes(b"not built by us")
     k = _load_code(b.code_file)
     assert [p.name for p in k.verify_wheels(dest, b.embedded["wheels"])] == [
-        "cellseg-0.1.0-py3-none-any.whl", "segmentation_models_pytorch-0.5.0-py3-none-any.whl"]
+        "cellseg_kit-0.2.0-py3-none-any.whl", "segmentation_models_pytorch-0.5.0-py3-none-any.whl"]
 
 
 def test_installed_cellseg_must_be_the_built_version(manifest: Path, tmp_path: Path, capsys) -> None:

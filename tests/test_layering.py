@@ -23,8 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"core", "errors", "io"},
     "report": {"core", "io"},
     "viewer": {"report", "core", "configlib", "errors", "io"},
-    "models": {"core", "data", "errors", "io", "configlib"},
-    "checkpoint": {"models", "core", "errors", "io"},
+    "checkpoint": {"core", "errors", "io"},  # the file format; models (re)build from it
+    "models": {"checkpoint", "core", "data", "errors", "io", "configlib"},
     "infer": {"checkpoint", "models", "core", "data", "errors", "io", "configlib", "report"},
     "config": {"infer", "models", "data", "configlib", "errors", "io"},
     "weights": {"checkpoint", "errors", "io"},

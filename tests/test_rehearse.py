@@ -91,18 +91,18 @@ def test_make_input_layouts(tmp_path: Path, layout: str) -> None:
     (comp / "test").mkdir(parents=True)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    (wheels / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"w")
+    (wheels / "cellseg_kit-0.2.0-py3-none-any.whl").write_bytes(b"w")
     weight = tmp_path / "w.pt"
     weight.write_bytes(b"x")
     inp = make_input(tmp_path / "root", layout, competition=COMPETITION, competition_dir=comp,
                      wheels_dataset="me/cs-wheels", wheels_dir=wheels,
                      weights_dataset="you/cs-weights", weight_files=[weight])
     if layout == "old":
-        expected = [f"{COMPETITION}/test", "cs-wheels/cellseg-0.1.0-py3-none-any.whl",
+        expected = [f"{COMPETITION}/test", "cs-wheels/cellseg_kit-0.2.0-py3-none-any.whl",
                     "cs-weights/w.pt"]
     else:
         expected = [f"competitions/{COMPETITION}/test",
-                    "datasets/me/cs-wheels/cellseg-0.1.0-py3-none-any.whl",
+                    "datasets/me/cs-wheels/cellseg_kit-0.2.0-py3-none-any.whl",
                     "datasets/you/cs-weights/w.pt"]
     for rel in expected:
         assert (inp / rel).exists(), rel
@@ -329,7 +329,7 @@ def test_rehearsal_reports_a_failing_kernel(tmp_path: Path) -> None:
     add_weights(ckpt, "w0", manifest=manifest)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    (wheels / "cellseg-0.1.0-py3-none-any.whl").write_bytes(b"never installed")
+    (wheels / "cellseg_kit-0.2.0-py3-none-any.whl").write_bytes(b"never installed")
     build_kernel(["w0"], tmp_path / "kernel", manifest=manifest, kernel_id="me/cellseg-infer",
                  wheels_dir=wheels, probe=False)
     (manifest.parent / "w0.pt").write_bytes(b"retrained since")

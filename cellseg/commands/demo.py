@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         step("register weights", lambda: _cli(
             ["weights", "add", weights, "--name", name, "--manifest", str(manifest),
              "--overwrite"]))
-        if not any(wheels.glob("cellseg-*.whl")):
+        if not any(wheels.glob("cellseg_kit-*.whl")):
             step("build wheels dataset", lambda: _cli(
                 ["kaggle", "build-wheels", "--out", str(wheels), "--dataset-id", "me/cellseg-wheels",
                  "--source", str(Path(__file__).resolve().parents[2])]))

@@ -139,9 +139,9 @@ def wheel_hashes(wheels_dir: str | os.PathLike) -> list[dict[str, str]]:
     from cellseg.checkpoint import sha256_file
 
     files = sorted(Path(wheels_dir).glob("*.whl"))
-    own = [f for f in files if f.name.split("-")[0].lower() == "cellseg"]
+    own = [f for f in files if f.name.split("-")[0].lower() == "cellseg_kit"]
     if not own:
-        raise InputError(f"no cellseg-*.whl in {wheels_dir}", where="--wheels-dir",
+        raise InputError(f"no cellseg_kit-*.whl in {wheels_dir}", where="--wheels-dir",
                          fix="run `cellseg kaggle build-wheels --out DIR` first")
     if len(own) > 1:
         raise InputError(f"{len(own)} cellseg wheels in {wheels_dir} ({', '.join(f.name for f in own)})",

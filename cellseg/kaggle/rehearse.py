@@ -156,7 +156,7 @@ def excluded_entries(dists: Sequence[str], site_dirs: Sequence[str | os.PathLike
 
 def _is_cellseg(name: str) -> bool:
     low = name.lower()
-    return (low == "cellseg" or low.startswith(("cellseg-", "cellseg.", "__editable__.cellseg",
+    return (low == "cellseg" or low.startswith(("cellseg-", "cellseg.", "cellseg_kit", "__editable__.cellseg",
                                                "__editable___cellseg")))
 
 
@@ -380,7 +380,7 @@ def rehearse(kernel_dir: str | os.PathLike, *, data: str | os.PathLike | None = 
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     wheels_dir = wheels_dir or info.get("wheels_dir")
     wheels_dir = Path(wheels_dir).resolve() if wheels_dir else None
-    if not wheels_dir or not any(wheels_dir.glob("cellseg-*.whl")):
+    if not wheels_dir or not any(wheels_dir.glob("cellseg_kit-*.whl")):
         raise FileNotFoundError(f"no cellseg wheel in {wheels_dir or '(no --wheels-dir)'}: run "
                                 "`cellseg kaggle build-wheels --out DIR` and pass --wheels-dir DIR")
     weights_dir = Path(weights_dir or info.get("weights_dir") or "weights").resolve()
@@ -409,7 +409,7 @@ def rehearse(kernel_dir: str | os.PathLike, *, data: str | os.PathLike | None = 
     else:
         base_python, site_dirs = Path(sys.executable), None
     # the env hides cellseg and every package the wheels dataset brings, so installing is exercised
-    hide = sorted({w.name.split("-")[0] for w in wheels_dir.glob("*.whl")} - {"cellseg"})
+    hide = sorted({w.name.split("-")[0] for w in wheels_dir.glob("*.whl")} - {"cellseg_kit"})
     prefix, isolation = network_wrapper() if isolate else ([], "sitecustomize socket block")
     results = []
     for layout in layouts:

@@ -95,6 +95,12 @@ def _pip(args: Sequence[str], cwd: str | os.PathLike | None = None) -> str:
 _SOURCE_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "README.md", "LICENSE", "MANIFEST.in")
 
 
+# The kit's distribution is `cellseg-kit` on PyPI (the name `cellseg` belongs to another project);
+# its wheel files are `cellseg_kit-<version>-py3-none-any.whl`, its import name is `cellseg`.
+KIT_DIST = "cellseg-kit"
+KIT_WHEEL_PREFIX = "cellseg_kit-"
+
+
 def build_cellseg_wheel(out: str | os.PathLike, source: str | os.PathLike = ".") -> Path:
     """``pip wheel <copy of SOURCE> --no-deps --no-build-isolation -w OUT``; returns the wheel."""
     import shutil
@@ -104,7 +110,7 @@ def build_cellseg_wheel(out: str | os.PathLike, source: str | os.PathLike = ".")
         raise FileNotFoundError(f"{source} is not a cellseg source tree (no cellseg/__init__.py); "
                                 "pass --source")
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("cellseg-*.whl"):
+    for old in out.glob(f"{KIT_WHEEL_PREFIX}*.whl"):
         old.unlink()  # a stale wheel beside the new one makes the kernel's pick ambiguous
     with tempfile.TemporaryDirectory(prefix="cellseg-wheel-") as tmp:
         shutil.copytree(source / "cellseg", Path(tmp) / "cellseg",
@@ -120,9 +126,9 @@ def build_cellseg_wheel(out: str | os.PathLike, source: str | os.PathLike = ".")
             # setuptools < 70.1 without the `wheel` package (a fresh venv's bundled one):
             # let pip fetch the build requirements of pyproject.toml instead
             _pip(["wheel", tmp, "--no-deps", "-q", "-w", str(out)])
-    wheels = sorted(out.glob("cellseg-*-py3-none-any.whl"))
+    wheels = sorted(out.glob(f"{KIT_WHEEL_PREFIX}*-py3-none-any.whl"))
     if not wheels:
-        raise PipError(f"pip wheel wrote no cellseg-*-py3-none-any.whl into {out}")
+        raise PipError(f"pip wheel wrote no {KIT_WHEEL_PREFIX}*-py3-none-any.whl into {out}")
     return wheels[-1]
 
 

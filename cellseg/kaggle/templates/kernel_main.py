@@ -126,11 +126,11 @@ def _layout_listing(root):
 
 
 def find_wheels_dir(root, dataset=None):
-    """The folder holding cellseg-*.whl (the one named like the wheels dataset first)."""
+    """The folder holding cellseg_kit-*.whl (the one named like the wheels dataset first)."""
     hits = [p for p, files, _ in walk_dirs(root)
-            if any(f.startswith("cellseg-") and f.endswith(".whl") for f in files)]
+            if any(f.startswith("cellseg_kit-") and f.endswith(".whl") for f in files)]
     if not hits:
-        raise KernelError(f"no cellseg-*.whl under {root}: attach the wheels dataset "
+        raise KernelError(f"no cellseg_kit-*.whl under {root}: attach the wheels dataset "
                           f"{dataset or '(cellseg kaggle build-wheels)'} to this kernel.\n"
                           f"{_layout_listing(root)}", EXIT_MISSING)
     slug = _slug(dataset)
@@ -199,7 +199,7 @@ def verify_weights(paths, weights):
 def wheel_files(wheels_dir):
     """The wheel files in wheels_dir, cellseg's first (the newest when several)."""
     files = sorted(Path(wheels_dir).glob("*.whl"))
-    own = [f for f in files if f.name.split("-")[0].lower() == "cellseg"]
+    own = [f for f in files if f.name.split("-")[0].lower() == "cellseg_kit"]
     return own[-1:] + [f for f in files if f.name.split("-")[0].lower() != "cellseg"]
 
 
@@ -393,8 +393,8 @@ def install(wheels_dir, files=None):
     pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
            "--no-warn-script-location"]
     files = list(files) if files else wheel_files(wheels_dir)
-    if not files or not files[0].name.lower().startswith("cellseg-"):
-        raise KernelError(f"no cellseg-*.whl in {wheels_dir}", EXIT_MISSING)
+    if not files or not files[0].name.lower().startswith("cellseg_kit-"):
+        raise KernelError(f"no cellseg_kit-*.whl in {wheels_dir}", EXIT_MISSING)
     run(pip + [files[0]], "pip install cellseg", EXIT_INSTALL)
     failed = []
     for whl in files[1:]:
