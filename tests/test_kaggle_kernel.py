@@ -258,7 +258,7 @@ def test_install_by_file_requires_cellseg_but_tolerates_other_wheels(manifest: P
     assert all("--no-index" in c and "--no-deps" in c and "--find-links" not in c
                for c in pip_calls)
     assert "import cellseg" in " ".join(map(str, calls[-1]))
-    k.run = lambda cmd, step, code: fake_run(cmd, step, code, broken=("cellseg",))
+    k.run = lambda cmd, step, code: fake_run(cmd, step, code, broken=("cellseg_kit",))
     with pytest.raises(k.KernelError, match="pip install cellseg") as info:
         k.install(wheels)
     assert info.value.code == k.EXIT_INSTALL
@@ -402,7 +402,7 @@ def test_header_names_python_device_and_versions(manifest: Path, tmp_path: Path,
     assert lines[1].startswith("device cpu") or lines[1].startswith("device cuda (")
     names = [line.split()[0] for line in lines[2:8]]
     assert names == ["torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
-                     "cellseg"]
+                     "cellseg-kit"]
     assert "(bundled wheel 9.9.9 to install)" in lines[7]
 
 

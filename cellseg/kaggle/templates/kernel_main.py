@@ -200,14 +200,15 @@ def wheel_files(wheels_dir):
     """The wheel files in wheels_dir, cellseg's first (the newest when several)."""
     files = sorted(Path(wheels_dir).glob("*.whl"))
     own = [f for f in files if f.name.split("-")[0].lower() == "cellseg_kit"]
-    return own[-1:] + [f for f in files if f.name.split("-")[0].lower() != "cellseg"]
+    return own[-1:] + [f for f in files if f.name.split("-")[0].lower() != "cellseg_kit"]
 
 
 def _dist(name):
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-HEADER_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy", "cellseg")
+HEADER_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
+                   "cellseg-kit")
 _PROBE = r"""
 import json, sys
 from importlib import metadata
@@ -358,7 +359,7 @@ def verify_wheels(wheels_dir, wheels):
         raise KernelError("wheels do not match the ones this kernel was built with (stale or "
                           "re-uploaded wheels dataset; upload the wheels folder of this build and "
                           "rebuild the kernel):\n" + "\n".join(problems), EXIT_SHA)
-    own = [p for p in paths if p.name.split("-")[0].lower() == "cellseg"]
+    own = [p for p in paths if p.name.split("-")[0].lower() == "cellseg_kit"]
     return own + [p for p in paths if p not in own]
 
 
