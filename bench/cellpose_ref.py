@@ -33,7 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-INSTALL_HINT = "pip install -e '.[peers]' && pip install --no-deps cellpose==3.1.1.3 (docs/peers.md)"
+INSTALL_HINT = ("pip install -e '.[peers]' && pip install --no-deps cellpose==3.1.1.3 "
+                "(docs/peers.md)")
 
 
 class PeerError(RuntimeError):
