@@ -26,9 +26,9 @@ with disjoint ``only_folds`` and the same ``out`` share a CV run; ``report_only`
    (``pseudo_weight`` of the samples drawn from them). The teacher never saw the held-out image,
    so the gain measured is honest; the teacher's training and the labelling come on top of the
    student's budget.
-4. The peers named by ``cellseg cv --reference`` (``PEERS``: ``plain_unet`` as method ``plain``, ``cellpose``,
-   ``plain_maskrcnn``): ``python -m bench.<module>`` on the same folders and step budget, each a
-   method of its own (see docs/peers.md).
+4. The peers named by ``cellseg cv --reference`` (``PEERS``: ``plain_unet`` as method ``plain``,
+   ``cellpose``, ``plain_maskrcnn``): ``python -m bench.<module>`` on the same folders and step
+   budget, each a method of its own (see docs/peers.md).
 5. All are scored by ``cellseg.core.metrics.match_image``; results per fold and method are saved as
    ``fold_K/<method>/result.json`` (``resume=True`` reuses them).
 
@@ -55,6 +55,7 @@ from cellseg.jobs import repo_root, run_logged
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellseg.data.record import ImageRecord
+
 
 @dataclass(frozen=True)
 class Peer:
