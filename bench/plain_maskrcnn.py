@@ -172,7 +172,7 @@ def train(model, records: Sequence, steps: int, *, batch: int = 2, lr: float | N
         opt.step()
         sched.step()
         if log_every and (step % log_every == 0 or step == steps):
-            parts = " ".join(f"{k[5:] if k.startswith('loss_') else k} {float(v):.3f}"
+            parts = " ".join(f"{k[5:] if k.startswith('loss_') else k} {float(v.detach()):.3f}"
                              for k, v in losses.items())
             log(f"maskrcnn step {step}/{steps}: loss {float(loss):.4f} ({parts}) lr "
                 f"{opt.param_groups[0]['lr']:.5f} ({(time.perf_counter() - t0) / step:.2f} s/step)")
