@@ -22,6 +22,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[dev]'
+	# the Cellpose peer: cellpose 3 pins numpy<2.1, its code runs on numpy 2 (docs/peers.md)
+	$(PY) -m pip install -q --no-deps cellpose==3.1.1.3
 	touch $@
 
 demo: venv

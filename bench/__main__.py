@@ -20,7 +20,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 # name -> module of benchmarks that are not bench_<name>.py
-EXTRA: dict[str, str] = {"plain_unet": "bench.plain_unet"}
+EXTRA: dict[str, str] = {"plain_unet": "bench.plain_unet",
+                         "plain_unet_oracle": "bench.plain_unet:main_oracle"}
 
 
 def main(argv: list[str]) -> int:
@@ -29,7 +30,8 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"\n## bench {name}\n", flush=True)
         t0 = time.perf_counter()
-        importlib.import_module(EXTRA.get(name, f"bench.bench_{name}")).main()
+        module, _, func = EXTRA.get(name, f"bench.bench_{name}").partition(":")
+        getattr(importlib.import_module(module), func or "main")()
         print(f"\n({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
     return 0
 

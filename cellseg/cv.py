@@ -26,7 +26,9 @@ with disjoint ``only_folds`` and the same ``out`` share a CV run; ``report_only`
    (``pseudo_weight`` of the samples drawn from them). The teacher never saw the held-out image,
    so the gain measured is honest; the teacher's training and the labelling come on top of the
    student's budget.
-4. ``plain`` (``reference=True``): ``python -m bench.plain_unet`` on the same folders and budget.
+4. The peers named by ``cellseg cv --reference`` (``PEERS``: ``plain_unet`` as method ``plain``,
+   ``cellpose``, ``plain_maskrcnn``): ``python -m bench.<module>`` on the same folders and step
+   budget, each a method of its own (see docs/peers.md).
 5. All are scored by ``cellseg.core.metrics.match_image``; results per fold and method are saved as
    ``fold_K/<method>/result.json`` (``resume=True`` reuses them), the predictions as
    ``fold_K/<method>/pred.csv`` (the results page, ``cellseg.viewer.sources.cv_page``, reads them).
@@ -55,7 +57,25 @@ from cellseg.jobs import repo_root, run_logged
 if TYPE_CHECKING:  # pragma: no cover
     from cellseg.data.record import ImageRecord
 
-METHODS = ("kit", "kit_pl", "plain")
+
+@dataclass(frozen=True)
+class Peer:
+    """A reference method written independently of the kit (``bench/<module>.py``), run as a
+    subprocess per fold with the common peer arguments (``bench/peer_io.py``) plus ``args``."""
+
+    method: str  # its name in cv.json / cv.csv / the table
+    module: str
+    args: tuple[str, ...] = ()
+
+
+# --reference NAME -> the peer; plain_unet keeps the method name "plain" it has always had
+PEERS: dict[str, Peer] = {
+    "plain_unet": Peer("plain", "bench.plain_unet", ("--border", "2")),
+    "cellpose": Peer("cellpose", "bench.cellpose_ref"),
+    "plain_maskrcnn": Peer("plain_maskrcnn", "bench.plain_maskrcnn"),
+}
+PEER_BY_METHOD = {p.method: p for p in PEERS.values()}
+METHODS = ("kit", "kit_pl", *PEER_BY_METHOD)
 STEPS_PER_EPOCH = 25  # with a few images, repeat the fold's folder so an epoch is about this long
 
 
@@ -185,16 +205,20 @@ def _kit_checkpoint(mdir: Path) -> Path:
     return mdir / "best.pt" if (mdir / "best.pt").is_file() else mdir / "last.pt"
 
 
-def plain_command(settings: CVSettings, train_data: Path, test_data: Path, out: Path) -> list[str]:
-    """The ``python -m bench.plain_unet`` command of one fold."""
+def peer_command(peer: Peer | str, settings: CVSettings, train_data: Path, test_data: Path,
+                 out: Path) -> list[str]:
+    """The ``python -m bench.<peer module>`` command of one fold (``peer``: a ``Peer`` or the
+    method name of one)."""
+    if isinstance(peer, str):
+        peer = PEER_BY_METHOD[peer]
     if repo_root() is None:
-        raise FileNotFoundError("the plain reference (bench/plain_unet.py) is not beside this "
-                                "cellseg package; run cellseg cv --reference from a source "
-                                "checkout")
-    cmd = [sys.executable, "-m", "bench.plain_unet", "--train", str(train_data),
+        raise FileNotFoundError(f"the peers (bench/{peer.module.split('.')[-1]}.py) are not "
+                                "beside this cellseg package; run cellseg cv --reference from "
+                                "a source checkout")
+    cmd = [sys.executable, "-m", peer.module, "--train", str(train_data),
            *map(str, settings.extra_train), "--test", str(test_data), "--out", str(out),
            "--steps", str(settings.steps), "--seed", str(settings.seed),
-           "--threads", str(settings.threads)]
+           "--threads", str(settings.threads), *peer.args]
     return cmd + (["--tta"] if settings.tta else [])
 
 
@@ -271,8 +295,8 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
         elif method == "kit_pl":
             cmd = student_train_command(settings, train_data, len(train), fold_dir / "pseudo",
                                         mdir)
-        elif method == "plain":
-            cmd = plain_command(settings, train_data, test_data, mdir)
+        elif method in PEER_BY_METHOD:
+            cmd = peer_command(method, settings, train_data, test_data, mdir)
         else:
             raise ValueError(f"unknown cv method {method!r}; valid: {', '.join(METHODS)}")
         if (settings.resume or settings.report_only) and done.is_file():
@@ -316,7 +340,7 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             preds = _kit_predict(_kit_checkpoint(mdir), held, settings)
         else:
             secs = run_logged(cmd, mdir / "train.log", settings.threads,
-                               f"fold {fold} plain reference")
+                               f"fold {fold} peer {method}")
             from cellseg.core.submission import read_submission
 
             preds = dict(read_submission(mdir / "pred.csv"))
@@ -373,7 +397,8 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
     methods = list(summary)
     types = sorted({r["cell_type"] for r in rows})
     n_type = {t: len({r["image_id"] for r in rows if r["cell_type"] == t}) for t in types}
-    head = f"{'method':<8} {'score (mean ± sd)':>18} " + " ".join(
+    mw = max([8, *map(len, methods)])
+    head = f"{'method':<{mw}} {'score (mean ± sd)':>18} " + " ".join(
         f"{f'{t} ({n_type[t]})':>14}" for t in types)
     lines = [head]
     for m in methods:
@@ -381,7 +406,7 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
         pt = s["per_cell_type"]
         cells = " ".join(f"{pt[t]['mean']:>7.4f}±{pt[t]['sd']:<6.4f}" if t in pt else f"{'-':>14}"
                          for t in types)
-        lines.append(f"{m:<8} {s['mean']:>9.4f} ± {s['sd']:<6.4f} {cells}")
+        lines.append(f"{m:<{mw}} {s['mean']:>9.4f} ± {s['sd']:<6.4f} {cells}")
     rules = {rule: [m for m in methods if rule in summary[m].get("by_matching", {})]
              for rule in ("dsb", "greedy")}
     differ = [m for m in methods if len({round(v["all"], 6) for v in

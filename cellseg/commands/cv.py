@@ -6,9 +6,10 @@
 
 Leave-one-image-out by default (``--folds K``: K grouped folds). Each fold trains the recipe with
 ``python -m cellseg train`` for ``--steps`` steps (``--threads`` per process), predicts the held-out
-images and scores them with the competition metric; ``--reference`` also runs the plain-UNet
-benchmark (``bench/plain_unet.py``) on the same folds and budget. Prints mean ± sd per method and
-cell type and every image's score; writes ``OUT/cv.json`` and ``OUT/cv.csv``.
+images and scores them with the competition metric; ``--reference [PEER ...]`` also runs peers
+written independently of the kit on the same folds and step budget (``plain_unet``, the default,
+reported as method ``plain``; ``cellpose``; ``plain_maskrcnn``: see docs/peers.md). Prints mean ±
+sd per method and cell type and every image's score; writes ``OUT/cv.json`` and ``OUT/cv.csv``.
 ``--pseudo-images DIR`` adds ``kit_pl``: each fold's kit model pseudo-labels those images and a
 student is trained on the fold's images plus its pseudo-labels (the gain of pseudo-labels, without
 leaking the held-out image). ``--resume`` reuses finished folds; ``--report-only`` summarises
@@ -39,10 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimiser steps per fold")
     parser.add_argument("--folds", type=int, default=None,
                         help="K grouped folds (default: leave one image out)")
-    parser.add_argument("--reference", action="store_true",
-                        help="also run the plain-UNet reference (bench/plain_unet.py)")
+    parser.add_argument("--reference", nargs="*", default=None, metavar="PEER",
+                        help="also run these peers on the same folds and budget: plain_unet "
+                             "(the default when none is named), cellpose, plain_maskrcnn "
+                             "(docs/peers.md)")
     parser.add_argument("--only-reference", action="store_true",
-                        help="run only the plain-UNet reference")
+                        help="run only the peers (those of --reference, else plain_unet)")
     add_infer_config_args(parser, what="the kit's inference",
                           flag="--infer-config", dest="infer_set", set_flag="--infer-set")
     parser.add_argument("--tta", action="store_true", help="flip TTA for both methods")
@@ -93,8 +96,24 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise UserError(f"--steps {args.steps} is not a step count", where="--steps",
                         fix="pass --steps 1 or more")
-    methods = (("plain",) if args.only_reference
-               else ("kit", "plain") if args.reference else ("kit",))
+    from cellseg.cv import PEERS
+
+    names = list(dict.fromkeys(args.reference or ["plain_unet"]))
+    bad = [n for n in names if n not in PEERS]
+    if bad:
+        raise UserError(f"--reference {bad[0]} is not a peer", where="--reference",
+                        fix=f"name some of: {', '.join(PEERS)}")
+    peers = tuple(PEERS[n].method for n in names)
+    if "cellpose" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("cellpose") is None:
+            raise UserError("the cellpose peer needs the cellpose package",
+                            where="--reference cellpose",
+                            fix="pip install -e '.[peers]' && pip install --no-deps "
+                                "cellpose==3.1.1.3 (docs/peers.md)")
+    methods = (peers if args.only_reference
+               else ("kit", *peers) if args.reference is not None else ("kit",))
     if args.pseudo_images:
         if args.only_reference:
             raise UserError("--pseudo-images needs the kit's models as teachers",
