@@ -6,7 +6,6 @@ other through any chain. docs/architecture.md draws the same table."""
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
