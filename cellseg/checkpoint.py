@@ -135,15 +135,18 @@ def verify_checkpoint(path: str | os.PathLike) -> bool | None:
     side = path.with_name(path.name + ".sha256")
     if not side.exists():
         return None
-    expected = side.read_text().split()[0].strip().lower()
-    return sha256_file(path) == expected
+    words = side.read_text(errors="replace").split()
+    return bool(words) and sha256_file(path) == words[0].strip().lower()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
-                    verify: bool = False) -> dict[str, Any]:
+                    verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint dict with ``torch.load(weights_only=True)`` (never runs pickled code).
 
-    With ``verify`` the file is checked against its ``.sha256`` sidecar first (ValueError on mismatch).
+    With ``verify`` (the default) a file that has a ``.sha256`` sidecar is checked against it
+    first (``InputError`` naming the file on mismatch); a file without sidecar loads unchecked.
+    Every reader (predict, tune, ``--resume``, ``--init-from``, the kernel's ``cellseg predict``)
+    goes through here, so a truncated or replaced file is one line naming it, never a traceback.
     """
     import torch
 
@@ -151,8 +154,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if verify and verify_checkpoint(path) is False:
-        raise InputError(f"checkpoint does not match {path.name}.sha256 (corrupt or replaced)",
-                         where=str(path), fix="re-download or re-train it")
+        raise InputError(f"checkpoint does not match its sidecar {path.name}.sha256 (corrupt, "
+                         "truncated or replaced)", where=str(path),
+                         fix="re-download or re-train it (or delete the .sha256 file if you "
+                         "replaced the checkpoint on purpose)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError subclasses
@@ -180,7 +185,7 @@ def build_args(ckpt: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def load_model(path: str | os.PathLike, device: Any = "cpu", *, ema: bool = True,
-               verify: bool = False) -> tuple["torch.nn.Module", Any, dict[str, Any]]:  # noqa: F821
+               verify: bool = True) -> tuple["torch.nn.Module", Any, dict[str, Any]]:  # noqa: F821
     """Rebuild the network from the checkpoint alone and load its weights.
 
     The network is built from the checkpoint's ``spec`` (``build_args``), so ``model.spec`` is

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, ClassVar, Iterable, Literal, Mapping
 
-from cellseg.configlib import ConfigError, from_dict, load_config, to_dict
+from cellseg.configlib import ConfigError, Range, from_dict, load_config, to_dict
 
 EMPTY_POLICIES = ("best", "placeholder", "allow_empty")
 FLIPS = ("h", "v", "hv")
@@ -46,6 +46,11 @@ class TypeThresholds:
     nms_iou: float = 0.5
     min_pred_iou: float = 0.0
     min_stability: float = 0.0
+
+    # checked at load time by cellseg.configlib (numeric ranges)
+    RANGES: ClassVar[dict[str, Range]] = {
+        "score_thresh": Range(0, 1), "min_area": Range(0), "nms_iou": Range(0, 1),
+        "min_pred_iou": Range(0, 1), "min_stability": Range(0, 1)}
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,13 @@ class InferenceConfig:
     fill_holes: bool = True
     rescore: bool = False
     empty_policy: Literal["best", "placeholder", "allow_empty"] = "best"
+
+    # checked at load time by cellseg.configlib (numeric ranges)
+    RANGES: ClassVar[dict[str, Range]] = {
+        "tile_size": Range(32), "overlap": Range(0), "scale": Range(0, lo_open=True),
+        "pad_multiple": Range(1), "batch_size": Range(1), "model_weights": Range(0),
+        "vote_iou": Range(0, 1), "seam_iou": Range(0, 1), "seam_containment": Range(0, 1),
+        "overlap_drop": Range(0, 1)}
 
     def __post_init__(self) -> None:
         # the loader types per-type mappings; this covers InferenceConfig(types={...}) in code

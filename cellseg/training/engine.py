@@ -8,7 +8,9 @@
 ``train_one_epoch`` runs ``family.loss`` on each batch, accumulates gradients over ``grad_accum``
 batches, clips, steps the optimiser and the per-step LR schedule (linear warmup + cosine,
 ``lr_factor``) and updates the EMA. Mixed precision is one code path: ``torch.autocast`` with
-``opts.amp_dtype`` (bfloat16 on CPU, float16 on CUDA, where ``state.scaler`` is a GradScaler).
+``opts.amp_dtype`` (float16 on CUDA, or on CPU when asked for, with ``state.scaler`` a
+GradScaler: scaled backward, unscale before clipping, a step with inf/NaN gradients skipped and
+the scale lowered; bfloat16 without a scaler).
 Loss values stay on the device between log points, so a GPU is synchronised once per step
 (the non-finite check) and not once per loss term. A non-finite loss stops the run with every
 loss term in the message. ``evaluate`` scores held-out images with the competition metric through
