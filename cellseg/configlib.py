@@ -161,10 +161,12 @@ def _check_ranges(cls: type, kwargs: Mapping[str, Any], where: str) -> None:
         if rng is None or value is None:
             continue
         path = f"{where}.{name}" if where else name
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for v in values:
+        items = (list(enumerate(value)) if isinstance(value, (list, tuple))
+                 else [(None, value)])
+        for i, v in items:
             if v not in rng:
-                raise _key_error(f"{path}={value!r} is out of range", path,
+                shown = path if i is None else f"{path}[{i}]"
+                raise _key_error(f"{shown}={v!r} is out of range", path,
                                  fix=f"valid: {str(rng).replace('x', name, 1)}")
 
 
