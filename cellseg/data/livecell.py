@@ -28,7 +28,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 from cellseg.data.coco import (CELL_TYPES, annotations_by_image,  # noqa: F401 (API)
                                annotations_list, cell_type_of, segmentations_to_rles)

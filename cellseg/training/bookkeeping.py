@@ -191,6 +191,7 @@ class Bookkeeper:
             return
         # logs first: a kill between the two leaves rows beyond last.pt, which a resume drops
         # (TrainLog.resume); the other order would lose the rows of the step last.pt holds
+        self.files.check_out()
         self.train_log.write(plot=plot)
         self.files.save_last(self.state)
 

@@ -39,7 +39,8 @@ class RunCheckpoints:
         # called before a write when the folder is gone (deleted mid-run); it may recreate it
         self.on_missing_out: Callable[[], None] | None = None
 
-    def _check_out(self) -> None:
+    def check_out(self) -> None:
+        """Before writing anything into the folder: call ``on_missing_out`` when it is gone."""
         if not self.out.is_dir() and self.on_missing_out is not None:
             self.on_missing_out()
 
@@ -55,7 +56,7 @@ class RunCheckpoints:
         """The full resume state at this point (skipped when this step is already saved)."""
         if self.last_step == state.step and self.last_path.exists():
             return
-        self._check_out()
+        self.check_out()
         save_checkpoint(self.last_path, **self.meta, **state.state_dict())
         self.last_step = state.step
 
@@ -64,7 +65,7 @@ class RunCheckpoints:
         if selection not in SELECTIONS:
             raise ValueError(f"selection {selection!r}; valid: {', '.join(SELECTIONS)}")
         metrics = state.best_metrics if selection == "val_score" else state.metrics
-        self._check_out()
+        self.check_out()
         save_checkpoint(self.best_path, **self.meta, model=state.model.state_dict(),
                         ema=state.ema.state_dict() if state.ema is not None else None,
                         epoch=state.epoch, step=state.step, metrics=metrics,
