@@ -514,3 +514,42 @@ def test_corrupt_weights_stop_the_kernel_entry(tmp_path, tiny_unet_ckpt):
     assert done.stderr.startswith("KERNEL FAILED (exit 3, no valid submission): weights do not "
                                   "match"), done.stderr
     assert str(weights / "unet_f0.pt") in done.stderr and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- float16 resume
+
+
+def test_float16_resume_after_a_skipped_step_is_bit_identical(small, tmp_path, monkeypatch,
+                                                              capsys):
+    """Promise: a float16 run on CPU (autocast + GradScaler, the CUDA path) whose step 3 had an
+    inf gradient (skipped, scale halved), stopped at step 4 and resumed, ends bit-identical to
+    the uninterrupted run, GradScaler state included."""
+    from cellseg.checkpoint import load_checkpoint
+    from cellseg.training import engine
+
+    real = engine._optimizer_step
+    scales: dict[int, float] = {}
+
+    def faulty(state, clip, stop_at=None):
+        if state.step + 1 == 3:  # poison one gradient of step 3
+            p = next(p for p in state.model.parameters() if p.grad is not None)
+            p.grad.fill_(float("inf"))
+        if stop_at is not None and state.step + 1 == stop_at:
+            signal.raise_signal(signal.SIGINT)  # stop after this step, as Ctrl-C/SIGTERM does
+        scales[state.step + 1] = state.scaler.get_scale()
+        real(state, clip)
+
+    fp16 = ["train.amp=true", "train.amp_dtype=float16", "train.save_every_steps=0"]
+    ref = tmp_path / "ref"
+    monkeypatch.setattr(engine, "_optimizer_step", faulty)
+    assert main(_train_argv(small, ref, *fp16)) == 0
+    full = load_checkpoint(ref / "last.pt")
+    assert full["scaler"] is not None and full["scaler"]["scale"] == scales[3] / 2
+    out = tmp_path / "run"
+    monkeypatch.setattr(engine, "_optimizer_step", lambda s, c: faulty(s, c, stop_at=4))
+    assert main(_train_argv(small, out, *fp16)) == 130
+    assert load_checkpoint(out / "last.pt")["step"] == 4
+    monkeypatch.setattr(engine, "_optimizer_step", faulty)
+    capsys.readouterr()
+    assert main(_train_argv(small, out, *fp16) + ["--resume"]) == 0
+    _same_state(load_checkpoint(out / "last.pt"), full)

@@ -64,6 +64,8 @@ class InferenceConfig:
     ``scale`` upscales the input (e.g. 2.0), outputs are mapped back to native size.
     ``batch_size`` tiles per forward pass (tiles of several images are batched together).
     ``amp``: torch.autocast float16 on CUDA (ignored on CPU, same code path).
+    ``cuda_path_on_cpu``: run the CUDA forward path on CPU too (float16 autocast when ``amp``,
+    channels_last input): slow, it exists to test that path on machines without a GPU.
     ``tta``: flips among "h", "v", "hv" added to the identity pass.
     ``model_weights``: one weight per model for ensembling (empty: all 1).
     ``vote_iou``: mask IoU that clusters instances across TTA passes / models for mask voting.
@@ -85,6 +87,7 @@ class InferenceConfig:
     pad_multiple: int = 32
     batch_size: int = 4
     amp: bool = True
+    cuda_path_on_cpu: bool = False
     tta: tuple[str, ...] = ()
     model_weights: tuple[float, ...] = ()
     vote_iou: float = 0.5
