@@ -148,6 +148,8 @@ def to_device(obj: Any, device: torch.device, channels_last: bool = False) -> An
     """Move tensors inside nested lists/tuples/dicts to ``device`` (non-blocking: the copy from
     pinned memory overlaps the step). With ``channels_last`` 4-D tensors change layout too."""
     if isinstance(obj, torch.Tensor):
+        # non_blocking only overlaps anything for pinned host memory -> CUDA: UNTESTED here
+        # (no GPU; docs/status.md); on CPU it is a plain copy
         obj = obj.to(device, non_blocking=True)
         if channels_last and obj.ndim == 4:
             obj = obj.contiguous(memory_format=torch.channels_last)

@@ -243,6 +243,7 @@ def _ddp_wrapper(dist: Any):
         return None
     import torch
 
+    # device_ids on CUDA: UNTESTED here (no GPU; docs/status.md); CPU/gloo DDP is tested
     ids = [dist.device.index] if dist.device.type == "cuda" else None
     return lambda net: torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
