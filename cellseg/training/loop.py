@@ -18,6 +18,10 @@ EMA, early-stopping counters, RNG states). Every epoch reseeds its shuffle and a
 (seed, epoch), so on CPU with ``data.workers=0`` a resumed run ends bit-identical to an
 uninterrupted one (data-loader workers keep their own augmentation streams, which no checkpoint
 captures).
+
+One run per folder: ``<out>/.lock`` (``cellseg.training.runlock``) refuses a second run, also a
+``--resume`` of a running one; a stale lock (its process is gone) is replaced with a note. What
+survives which fault (kill -9, SIGTERM, full disk, ...): docs/robustness.md.
 """
 
 from __future__ import annotations
