@@ -5,6 +5,8 @@
 #               torch 2.11; CI runs it once after `make test`; its env, ~5 GB, is built once per
 #               machine in ~/.cache). An older image: CELLSEG_REHEARSE_IMAGE=kaggle-2026-08-12
 #   make bench  benchmark tables
+#   make gpu-check  on a GPU machine: float16 training, predict GPU vs CPU, loader vs step, nccl
+#               DDP (2 GPUs); one table, < 5 min (scripts/gpu_check.py)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +15,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo_out
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test test-slow test-kaggle bench venv clean
+.PHONY: demo test test-slow test-kaggle bench gpu-check venv clean
 
 venv: $(VENV)/.installed
 
@@ -40,6 +42,9 @@ test-kaggle: venv
 
 bench: venv
 	$(PY) -m bench
+
+gpu-check: venv
+	$(PY) scripts/gpu_check.py --out gpu_check_out
 
 clean:
 	rm -rf $(DEMO_OUT) build dist *.egg-info

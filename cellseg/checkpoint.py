@@ -25,7 +25,8 @@ A checkpoint is a plain dict saved with ``torch.save``:
 
 Only plain types are allowed (dict, list, tuple, str, int, float, bool, None, tensors), checked before
 writing, so ``torch.load(..., weights_only=True)`` always works and loading a checkpoint never
-executes code. Files are written atomically; the sha256 of the file goes to ``<file>.sha256``.
+executes code. Files are written atomically (fsynced, then renamed); the sha256 of the file goes
+to ``<file>.sha256``, which every load checks (``load_checkpoint(verify=True)``, the default).
 """
 
 from __future__ import annotations
@@ -126,29 +127,56 @@ def save_checkpoint(path: str | os.PathLike, **state: Any) -> str:
     state.setdefault("format", FORMAT_VERSION)
     _check_plain(state, "checkpoint")
     path = Path(path)
+    side = path.with_name(path.name + ".sha256")
+    previous = _sidecar_digests(side)[:1] if path.exists() else []
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        with open(tmp, "rb+") as fh:  # on disk before the rename (a power cut keeps either file)
+            os.fsync(fh.fileno())
         digest = sha256_file(tmp)
-    with atomic_open(path.with_name(path.name + ".sha256"), "w") as fh:
-        fh.write(f"{digest}  {path.name}\n")
+        # two-phase sidecar, so a kill between the two renames leaves a pair that verifies:
+        # first both digests (the file still holds the old one), then only the new one
+        if previous and previous[0] != digest:
+            _write_sidecar(side, path.name, [digest] + previous)
+    _write_sidecar(side, path.name, [digest])
     return digest
 
 
+def _write_sidecar(side: Path, name: str, digests: list[str]) -> None:
+    with atomic_open(side, "w") as fh:
+        fh.writelines(f"{d}  {name}\n" for d in digests)
+
+
+def _sidecar_digests(side: Path) -> list[str]:
+    """The hex digests listed in a ``sha256sum``-format sidecar (empty when none/unreadable)."""
+    try:
+        lines = side.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [ln.split()[0].strip().lower() for ln in lines if ln.split()]
+
+
 def verify_checkpoint(path: str | os.PathLike) -> bool | None:
-    """True when ``path`` matches its ``.sha256`` sidecar, False when not, None without sidecar."""
+    """True when ``path`` matches its ``.sha256`` sidecar, False when not, None without sidecar.
+
+    The sidecar holds one digest, or two for the instant ``save_checkpoint`` replaces the file
+    (new and previous: a run killed between the two renames still verifies)."""
     path = Path(path)
     side = path.with_name(path.name + ".sha256")
     if not side.exists():
         return None
-    expected = side.read_text().split()[0].strip().lower()
-    return sha256_file(path) == expected
+    digests = _sidecar_digests(side)
+    return bool(digests) and sha256_file(path) in digests
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
-                    verify: bool = False) -> dict[str, Any]:
+                    verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint dict with ``torch.load(weights_only=True)`` (never runs pickled code).
 
-    With ``verify`` the file is checked against its ``.sha256`` sidecar first (ValueError on mismatch).
+    With ``verify`` (the default) a file that has a ``.sha256`` sidecar is checked against it
+    first (``InputError`` naming the file on mismatch); a file without sidecar loads unchecked.
+    Every reader (predict, tune, ``--resume``, ``--init-from``, the kernel's ``cellseg predict``)
+    goes through here, so a truncated or replaced file is one line naming it, never a traceback.
     """
     import torch
 
@@ -156,8 +184,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *,
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if verify and verify_checkpoint(path) is False:
-        raise InputError(f"checkpoint does not match {path.name}.sha256 (corrupt or replaced)",
-                         where=str(path), fix="re-download or re-train it")
+        raise InputError(f"checkpoint does not match its sidecar {path.name}.sha256 (corrupt, "
+                         "truncated or replaced)", where=str(path),
+                         fix="re-download or re-train it (or delete the .sha256 file if you "
+                         "replaced the checkpoint on purpose)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError subclasses

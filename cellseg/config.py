@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
-from cellseg.configlib import (ConfigError, apply_overrides, blame, config_names, from_dict,
+from cellseg.configlib import (ConfigError, Range, apply_overrides, blame, config_names, from_dict,
                                load_config, load_yaml, parse_value, read_config_source, replace,
                                save_yaml, to_dict)
 from cellseg.infer.config import InferenceConfig
@@ -31,7 +31,6 @@ __all__ = ["ConfigError", "TrainConfig", "ModelConfig", "DataConfig", "OptimConf
            "apply_overrides", "config_names", "from_dict", "load_config", "load_yaml",
            "parse_value", "read_config_source", "replace", "save_yaml", "to_dict"]
 
-_read_config_source = read_config_source  # old private name, still imported by some callers
 
 
 # ----------------------------------------------------------------------------- training config
@@ -97,6 +96,11 @@ class DataConfig:
     samples_per_epoch: int | None = None
     source_weights: tuple[float, ...] | None = None
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "fold": Range(0), "n_folds": Range(2), "fold_seed": Range(0), "crop_size": Range(8),
+        "workers": Range(0), "min_cells": Range(0), "max_train_images": Range(1),
+        "max_val_images": Range(0), "samples_per_epoch": Range(1), "source_weights": Range(0)}
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -104,6 +108,9 @@ class OptimConfig:
     lr: float = 5e-4
     weight_decay: float = 1e-4
     momentum: float = 0.9
+
+    RANGES: ClassVar[dict[str, Range]] = {"lr": Range(0), "weight_decay": Range(0),
+                                          "momentum": Range(0, 1, hi_open=True)}
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,9 @@ class ScheduleConfig:
     warmup_factor: float = 0.001
     cosine: bool = True
     min_lr_ratio: float = 0.01
+
+    RANGES: ClassVar[dict[str, Range]] = {"warmup_steps": Range(0), "warmup_factor": Range(0, 1),
+                                          "min_lr_ratio": Range(0, 1)}
 
 
 @dataclass(frozen=True)
@@ -131,8 +141,10 @@ class TrainSection:
     without improvement (null: never stop early).
 
     Step hygiene: ``amp`` runs the forward pass under autocast, float16 + GradScaler on CUDA;
-    on CPU only with ``amp_dtype: bfloat16`` (no scaler; the resnet18 UNet step ran 1.9x faster
-    on a CPU with avx512_bf16, and is slower without bf16 units, hence opt-in). ``channels_last`` (null: on for dense
+    on CPU only when ``amp_dtype`` names a dtype (``auto`` is fp32 there): ``bfloat16`` (no
+    scaler; the resnet18 UNet step ran 1.9x faster on a CPU with avx512_bf16, and is slower
+    without bf16 units, hence opt-in) or ``float16`` (the CUDA path, GradScaler included: slow on
+    CPU, there to test that path without a GPU). ``channels_last`` (null: on for dense
     families, whose convolutions run faster in that layout) and ``compile`` (``torch.compile``,
     off by default) only change speed. ``prefetch`` batches per loader worker are kept ready
     (2 per worker already hides the loader behind the step; a Mask R-CNN batch holds full-size
@@ -160,6 +172,13 @@ class TrainSection:
     init_from: str | None = None
     device: str | None = None
     log_every: int = 10
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "epochs": Range(1), "batch_size": Range(1), "grad_accum": Range(1),
+        "clip_norm": Range(0), "prefetch": Range(1),
+        "ema_decay": Range(0, 1, hi_open=True), "seed": Range(0), "max_steps": Range(1),
+        "val_every": Range(0), "val_every_steps": Range(0), "early_stop_patience": Range(1),
+        "save_every": Range(0), "save_every_steps": Range(0), "log_every": Range(1)}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from cellseg.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "load_config", "blame", "from_dict", "to_dict", "apply_overrides",
+__all__ = ["ConfigError", "Range", "load_config", "blame", "from_dict", "to_dict", "apply_overrides",
            "parse_value", "replace", "load_yaml", "save_yaml", "config_names", "read_config_source"]
 
 
@@ -106,6 +106,68 @@ def read_config_source(name_or_path: str | os.PathLike) -> tuple[dict[str, Any],
                               f"YAML file)")
     with resources.as_file(res) as p:
         return load_yaml(p), f"{text} ({p})"
+
+
+# ----------------------------------------------------------------------------- numeric ranges
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric config field: ``lo``/``hi`` bounds (None: unbounded),
+    inclusive unless ``lo_open``/``hi_open``.
+
+    A config dataclass lists its numeric fields in a class-level ``RANGES: ClassVar[dict[str,
+    Range]]``; ``from_dict`` checks every given value (each element of a list field) against it
+    when the config is loaded, so ``train.batch_size=0`` is one line naming the key, the value
+    and the range, not a PyTorch traceback later. None (a field's "off") is never range-checked.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return True  # not a number: the type check decides
+        if value != value:  # NaN is in no range
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        if self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        lo = None if self.lo is None else f"{_num(self.lo)} {'<' if self.lo_open else '<='} "
+        hi = None if self.hi is None else f" {'<' if self.hi_open else '<='} {_num(self.hi)}"
+        if lo and hi:
+            return f"{lo}x{hi}"
+        if lo:
+            return f"x {'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if hi:
+            return f"x{hi}"
+        return "any number"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+def _check_ranges(cls: type, kwargs: Mapping[str, Any], where: str) -> None:
+    ranges: Mapping[str, Range] = getattr(cls, "RANGES", {}) or {}
+    for name, value in kwargs.items():
+        rng = ranges.get(name)
+        if rng is None or value is None:
+            continue
+        path = f"{where}.{name}" if where else name
+        items = (list(enumerate(value)) if isinstance(value, (list, tuple))
+                 else [(None, value)])
+        for i, v in items:
+            if v not in rng:
+                shown = path if i is None else f"{path}[{i}]"
+                raise _key_error(f"{shown}={v!r} is out of range", path,
+                                 fix=f"valid: {str(rng).replace('x', name, 1)}")
 
 
 # ----------------------------------------------------------------------------- dicts <-> dataclasses
@@ -210,6 +272,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(hints[name], value, path)
+    _check_ranges(cls, kwargs, where)
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # __post_init__ checks (cross-field rules): prefix the key path

@@ -7,6 +7,7 @@ crash never leaves a half-written ``submission.csv``, checkpoint or JSON behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -15,15 +16,39 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
-from cellseg.errors import InputError
+from cellseg.errors import InputError, UserError
+
+
+# errno values that mean "this output cannot be written here", a user's problem to fix
+_WRITE_ERRORS = {errno.ENOSPC: ("no space left on device", "free space or choose another folder"),
+                 errno.EDQUOT: ("disk quota exceeded", "free space or choose another folder"),
+                 errno.EROFS: ("the file system is read-only", "choose a writable folder"),
+                 errno.EACCES: ("permission denied", "check the folder's permissions or choose "
+                                                     "another folder"),
+                 errno.EPERM: ("permission denied", "check the folder's permissions or choose "
+                                                    "another folder")}
+
+
+class OutputError(UserError, OSError):
+    """An output could not be written (disk full, read-only or vanished folder); the previous
+    file at that path, if any, is untouched."""
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    On any failure (an exception, a full disk) the temporary file is removed and ``path`` keeps
+    its previous content. A full disk, a read-only or unwritable folder raise ``OutputError`` (a
+    ``UserError``: one line naming the file). Only a SIGKILL can leave a ``.<name>.*.tmp`` file;
+    nothing reads those (``cellseg train`` deletes them from its folder at start).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _output_error(exc, path) from exc
     os.close(fd)
     # mkstemp creates 0600 files; give the output the permissions a plain open() would
     umask = os.umask(0)
@@ -32,9 +57,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _output_error(exc, path) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _output_error(exc: OSError, path: Path) -> OSError:
+    """``exc`` as an ``OutputError`` naming ``path`` when it is a write problem, else unchanged."""
+    if isinstance(exc, UserError) or exc.errno not in _WRITE_ERRORS:
+        return exc
+    what, fix = _WRITE_ERRORS[exc.errno]
+    err = OutputError(f"cannot write {path.name}: {what}", where=str(path.parent),
+                      fix=f"{fix}; the previous {path.name}, if any, is kept")
+    err.errno = exc.errno
+    return err
 
 
 @contextlib.contextmanager

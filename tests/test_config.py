@@ -167,7 +167,7 @@ def test_one_loader_for_both_configs(tmp_path):
     assert load_config(TrainConfig, "unet_tiny") == load_train_config("unet_tiny")
     cfg = load_inference_config(None, ["scale=1.5"])
     assert load_inference_config(cfg, ["tta=[v]"]) == InferenceConfig(scale=1.5, tta=("v",))
-    with pytest.raises(ConfigError, match="not positive, --set scale=-1") as err:
+    with pytest.raises(ConfigError, match="out of range, --set scale=-1, valid: scale > 0") as err:
         load_inference_config(None, ["scale=-1"])
     assert err.value.key == "scale"
 

@@ -190,3 +190,34 @@ def _tiny_csv(tmp_path):
     path.write_text("id,annotation,width,height,cell_type\n"
                     "aaaaaaaaaaaa,1 5,704,520,shsy5y\naaaaaaaaaaaa,705 5,704,520,shsy5y\n")
     return path
+
+
+def test_orphan_annotations_one_rule_for_json_and_livecell_folder(tmp_path, capsys):
+    """An annotation of an image missing from the COCO file: the same note (skipped, exit 0)
+    whether the JSON is named directly or read through its LIVECell folder, and training's
+    loader (no ``problems`` list) does not fail on it either."""
+    from cellseg.data.livecell import load as load_livecell
+    from cellseg.data.synthetic import generate
+
+    generate(tmp_path, n_images=1, seed=0, n_test=0, n_semi=0, n_livecell=2)
+    root = tmp_path / "livecell"
+    js = root / "annotations" / "LIVECell" / "livecell_coco_train.json"
+    data = json.loads(js.read_text())
+    if not data["annotations"]:
+        pytest.skip("synthetic LIVECell train split has no annotation")
+    data["annotations"].append(dict(data["annotations"][0], id=99999, image_id=424242))
+    js.write_text(json.dumps(data))
+    expected = ("livecell_coco_train.json: 1 annotation(s) refer to images not in the file "
+                "(e.g. annotation 99999 -> image 424242); skipped")
+    outputs = []
+    for target in ([str(js), "--images", str(root / "images")], [str(root)]):
+        rc = main(["data", "check", *target])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        assert expected in out and "problem(s)" not in out
+        outputs.append(out)
+    notes: list[str] = []
+    recs = load_livecell(root, "train", notes=notes)
+    assert recs and expected in notes
+    plain = coco.coco_to_records(js, root / "images", notes=[])
+    assert sorted(r.n_instances for r in recs) == sorted(r.n_instances for r in plain)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -495,41 +491,8 @@ def test_train_on_real_samples(shared_livecell, shared_sartorius, tmp_path):
     assert ck["data"]["n_train"] == 1 and ck["data"]["n_train_cells"] == 395
 
 
-@pytest.mark.slow
-def test_kill_9_then_resume(small, tmp_path):
-    """A run killed with SIGKILL mid-training resumes from last.pt and finishes the schedule."""
-    out = tmp_path / "run"
-    argv = [sys.executable, "-m", "cellseg", "train", "--config", "unet_tiny", "--data", str(small),
-            "--out", str(out), "--no-progress", "--set", "train.epochs=3",
-            "--set", "train.save_every_steps=1", "--set", "data.fold=null",
-            "--set", "train.max_steps=null", "--set", "data.max_train_images=4"]
-    for kv in FAST:
-        argv += ["--set", kv]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    from cellseg.checkpoint import load_checkpoint
-
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            if (out / "last.pt").exists() and load_checkpoint(out / "last.pt")["step"] >= 2:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"training ended before it could be killed: {proc.stderr.read()}")
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    killed_at = load_checkpoint(out / "last.pt")["step"]
-    assert killed_at >= 2
-    done = subprocess.run(argv + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=400)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "resuming from" in done.stderr
-    ck = load_checkpoint(out / "last.pt")
-    assert ck["epoch"] == 3 and ck["step"] == 3 * 2  # 4 images, batch 2: 2 steps per epoch
-    assert [r["epoch"] for r in _rows(out / "log.csv")] == ["1", "2", "3"]
+# kill -9 then --resume (at several moments, incl. mid-checkpoint-write, bit-identical to an
+# uninterrupted run) is tests/test_faults.py::test_kill_9_anywhere_then_resume_is_bit_identical
 
 
 def test_inference_models_data_and_kaggle_never_import_training():

@@ -20,6 +20,7 @@ placeholder row as a warning, not an error.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from dataclasses import dataclass
@@ -92,11 +93,15 @@ class SubmissionWriter:
         try:
             if exc_type is None:
                 self._fh.flush()
-                os.fsync(self._fh.fileno())
+                os.fsync(self._fh.fileno())  # a full disk often shows only here
             self._fh.close()
-        finally:
-            # atomic_path renames only when no exception is passed on
-            self._ctx.__exit__(exc_type, exc, tb)
+        except BaseException as err:  # the file is incomplete: never rename it into place
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._ctx.__exit__(type(err), err, err.__traceback__)  # removes it, may convert err
+            raise
+        # atomic_path renames only when no exception is passed on
+        self._ctx.__exit__(exc_type, exc, tb)
         return False
 
     def add(self, image_id: str, cells: Cells, *, shape: tuple[int, int] | None = None) -> int:

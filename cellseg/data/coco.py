@@ -51,6 +51,37 @@ def annotations_list(coco: Mapping[str, Any]) -> list[dict]:
     return list(anns.values()) if isinstance(anns, Mapping) else list(anns)
 
 
+def annotations_by_image(coco: Mapping[str, Any], name: str,
+                         notes: list[str] | None = None) -> dict[Any, list[dict]]:
+    """``{image id: [annotations]}`` for every entry of ``coco["images"]`` (in file order).
+
+    The one rule for orphan annotations (an ``image_id`` with no image entry), whichever loader
+    reads the file (a COCO JSON named directly, a LIVECell folder, ``cellseg data check``): they
+    belong to no image, so no record changes by dropping them; they are skipped and ONE note
+    counts them (``name``: the file, in the note). The note goes to ``notes`` when given (``data
+    check`` prints it), else to ``warnings.warn``. Never an error.
+    """
+    per_image: dict[Any, list[dict]] = {img["id"]: [] for img in coco.get("images", [])}
+    orphans = []
+    for ann in annotations_list(coco):
+        target = per_image.get(ann.get("image_id"))
+        if target is None:
+            orphans.append(ann)
+        else:
+            target.append(ann)
+    if orphans:
+        msg = (f"{name}: {len(orphans)} annotation(s) refer to images not in the file (e.g. "
+               f"annotation {orphans[0].get('id')} -> image {orphans[0].get('image_id')!r}); "
+               "skipped")
+        if notes is not None:
+            notes.append(msg)
+        else:
+            import warnings
+
+            warnings.warn(msg, stacklevel=3)
+    return per_image
+
+
 def _to_coco_rle(segmentation: Any, height: int, width: int) -> dict | None:
     """One COCO segmentation -> a pycocotools RLE dict of (height, width); None when empty."""
     from pycocotools import mask as mask_utils  # lazy: keep `import cellseg` light
@@ -246,8 +277,8 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
             folder when a path is given, else the current folder).
         source: record source; default the image entry's ``source`` or ``"coco"``.
         min_cells: skip images with fewer annotations.
-        notes: receives a warning about annotations of unknown images (orphans are skipped:
-            harmless for training); without it the warning goes through ``warnings.warn``.
+        notes: receives the note about orphan annotations (``annotations_by_image``: skipped,
+            never an error); without it the note goes through ``warnings.warn``.
     Returns:
         One record per image; ``image_id`` is the entry's ``image_key`` (written by
         ``records_to_coco``) or the file stem; cell type from the entry's ``cell_type`` or a
@@ -257,8 +288,9 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
         cellseg.errors.InputError (a ValueError): not JSON, or a bad segmentation (the message
             names the annotation id).
     """
+    coco_name = None
     if not isinstance(coco, Mapping):
-        path = Path(coco)
+        path = coco_name = Path(coco)
         with open(path) as fh:
             try:
                 coco = json.load(fh)
@@ -269,24 +301,8 @@ def coco_to_records(coco: Mapping[str, Any] | str | os.PathLike,
             image_root = path.parent
     root = Path(image_root) if image_root is not None else Path(".")
     find_image = _ImageFinder(root)
-    per_image: dict[Any, list[dict]] = {}
-    for img in coco.get("images", []):
-        per_image[img["id"]] = []
-    orphans = []
-    for ann in annotations_list(coco):
-        if ann.get("image_id") not in per_image:
-            orphans.append(ann)
-            continue
-        per_image[ann["image_id"]].append(ann)
-    if orphans:
-        msg = (f"{len(orphans)} annotation(s) refer to images not in the file (e.g. annotation "
-               f"{orphans[0].get('id')} -> image {orphans[0].get('image_id')!r}); skipped")
-        if notes is not None:
-            notes.append(msg)
-        else:
-            import warnings
-
-            warnings.warn(msg, stacklevel=2)
+    per_image = annotations_by_image(coco, name=Path(coco_name).name if coco_name else "the COCO "
+                                     "file", notes=notes)
     records = []
     for img in coco.get("images", []):
         anns = sorted(per_image[img["id"]], key=lambda a: a.get("id", 0))

@@ -322,6 +322,7 @@ def build_loader(dataset: InstanceDataset, batch_size: int, shuffle: bool, worke
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
         collate_fn=collate_fn, drop_last=shuffle if drop_last is None else drop_last,
+        # pinned memory when CUDA exists: UNTESTED here (no GPU; docs/status.md)
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0, worker_init_fn=_seed_worker if workers > 0 else None,
         **extra)

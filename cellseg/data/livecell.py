@@ -28,10 +28,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
-from cellseg.data.coco import (CELL_TYPES, annotations_list, cell_type_of,  # noqa: F401 (API)
-                               segmentations_to_rles)
+from cellseg.data.coco import (CELL_TYPES, annotations_by_image,  # noqa: F401 (API)
+                               annotations_list, cell_type_of, segmentations_to_rles)
 from cellseg.data.record import ImageRecord
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -171,13 +171,8 @@ def load(root: str | os.PathLike, split: str = "val", *,
                "empty (degenerate) annotations": 0}
     for path in files:
         data = read_json(path)
-        by_image: dict[Any, list[Mapping]] = {img["id"]: [] for img in data["images"]}
-        for ann in data["annotations"]:
-            if ann.get("image_id") in by_image:
-                by_image[ann["image_id"]].append(ann)
-            else:
-                collected.append(f"{path.name}: annotation {ann.get('id')} refers to unknown "
-                                 f"image {ann.get('image_id')!r}")
+        # orphan annotations: the one rule of cellseg.data.coco (skipped, one note)
+        by_image = annotations_by_image(data, path.name, notes)
         images = data["images"]
         for img in tqdm(images, desc=f"{path.name}", disable=True if len(images) < 50 else None,
                         leave=False):

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, ClassVar, Iterable, Literal, Mapping
 
-from cellseg.configlib import (ConfigError, blame, from_dict, load_config,
+from cellseg.configlib import (ConfigError, Range, blame, from_dict, load_config,
                                read_config_source, to_dict)
 
 EMPTY_POLICIES = ("best", "placeholder", "allow_empty")
@@ -73,6 +73,11 @@ class TypeThresholds:
     min_pred_iou: float = 0.0
     min_stability: float = 0.0
 
+    # checked at load time by cellseg.configlib (numeric ranges)
+    RANGES: ClassVar[dict[str, Range]] = {
+        "score_thresh": Range(0, 1), "min_area": Range(0), "nms_iou": Range(0, 1),
+        "min_pred_iou": Range(0, 1), "min_stability": Range(0, 1)}
+
 
 @dataclass(frozen=True)
 class InferenceConfig:
@@ -85,6 +90,8 @@ class InferenceConfig:
     ``scale`` upscales the input (e.g. 2.0), outputs are mapped back to native size.
     ``batch_size`` tiles per forward pass (tiles of several images are batched together).
     ``amp``: torch.autocast float16 on CUDA (ignored on CPU, same code path).
+    ``cuda_path_on_cpu``: run the CUDA forward path on CPU too (float16 autocast when ``amp``,
+    channels_last input): slow, it exists to test that path on machines without a GPU.
     ``tta``: flips among "h", "v", "hv" added to the identity pass.
     ``model_weights``: one weight per model for ensembling (empty: all 1).
     ``vote_iou``: mask IoU that clusters instances across TTA passes / models for mask voting.
@@ -107,6 +114,7 @@ class InferenceConfig:
     pad_multiple: int = 32
     batch_size: int = 4
     amp: bool = True
+    cuda_path_on_cpu: bool = False
     tta: tuple[str, ...] = ()
     model_weights: tuple[float, ...] = ()
     vote_iou: float = 0.5
@@ -120,6 +128,13 @@ class InferenceConfig:
     fill_holes: bool = True
     rescore: bool = False
     empty_policy: Literal["best", "placeholder", "allow_empty"] = "best"
+
+    # checked at load time by cellseg.configlib (numeric ranges)
+    RANGES: ClassVar[dict[str, Range]] = {
+        "tile_size": Range(32), "overlap": Range(0), "scale": Range(0, lo_open=True),
+        "pad_multiple": Range(1), "batch_size": Range(1), "model_weights": Range(0),
+        "vote_iou": Range(0, 1), "seam_iou": Range(0, 1), "seam_containment": Range(0, 1),
+        "overlap_drop": Range(0, 1)}
 
     def __post_init__(self) -> None:
         # the loader types per-type mappings; this covers InferenceConfig(types={...}) in code

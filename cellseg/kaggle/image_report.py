@@ -85,8 +85,8 @@ def describe(rec: Mapping[str, Any], reference: ImageDescription | None = None) 
               f"{kernel.get('built_for_image')})")
     if etc:
         source += "; image " + ", ".join(f"{k} {v}" for k, v in sorted(etc.items()))
-    notes = [f"recorded by the kernel itself: every version below is what the run found "
-             f"installed (local versions such as +cu128 dropped for PyPI)",
+    notes = ["recorded by the kernel itself: every version below is what the run found "
+             "installed (local versions such as +cu128 dropped for PyPI)",
              f"{len(dists)} distributions were installed in all; the list is in the record"]
     return {
         "name": ref.name, "as_of": as_of, "sources": [source],

@@ -40,12 +40,12 @@ def get_family(name: str) -> "ModelFamily":
 
 
 def load_model(path: str | os.PathLike, device: Any = "cpu", *, ema: bool = True,
-               verify: bool = False) -> tuple["torch.nn.Module", "ModelFamily", dict[str, Any]]:
+               verify: bool = True) -> tuple["torch.nn.Module", "ModelFamily", dict[str, Any]]:
     """Rebuild the network from the checkpoint at ``path`` alone and load its weights.
 
     Returns ``(model in eval mode on device, family, checkpoint dict)``; ``model.spec`` is the one
     the training run had. With ``ema`` the EMA weights are used when the checkpoint has them, with
-    ``verify`` the file is first checked against its ``.sha256`` (``cellseg.checkpoint``). A
+    ``verify`` (the default) the file is first checked against its ``.sha256`` (``cellseg.checkpoint``). A
     checkpoint that does not fit this version of the kit is an ``InputError`` naming the file.
     """
     from cellseg.checkpoint import load_checkpoint

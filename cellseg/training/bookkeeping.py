@@ -189,8 +189,11 @@ class Bookkeeper:
     def _save(self, plot: bool = False) -> None:
         if not self.main:
             return
-        self.files.save_last(self.state)
+        # logs first: a kill between the two leaves rows beyond last.pt, which a resume drops
+        # (TrainLog.resume); the other order would lose the rows of the step last.pt holds
+        self.files.check_out()
         self.train_log.write(plot=plot)
+        self.files.save_last(self.state)
 
 
 def _due(count: int, every: int) -> bool:

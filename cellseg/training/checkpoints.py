@@ -18,7 +18,7 @@ are simply the final weights).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from cellseg.checkpoint import save_checkpoint
 
@@ -36,6 +36,13 @@ class RunCheckpoints:
         self.out = Path(out)
         self.meta = meta
         self.last_step: int | None = None  # optimiser step of the newest last.pt
+        # called before a write when the folder is gone (deleted mid-run); it may recreate it
+        self.on_missing_out: Callable[[], None] | None = None
+
+    def check_out(self) -> None:
+        """Before writing anything into the folder: call ``on_missing_out`` when it is gone."""
+        if not self.out.is_dir() and self.on_missing_out is not None:
+            self.on_missing_out()
 
     @property
     def last_path(self) -> Path:
@@ -49,6 +56,7 @@ class RunCheckpoints:
         """The full resume state at this point (skipped when this step is already saved)."""
         if self.last_step == state.step and self.last_path.exists():
             return
+        self.check_out()
         save_checkpoint(self.last_path, **self.meta, **state.state_dict())
         self.last_step = state.step
 
@@ -57,6 +65,7 @@ class RunCheckpoints:
         if selection not in SELECTIONS:
             raise ValueError(f"selection {selection!r}; valid: {', '.join(SELECTIONS)}")
         metrics = state.best_metrics if selection == "val_score" else state.metrics
+        self.check_out()
         save_checkpoint(self.best_path, **self.meta, model=state.model.state_dict(),
                         ema=state.ema.state_dict() if state.ema is not None else None,
                         epoch=state.epoch, step=state.step, metrics=metrics,

@@ -69,6 +69,8 @@ def make_loader(cfg: TrainConfig, dataset: Any, sampler: Any, collate: Any, dist
     return torch.utils.data.DataLoader(
         dataset, batch_size=cfg.train.batch_size, sampler=SkipSampler(sampler, skip) if skip
         else sampler, num_workers=workers, collate_fn=collate, drop_last=False,
+        # UNTESTED here (no GPU; docs/status.md): pinned memory on CUDA, which the step's
+        # non_blocking copies rely on; scripts/gpu_check.py measures the loader vs the GPU
         pin_memory=dist.device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=max(1, cfg.train.prefetch) if workers > 0 else None,
         worker_init_fn=_seed_worker if workers > 0 else None)

@@ -54,6 +54,9 @@ def init(device_preference: str | None = None) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     base = pick_device(device_preference)
     if base.type == "cuda":
+        # UNTESTED here (no GPU; docs/status.md): one GPU per local rank and nccl; the gloo
+        # branch below is what tests/test_ddp.py and tests/test_faults.py run.
+        # scripts/gpu_check.py runs 2-process nccl when two GPUs exist
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"

@@ -8,7 +8,9 @@
 ``train_one_epoch`` runs ``family.loss`` on each batch, accumulates gradients over ``grad_accum``
 batches, clips, steps the optimiser and the per-step LR schedule (linear warmup + cosine,
 ``lr_factor``) and updates the EMA. Mixed precision is one code path: ``torch.autocast`` with
-``opts.amp_dtype`` (bfloat16 on CPU, float16 on CUDA, where ``state.scaler`` is a GradScaler).
+``opts.amp_dtype`` (float16 on CUDA, or on CPU when asked for, with ``state.scaler`` a
+GradScaler: scaled backward, unscale before clipping, a step with inf/NaN gradients skipped and
+the scale lowered; bfloat16 without a scaler).
 Loss values stay on the device between log points, so a GPU is synchronised once per step
 (the non-finite check) and not once per loss term. A non-finite loss stops the run with every
 loss term in the message. ``evaluate`` scores held-out images with the competition metric through
@@ -146,6 +148,8 @@ def to_device(obj: Any, device: torch.device, channels_last: bool = False) -> An
     """Move tensors inside nested lists/tuples/dicts to ``device`` (non-blocking: the copy from
     pinned memory overlaps the step). With ``channels_last`` 4-D tensors change layout too."""
     if isinstance(obj, torch.Tensor):
+        # non_blocking only overlaps anything for pinned host memory -> CUDA: UNTESTED here
+        # (no GPU; docs/status.md); on CPU it is a plain copy
         obj = obj.to(device, non_blocking=True)
         if channels_last and obj.ndim == 4:
             obj = obj.contiguous(memory_format=torch.channels_last)

@@ -18,6 +18,10 @@ EMA, early-stopping counters, RNG states). Every epoch reseeds its shuffle and a
 (seed, epoch), so on CPU with ``data.workers=0`` a resumed run ends bit-identical to an
 uninterrupted one (data-loader workers keep their own augmentation streams, which no checkpoint
 captures).
+
+One run per folder: ``<out>/.lock`` (``cellseg.training.runlock``) refuses a second run, also a
+``--resume`` of a running one; a stale lock (its process is gone) is replaced with a note. What
+survives which fault (kill -9, SIGTERM, full disk, ...): docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -91,8 +95,11 @@ def main(args: argparse.Namespace) -> int:
     tc = cfg.train
     dist = D.init(tc.device)
     log = _logger(dist.is_main)
+    lock = None
     try:
         out = Path(tc.out)
+        # one run per --out, refused before any data is read (rank 0 decides for every rank)
+        lock = _lock_out(out, args.resume, dist, log)
         # pretrained names (encoder_weights: imagenet, weights: coco, sam_checkpoint: vit_b) are
         # found or fetched now, before any data is read (--offline: a missing file stops here)
         cfg = check_pretrained_available(cfg, offline=getattr(args, "offline", False),
@@ -128,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
         files = RunCheckpoints(out, spec=model.spec.to_dict(),
                                config=to_dict(cfg), data=data_desc,
                                target_spec=spec.to_dict())
+        files.on_missing_out = lambda: _out_vanished(out, cfg, lock, log)
         _prepare_out(out, cfg, dist)
         with stop_requests() as stop:
             keeper = Bookkeeper(tc, state, files, plan, dist, stop=stop, log=log,
@@ -148,8 +156,13 @@ def main(args: argparse.Namespace) -> int:
         log(f"{'stopped' if keeper.interrupted else 'done'} in "
             f"{time.perf_counter() - t_start:.1f} s at step {state.step}/{plan.total_steps}; best "
             f"val score {state.best_score if state.metrics else 'n/a'}; checkpoints in {out}")
+        if dist.enabled:  # every rank says where it stopped (they must agree)
+            print(f"rank {dist.rank}: {'stopped' if keeper.interrupted else 'done'} at step "
+                  f"{state.step}", file=sys.stderr, flush=True)
         return 130 if keeper.interrupted else 0
     finally:
+        if lock is not None:
+            lock.release()
         D.cleanup()
 
 
@@ -171,7 +184,7 @@ def _resume_checkpoint(out: Path, cfg: TrainConfig, log) -> dict[str, Any] | Non
     if not path.exists():
         log(f"--resume: no {path} yet, starting from scratch")
         return None
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path)  # sha256-verified: a torn or replaced last.pt is one line
     # compared typed: a config saved with only the non-default args is the same model
     if from_dict(type(cfg.model), ckpt["config"].get("model")) != cfg.model:
         raise ConfigError(f"--resume: {path} was trained with model {ckpt['config'].get('model')}"
@@ -212,9 +225,11 @@ def _step_options(cfg: TrainConfig, family: Any, dist: Any, progress: bool):
 
     tc, cuda = cfg.train, dist.device.type == "cuda"
     amp_dtype = None
-    if tc.amp and (cuda or tc.amp_dtype == "bfloat16"):
-        # CUDA: float16 + GradScaler unless bfloat16 is asked for; CPU: bfloat16 only on request
-        # (it is slower than fp32 on CPUs without bf16 units)
+    if tc.amp and (cuda or tc.amp_dtype != "auto"):
+        # CUDA: float16 + GradScaler unless bfloat16 is asked for. CPU: only on request ("auto"
+        # is fp32 there: both are slower than fp32 on CPUs without bf16/fp16 units); float16 on
+        # CPU runs the CUDA code path (autocast float16 + a GradScaler), which is how that path
+        # is tested on machines without a GPU
         amp_dtype = torch.bfloat16 if tc.amp_dtype == "bfloat16" else torch.float16
     channels_last = (tc.channels_last if tc.channels_last is not None
                      else getattr(family, "kind", None) == "dense")
@@ -234,6 +249,7 @@ def _ddp_wrapper(dist: Any):
         return None
     import torch
 
+    # device_ids on CUDA: UNTESTED here (no GPU; docs/status.md); CPU/gloo DDP is tested
     ids = [dist.device.index] if dist.device.type == "cuda" else None
     return lambda net: torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
@@ -248,6 +264,37 @@ def _validator(cfg: TrainConfig, family: Any, records: list, dist: Any, opts: An
     infer_cfg = load_inference_config(cfg.val.infer)
     return lambda model: evaluate(model, family, records, infer_cfg, device=dist.device,
                                   progress=opts.progress, matching=cfg.val.matching)
+
+
+def _lock_out(out: Path, resume: bool, dist: Any, log):
+    """Rank 0 takes ``<out>/.lock`` (``cellseg.training.runlock``); every rank raises the same
+    ``RunLockedError`` when it is refused. Returns the lock (None on other ranks)."""
+    from cellseg.training import distributed as D
+    from cellseg.training.runlock import RunLock, RunLockedError
+
+    lock, refused = None, None
+    if dist.is_main:
+        lock = RunLock(out, resume=resume, log=log)
+        try:
+            lock.acquire()
+        except RunLockedError as exc:
+            refused = (exc.what, exc.where, exc.fix)
+    refused = D.broadcast_object(refused)
+    if refused is not None:
+        what, where, fix = refused
+        raise RunLockedError(what, where=where, fix=fix)
+    return lock
+
+
+def _out_vanished(out: Path, cfg: TrainConfig, lock: Any, log) -> None:
+    """The run folder was deleted (or unmounted) mid-run: recreate it with config.yaml and the
+    lock, so the checkpoint being written is not lost."""
+    log(f"warning: the output folder {out} vanished mid-run (deleted or unmounted); recreating "
+        "it and writing the checkpoint there (earlier files in it are gone)")
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(out / "config.yaml", cfg)
+    if lock is not None:
+        lock.refresh()
 
 
 def _prepare_out(out: Path, cfg: TrainConfig, dist: Any) -> None:

@@ -190,6 +190,7 @@ def rng_state() -> dict[str, Any]:
                                                         int(pos), int(has_gauss), float(gauss)],
              "python": [py[0], list(py[1]), py[2]]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # UNTESTED here (no GPU; docs/status.md): CUDA RNG states in the resume point
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
