@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
              "--kernel-id", "me/cellseg-infer", "--wheels-dir", str(wheels),
              "--out", str(kernel)]))
         # --image local: this interpreter's packages, seconds. The rehearsal on Kaggle's own
-        # image (Python 3.12, its pinned versions; a few GB built once) is printed at the end.
+        # image (its newest description: Python, pinned versions; a few GB built once) is printed
+        # at the end.
         step("rehearse kernel offline (both /kaggle/input layouts)", lambda: _cli(
             ["kaggle", "rehearse", str(kernel), "--data", str(data / "competition"),
              "--layout", "both", "--workdir", str(out / "rehearsal"), "--image", "local"]))
@@ -168,9 +169,12 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
           + f". Report: {out / 'report.md'}")
     if kernel_ok:
-        print(f"Rehearse the kernel on Kaggle's own image (Python 3.12, Kaggle's package versions; "
-              f"the env is built once per machine):\n  cellseg kaggle rehearse {args.out}/kernel "
-              f"--data {args.out}/data/competition")
+        from cellseg.kaggle.image import load_image
+
+        img = load_image()
+        print(f"Rehearse the kernel on Kaggle's own image (Python {img.python}, Kaggle's package "
+              f"versions as of {img.as_of}; the env is built once per machine):\n"
+              f"  cellseg kaggle rehearse {args.out}/kernel --data {args.out}/data/competition")
     shown = [str(Path(args.out) / p.relative_to(out)) for p in pages]
     print(f"\nOpen the results page in a browser: {shown[0]}"
           + (f"\n  ({' vs '.join(list(scores)[:2])} side by side: {shown[1]})"
