@@ -351,7 +351,7 @@ def test_sam_vit_b_by_name(official_cache, env, no_network):
     model = get_family("promptseg").build(decoder="sam", sam_checkpoint="vit_b", crop_size=16)
     args = model.spec.args
     assert args["sam"]["embed_dim"] == 768 and args["sam"]["depth"] == 12  # ViT-B sizes filled in
-    assert "sam_checkpoint" not in args and args["pretrained_origin"][0]["name"] == "sam:vit_b"
+    assert args["sam_checkpoint"] is None and args["pretrained_origin"][0]["name"] == "sam:vit_b"
     ref = _state(official_cache / "torch" / "hub" / "checkpoints" / "sam_vit_b_01ec64.pth")
     own = model.decoder.sam.state_dict()
     assert set(own) == set(ref)
