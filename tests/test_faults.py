@@ -358,8 +358,9 @@ def _dead_pid() -> int:
 
 
 def test_stale_lock_is_replaced_with_a_note_and_foreign_lock_refused(small, tmp_path, capsys):
-    """Promises: a lock left by a dead process on this host is replaced with a note; a lock
-    from another host (cannot be checked) is refused with how to remove it."""
+    """Promises: a lock left by a dead process on this host (or whose pid a later process
+    reused) is replaced with a note; a lock from another host (cannot be checked) is refused
+    with how to remove it."""
     out = tmp_path / "run"
     out.mkdir()
     pid = _dead_pid()
@@ -369,6 +370,11 @@ def test_stale_lock_is_replaced_with_a_note_and_foreign_lock_refused(small, tmp_
     err = capsys.readouterr().err
     assert f"note: replacing a stale lock {out / '.lock'} (pid {pid}" in err
     assert not (out / ".lock").exists()
+    # a pid reused by another process (pid 1 is alive, but started at another time)
+    (out / ".lock").write_text(json.dumps({"pid": 1, "host": socket.gethostname(),
+                                           "pid_start": "-1"}))
+    assert main(_train_argv(small, out, "train.epochs=1", "train.max_steps=1")) == 0
+    assert "note: replacing a stale lock" in capsys.readouterr().err
     (out / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere-node-7"}))
     assert main(_train_argv(small, out, "train.epochs=1") + ["--resume"]) == 2
     err = capsys.readouterr().err.strip()

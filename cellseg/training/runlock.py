@@ -6,8 +6,8 @@
 ``cellseg train`` takes the lock before it reads any data, so a second run into the same
 ``--out`` (with or without ``--resume``) refuses at once instead of writing its checkpoints
 beside the first run's. The lock file is created with ``O_CREAT | O_EXCL`` (atomic on local file
-systems) and holds ``{"pid", "host", "started"}`` as JSON. A lock whose pid is not alive on this
-host is stale (a run killed with -9, a crashed machine's leftover after a reboot): it is replaced
+systems) and holds ``{"pid", "host", "started", "pid_start"}`` as JSON. A lock whose pid is not
+alive on this host (or now belongs to a later process: ``pid_start`` differs) is stale (a run killed with -9, a crashed machine's leftover after a reboot): it is replaced
 and a note says so. A lock written on another host cannot be checked from here: it is refused,
 and the message says how to remove it when that run is known to be dead. The lock is removed
 when the run ends (done, stopped, or failed with an exception); only kill -9 leaves it behind.
@@ -41,6 +41,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (Linux ``/proc``; None elsewhere): tells the lock's
+    owner from a later process that reused its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5), after "pid (comm)"
+
+
+def _owner_alive(lock: dict[str, Any]) -> bool:
+    pid = lock["pid"]
+    if not _pid_alive(pid):
+        return False
+    started = lock.get("pid_start")
+    now = _start_time(pid)
+    return started is None or now is None or now == started
+
+
 def read_lock(out: str | os.PathLike) -> dict[str, Any] | None:
     """The lock's content, ``{}`` when unreadable (half-written), None when there is no lock."""
     path = Path(out) / LOCK_NAME
@@ -72,7 +92,8 @@ class RunLock:
         """Take the lock, replacing a stale one; raise ``RunLockedError`` when a live run has it."""
         self.out.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "pid_start": _start_time(os.getpid())}
         for _ in range(3):  # a stale lock removed by us may be taken by a racing run: retry
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -101,7 +122,7 @@ class RunLock:
             if other is None:
                 return
             pid, host = other.get("pid"), other.get("host")
-        if isinstance(pid, int) and host == me["host"] and not _pid_alive(pid):
+        if isinstance(pid, int) and host == me["host"] and not _owner_alive(other):
             self.log(f"note: replacing a stale lock {self.path} (pid {pid} on {host} is not "
                      f"running: killed or crashed, started {other.get('started', '?')})")
             self.path.unlink(missing_ok=True)
