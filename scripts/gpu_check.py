@@ -106,7 +106,7 @@ def predict_compare(ckpt: Path, images: list[Path], device: str) -> tuple[int, i
     the device run uses the kit's CUDA path (float16 autocast, channels_last)."""
     import torch
 
-    from cellseg.checkpoint import load_model
+    from cellseg.models import load_model
     from cellseg.core.metrics import iou_matrix
     from cellseg.infer.config import InferenceConfig
     from cellseg.infer.predict import predict_image

@@ -95,7 +95,7 @@ def official_cache(tmp_path_factory) -> Path:
     """torch/hub/checkpoints/{maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth, sam_vit_b_01ec64.pth} and
     huggingface/hub/models--smp-hub--resnet34.imagenet/snapshots/<smp's commit>/{model.safetensors,
     config.json}, written by hand in the libraries' documented layouts."""
-    torch = pytest.importorskip("torch")
+    import torch
     import segment_anything
     import torchvision
     from safetensors.torch import save_file

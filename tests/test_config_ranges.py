@@ -55,7 +55,7 @@ def test_shipped_configs_are_in_range():
         if name.startswith("infer"):
             load_inference_config(name)
         else:
-            load_train_config(name, check_model=False)
+            load_train_config(name)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -73,7 +73,7 @@ def test_shipped_configs_are_in_range():
 ])
 def test_out_of_range_values_fail_at_load(override, message):
     with pytest.raises(ConfigError) as err:
-        load_train_config("unet_tiny", [override], check_model=False)
+        load_train_config("unet_tiny", [override])
     assert message in str(err.value)
     assert err.value.key == override.partition("=")[0]
 
@@ -83,13 +83,13 @@ def test_range_in_a_yaml_file_names_the_file(tmp_path):
     p.write_text("train:\n  grad_accum: 0\n")
     with pytest.raises(ConfigError, match=r"train.grad_accum=0 is out of range, config .*bad.yaml, "
                                           r"valid: grad_accum >= 1"):
-        load_train_config(p, check_model=False)
+        load_train_config(p)
 
 
 def test_nan_is_out_of_every_range():
     assert float("nan") not in Range(0)
     with pytest.raises(ConfigError, match="optim.lr=nan is out of range"):
-        load_train_config("unet_tiny", ["optim.lr=.nan"], check_model=False)
+        load_train_config("unet_tiny", ["optim.lr=.nan"])
 
 
 def test_cli_zero_batch_size_is_one_line_exit_2(capsys, tmp_path):

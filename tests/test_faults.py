@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.cli import main  # noqa: E402
 

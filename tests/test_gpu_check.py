@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -65,7 +65,7 @@ def sharp_unet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A random tiny UNet whose head is sharpened (cell on, border off, centre x20) so that its
     watershed finds ~100 instances on the synthetic probe image: an untrained or briefly trained
     tiny model finds none, and a probe of nothing could not tell two models apart."""
-    torch = pytest.importorskip("torch")
+    import torch
     from cellseg.checkpoint import save_checkpoint
     from cellseg.models import get_family
 

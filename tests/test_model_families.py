@@ -14,7 +14,7 @@ import socket
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from cellseg.checkpoint import save_checkpoint  # noqa: E402
 from cellseg.config import config_names, load_train_config  # noqa: E402
