@@ -517,7 +517,7 @@ def test_corrupt_weights_stop_the_kernel_entry(tmp_path, tiny_unet_ckpt):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done.stdout + done.stderr
     # the kernel's one failure message: a headline, then one line per bad file
-    assert done.stderr.startswith("KERNEL FAILED (exit 3, no valid submission): weights do not "
+    assert done.stderr.startswith("KERNEL FAILED (exit 3): weights do not "
                                   "match"), done.stderr
     assert str(weights / "unet_f0.pt") in done.stderr and "Traceback" not in done.stderr
 

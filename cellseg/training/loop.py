@@ -98,13 +98,14 @@ def main(args: argparse.Namespace) -> int:
     lock = None
     try:
         out = Path(tc.out)
-        # one run per --out, refused before any data is read (rank 0 decides for every rank)
-        lock = _lock_out(out, args.resume, dist, log)
         # pretrained names (encoder_weights: imagenet, weights: coco, sam_checkpoint: vit_b) are
-        # found or fetched now, before any data is read (--offline: a missing file stops here)
+        # found or fetched now, before --out is created or any data is read (--offline: a
+        # missing file stops here)
         cfg = check_pretrained_available(cfg, offline=getattr(args, "offline", False),
                                          weights_cache=getattr(args, "weights_cache", None))
         tc = cfg.train
+        # one run per --out, refused before any data is read (rank 0 decides for every rank)
+        lock = _lock_out(out, args.resume, dist, log)
         # every data source is checked (paths, splits, image files) before a model is built
         train_records, val_records, data_desc, train_sources = td.load_data(cfg.data, log)
         log(f"data: {len(train_records)} training images ({data_desc['n_train_cells']} cells), "
