@@ -140,13 +140,6 @@ def segmentations_to_rles(annotations: Sequence[Mapping], height: int, width: in
     return out, problems
 
 
-def bbox_area(rle: str, shape: tuple[int, int]) -> tuple[list[int], int]:
-    """Tight ``[x, y, w, h]`` box and pixel area of one competition RLE (as pycocotools toBbox)."""
-    runs = runs_from_rles([rle], shape)
-    x0, y0, x1, y1 = runs.boxes()[0].tolist()
-    return [x0, y0, x1 - x0, y1 - y0], int(runs.areas[0])
-
-
 def records_to_coco(records: Sequence[ImageRecord], *, image_root: str | os.PathLike | None = None,
                     image_ids: Sequence[int] | None = None, polygons: bool = False) -> dict:
     """Records -> a COCO JSON dict (images numbered 1.., annotations numbered 1..).

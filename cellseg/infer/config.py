@@ -34,7 +34,6 @@ from typing import Any, ClassVar, Iterable, Literal, Mapping
 from cellseg.configlib import (ConfigError, Range, blame, from_dict, load_config,
                                read_config_source, to_dict)
 
-EMPTY_POLICIES = ("best", "placeholder", "allow_empty")
 FLIPS = ("h", "v", "hv")
 
 

@@ -99,16 +99,6 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, t.tolist()))
 
 
-def sum_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Sum a dict of floats over ranks (same keys on every rank)."""
-    if not (dist.is_available() and dist.is_initialized()) or not values:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is True on any (a stop request seen by one rank)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -307,9 +307,5 @@ def _prepare_out(out: Path, cfg: TrainConfig, dist: Any) -> None:
     save_yaml(out / "config.yaml", cfg)
 
 
-def run(args: argparse.Namespace) -> int:
-    return main(args)
-
-
 if __name__ == "__main__":
     sys.exit(main(get_args_parser().parse_args()))
