@@ -59,7 +59,10 @@ def _cli(argv: list[str]) -> None:
     print(f"\n$ cellseg {' '.join(argv)}", flush=True)
     rc = main(argv)
     if rc != 0:
-        raise SystemExit(f"demo step failed (exit {rc}): cellseg {' '.join(argv)}")
+        from cellseg.jobs import StepFailed
+
+        raise StepFailed(f"demo step failed (exit {rc})", where=f"cellseg {' '.join(argv)}",
+                         fix="read that step's output above")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -193,8 +193,10 @@ def _write_reports(args: argparse.Namespace, records: Sequence, truth: dict, cel
 
 
 def _source_path(spec: str) -> str:
-    """The path of a ``PATH[:SPLIT]`` source spec."""
-    return spec.rsplit(":", 1)[0] if ":" in spec and not Path(spec).exists() else spec
+    """The path of a ``PATH[:SPLIT]`` source spec (``cellseg.data.sources.parse_source``)."""
+    from cellseg.data.sources import parse_source
+
+    return parse_source(spec)[0]
 
 
 def _load_truth(paths: Sequence[str], split: str | None) -> list:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from cellseg.commands.common import (add_infer_config_args, add_device_arg, add_fold_args,
                                      add_matching_arg,
@@ -63,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_inference_config(args.config, args.set)
     check_weights(args, exist=False)
+    from cellseg.data.sources import parse_source
+
     for spec in args.data:
-        input_path(spec.rsplit(":", 1)[0] if ":" in spec and not Path(spec).exists() else spec,
-                   "--data")
+        input_path(parse_source(spec)[0], "--data")
     output_file(args.out, "--out")
     if args.report:
         output_file(args.report, "--report")
