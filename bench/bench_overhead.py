@@ -66,10 +66,11 @@ def _config(name: str):
 
 def _batches(cfg, family, model, n: int) -> list:
     """``n`` batches from the config's own dataset, built once (0 workers)."""
+    from cellseg.data.sources import load_data
     from cellseg.training import data as td
     from cellseg.training.distributed import DistInfo
 
-    records, _, _, sources = td.load_data(cfg.data, log=lambda m: None)
+    records, _, _, sources = load_data(cfg.data, log=lambda m: None)
     dataset, sampler = td.build_dataset(cfg, family.target_spec(**cfg.model.args), records,
                                         sources, DistInfo())
     cfg0 = _replace(cfg, "data.workers=0")

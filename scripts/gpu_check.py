@@ -146,6 +146,7 @@ def loader_vs_step(config: str, data: Path, device: str, batches: int, workers: 
 
     from cellseg.config import load_train_config
     from cellseg.models import get_family
+    from cellseg.data.sources import load_data
     from cellseg.training import data as td
     from cellseg.training.distributed import DistInfo
     from cellseg.training.engine import StepOptions, to_device, train_one_epoch
@@ -156,7 +157,7 @@ def loader_vs_step(config: str, data: Path, device: str, batches: int, workers: 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=(str(data),)))
     dist = DistInfo(device=torch.device(device))
     family = get_family(cfg.model.family)
-    train, _, _, sources = td.load_data(cfg.data, log=lambda m: None)
+    train, _, _, sources = load_data(cfg.data, log=lambda m: None)
     dataset, sampler = td.build_dataset(cfg, family.target_spec(**cfg.model.args), train,
                                         sources, dist)
     loader = td.make_loader(cfg, dataset, sampler, family.collate, dist)

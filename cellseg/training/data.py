@@ -1,6 +1,6 @@
 """The training data: records and their train/validation split, the epoch order, the DataLoader.
 
-    train, val, desc, sources = load_data(cfg.data, log)
+    train, val, desc, sources = cellseg.data.sources.load_data(cfg.data, log)
     dataset, sampler = build_dataset(cfg, family.target_spec(**cfg.model.args), train, sources, dist)
     loader = make_loader(cfg, dataset, sampler, family.collate, dist)
 
@@ -8,7 +8,8 @@ Records come from ``cellseg.data.sources.load_data`` (every ``data.sources`` ent
 anything heavy; ``data.split`` / ``data.val_split`` per source; the held-out ``data.fold`` of
 ``make_folds``, grouped by sample_id and stratified by cell type, for the others).
 
-``make_loader`` is the one place a training DataLoader is built: pinned memory on CUDA (the step
+``make_loader`` builds the training DataLoader through ``cellseg.data.datasets.build_loader`` (the
+one DataLoader builder): pinned memory on CUDA (the step
 copies with ``non_blocking``), workers that persist across epochs (their mask caches too) with
 ``train.prefetch`` batches each in flight. Each epoch's order depends only on (seed, epoch)
 (``cellseg.data.sampling.SourceSampler``); ``SkipSampler`` drops the batches a resumed run already trained on.
@@ -18,17 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from cellseg.config import DataConfig, TrainConfig
-
-
-def load_data(cfg: DataConfig, log=print
-              ) -> tuple[list, list, dict[str, Any], list[int]]:
-    """(train records, validation records, description for the checkpoint, source index of each
-    training record). Every source is checked (paths, splits, image files) first: the checks and
-    the per-source splits live in ``cellseg.data.sources.load_data``."""
-    from cellseg.data.sources import load_data as _load
-
-    return _load(cfg, log)
+from cellseg.config import TrainConfig
 
 
 class SkipSampler:
@@ -60,17 +51,14 @@ def build_dataset(cfg: TrainConfig, spec: Any, records: Sequence, sources: Seque
 
 def make_loader(cfg: TrainConfig, dataset: Any, sampler: Any, collate: Any, dist: Any, *,
                 skip: int = 0) -> "torch.utils.data.DataLoader":  # noqa: F821
-    """The DataLoader of one epoch: ``sampler`` order without its first ``skip`` samples."""
-    import torch
+    """The DataLoader of one epoch (``cellseg.data.datasets.build_loader``): ``sampler`` order
+    without its first ``skip`` samples, ``train.prefetch`` batches in flight per worker."""
+    from cellseg.data.datasets import build_loader
 
-    from cellseg.data.datasets import _seed_worker  # per-worker augmentation streams
-
-    workers = cfg.data.workers
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train.batch_size, sampler=SkipSampler(sampler, skip) if skip
-        else sampler, num_workers=workers, collate_fn=collate, drop_last=False,
-        # UNTESTED here (no GPU; docs/status.md): pinned memory on CUDA, which the step's
-        # non_blocking copies rely on; scripts/gpu_check.py measures the loader vs the GPU
-        pin_memory=dist.device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=max(1, cfg.train.prefetch) if workers > 0 else None,
-        worker_init_fn=_seed_worker if workers > 0 else None)
+    return build_loader(dataset, cfg.train.batch_size, shuffle=False, workers=cfg.data.workers,
+                        collate_fn=collate, sampler=SkipSampler(sampler, skip) if skip else sampler,
+                        drop_last=False,
+                        # UNTESTED here (no GPU; docs/status.md): pinned memory on CUDA, which the
+                        # step's non_blocking copies rely on
+                        pin_memory=dist.device.type == "cuda",
+                        prefetch_factor=max(1, cfg.train.prefetch))

@@ -84,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     (0 done, 130 stopped by Ctrl-C/SIGTERM after writing ``last.pt``)."""
     from cellseg.models import get_family
     from cellseg.models.pretrained import check_pretrained_available
+    from cellseg.data.sources import load_data
     from cellseg.training import data as td
     from cellseg.training import distributed as D
     from cellseg.training.bookkeeping import Bookkeeper, Plan, stop_requests
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
         # one run per --out, refused before any data is read (rank 0 decides for every rank)
         lock = _lock_out(out, args.resume, dist, log)
         # every data source is checked (paths, splits, image files) before a model is built
-        train_records, val_records, data_desc, train_sources = td.load_data(cfg.data, log)
+        train_records, val_records, data_desc, train_sources = load_data(cfg.data, log)
         log(f"data: {len(train_records)} training images ({data_desc['n_train_cells']} cells), "
             f"{len(val_records)} validation images")
         if not val_records:
