@@ -124,3 +124,23 @@ def official_cache(tmp_path_factory) -> Path:
     (snap / "config.json").write_text(json.dumps({"mean": [0.485, 0.456, 0.406],
                                                   "std": [0.229, 0.224, 0.225]}))
     return root
+
+
+def write_synthetic_competition(root: Path, seed: int = 0) -> Path:
+    """A competition folder of 6 synthetic 128x160 images (2 per cell type, one sample_id per
+    type) at ``root``: small enough for tests that train in subprocesses on 2 cores."""
+    from cellseg.core import rle
+    from cellseg.data.record import ImageRecord
+    from cellseg.data.sartorius import write_train_csv
+    from cellseg.data.synthetic import render
+    from cellseg.io import write_png
+
+    records = []
+    for i, cell_type in enumerate(["shsy5y", "shsy5y", "astro", "astro", "cort", "cort"]):
+        image, masks = render(cell_type, seed=seed + i, shape=(128, 160))
+        path = root / "train" / f"{i:012x}.png"
+        write_png(path, image)
+        records.append(ImageRecord(path.stem, path, 128, 160, cell_type=cell_type,
+                                   sample_id=f"{cell_type}_s", rles=tuple(map(rle.encode, masks))))
+    write_train_csv(records, root / "train.csv")
+    return root

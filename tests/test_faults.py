@@ -44,22 +44,9 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Path:
     """6 synthetic 128x160 images in competition layout (3 cell types, 2 per sample)."""
-    from cellseg.core import rle
-    from cellseg.data.record import ImageRecord
-    from cellseg.data.sartorius import write_train_csv
-    from cellseg.data.synthetic import render
-    from cellseg.io import write_png
+    from conftest import write_synthetic_competition
 
-    root = tmp_path_factory.mktemp("faults") / "competition"
-    records = []
-    for i, cell_type in enumerate(["shsy5y", "shsy5y", "astro", "astro", "cort", "cort"]):
-        image, masks = render(cell_type, seed=20 + i, shape=(128, 160))
-        path = root / "train" / f"{i:012x}.png"
-        write_png(path, image)
-        records.append(ImageRecord(path.stem, path, 128, 160, cell_type=cell_type,
-                                   sample_id=f"{cell_type}_s", rles=tuple(map(rle.encode, masks))))
-    write_train_csv(records, root / "train.csv")
-    return root
+    return write_synthetic_competition(tmp_path_factory.mktemp("faults") / "competition", seed=20)
 
 
 def _train_argv(data: Path, out: Path, *extra: str) -> list[str]:

@@ -64,20 +64,26 @@ def coordinate_ascent(start: Any, grids: Mapping[str, Sequence[Any]],
     return params, best, first
 
 
-def collect_raw(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: InferenceConfig, *,
-                device: Any = None, progress: bool = True) -> list[Instances]:
-    """Raw merged instances (before postprocessing) of every record, ``cfg.batch_size`` at a time."""
+def _per_batch(fn: Any, records: Sequence["ImageRecord"], cfg: InferenceConfig,
+               progress: bool) -> list[Any]:
+    """``fn(images)`` over the records' images, ``cfg.batch_size`` at a time, concatenated."""
     from tqdm import tqdm
 
-    from cellseg.infer.predict import predict_raw
-
-    out: list[Instances] = []
+    out: list[Any] = []
     step = max(1, int(cfg.batch_size))
     for s in tqdm(range(0, len(records), step), desc="tune: predict", file=sys.stderr,
                   disable=not progress):
-        chunk = records[s:s + step]
-        out.extend(predict_raw(models, [r.read_image() for r in chunk], cfg, device=device))
+        out.extend(fn([r.read_image() for r in records[s:s + step]]))
     return out
+
+
+def collect_raw(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: InferenceConfig, *,
+                device: Any = None, progress: bool = True) -> list[Instances]:
+    """Raw merged instances (before postprocessing) of every record, ``cfg.batch_size`` at a time."""
+    from cellseg.infer.predict import predict_raw
+
+    return _per_batch(lambda images: predict_raw(models, images, cfg, device=device), records,
+                      cfg, progress)
 
 
 def save_cache(path: str | os.PathLike, records: Sequence["ImageRecord"],
@@ -227,20 +233,13 @@ def collect_stitched(models: Sequence[Any], records: Sequence["ImageRecord"],
     """Predict's "stitched maps" half (``cellseg.infer.stitch.stitch``: tiling, TTA, ensemble
     merge) of every record, ``cfg.batch_size`` at a time: what decode tuning reruns the decode
     on. Raises ValueError without a dense family (nothing to decode)."""
-    from tqdm import tqdm
-
     from cellseg.infer.stitch import stitch
 
     if not any(fam.kind == "dense" for _, fam, _ in models):
         raise ValueError(f"decode tuning needs a dense family (e.g. unet), got "
                          f"{sorted({fam.name for _, fam, _ in models})}; tune without --decode")
-    out: list["Stitched"] = []
-    step = max(1, int(cfg.batch_size))
-    for s in tqdm(range(0, len(records), step), desc="tune: predict", file=sys.stderr,
-                  disable=not progress):
-        chunk = records[s:s + step]
-        out.extend(stitch(models, [r.read_image() for r in chunk], cfg, device=device))
-    return out
+    return _per_batch(lambda images: stitch(models, images, cfg, device=device), records, cfg,
+                      progress)
 
 
 def raw_from_stitched(stitched: Sequence["Stitched"], cfg: InferenceConfig) -> list[Instances]:
