@@ -11,7 +11,7 @@ postprocessing, for 100 and 500 boxes per image.
   A ``one call per box`` row (decode_chunk=1) shows what batching saves.
 - paste: stability score, paste-back into image pixels (``cellseg.models.paste``) and extras
   (``FAMILY.to_instances``).
-- postprocess: ``cellseg.infer.postprocess.postprocess`` with ``infer_default`` thresholds
+- postprocess: ``cellseg.infer.postprocess.postprocess`` with the default inference thresholds (``InferenceConfig()``)
   (rescoring, score filter, hole filling, mask NMS, overlap removal).
 Boxes are random cell-sized boxes (10-50 px sides) on a synthetic shsy5y frame; weights are random,
 so masks are noisy (postprocessing cost is an upper bound). Linear scaling shows as a constant

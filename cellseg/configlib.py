@@ -2,7 +2,7 @@
 
     from cellseg.configlib import load_config
     cfg = load_config(TrainConfig, "unet_tiny", ["optim.lr=1e-3"])           # cellseg.config
-    inf = load_config(InferenceConfig, "infer_default", ["tta=[h]"], section="infer")
+    inf = load_config(InferenceConfig, "tuned.yaml", ["tta=[h]"], section="infer")
 
 Serves both ``cellseg.config.TrainConfig`` and ``cellseg.infer.config.InferenceConfig`` (their
 ``load_train_config`` / ``load_inference_config`` are thin wrappers). ``from_dict`` builds nested

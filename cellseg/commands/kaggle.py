@@ -6,7 +6,7 @@
     cellseg kaggle build-wheels --out kernels/build/wheels --dataset-id me/cellseg-wheels
     cellseg kaggle upload-dataset kernels/build/wheels        # create, or a new version
     cellseg kaggle build-kernel --weights unet_r34_fold0 --kernel-id me/cellseg-infer \\
-        --config infer_default --wheels-dir kernels/build/wheels --out kernels/build/cellseg-infer
+        --wheels-dir kernels/build/wheels --out kernels/build/cellseg-infer
     cellseg kaggle rehearse kernels/build/cellseg-infer --data ../shared/data/sartorius   # --image kaggle
     cellseg kaggle push kernels/build/cellseg-infer          # push, wait, download output + log
     cellseg kaggle status me/cellseg-infer/3                 # owner/slug or owner/slug/VERSION

@@ -1,7 +1,7 @@
 """Build an offline Kaggle kernel folder: ``kernel-metadata.json`` + ONE self-contained code file.
 
     cellseg kaggle build-kernel --weights unet_r34_fold0 --kernel-id me/cellseg-infer \\
-        --config infer_default --out kernels/build/cellseg-infer
+        --out kernels/build/cellseg-infer
     cellseg kaggle rehearse kernels/build/cellseg-infer
     cellseg kaggle push kernels/build/cellseg-infer
 
