@@ -31,7 +31,15 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _image_args(sub)
+    _build_kernel_args(sub)
+    _dataset_args(sub)
+    _rehearse_args(sub)
+    _api_args(sub)
 
+
+def _image_args(sub: argparse._SubParsersAction) -> None:
+    """`cellseg kaggle image`: print, list or import a description of Kaggle's image."""
     p = sub.add_parser("image", help="print the description of Kaggle's image the kit targets")
     p.add_argument("--image", default="kaggle",
                    help="kaggle (the newest, default), kaggle-<date> (e.g. kaggle-2026-08-12) or "
@@ -47,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="with --import: the JSON to write (default: "
                    "cellseg/kaggle/images/kaggle-gpu-<date>.json in this checkout)")
 
+
+def _build_kernel_args(sub: argparse._SubParsersAction) -> None:
+    """`cellseg kaggle build-kernel`: the kernel folder, its probe and failure policy."""
     p = sub.add_parser("build-kernel", help="write kernel-metadata.json + one self-contained code file")
     p.add_argument("--weights", nargs="+", required=True, metavar="NAME", help="manifest names")
     p.add_argument("--out", required=True, help="kernel folder to write")
@@ -76,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the kernel exits non-zero when more than this share of test images "
                         "failed (default 0.5; always when all failed)")
 
+
+def _dataset_args(sub: argparse._SubParsersAction) -> None:
+    """`build-wheels` and `upload-dataset`: the wheels dataset and Kaggle datasets."""
     p = sub.add_parser("build-wheels", help="wheels dataset: cellseg + what Kaggle's image lacks")
     p.add_argument("--out", required=True)
     p.add_argument("--dataset-id", help="owner/slug (default: $KAGGLE_USERNAME/cellseg-wheels)")
@@ -94,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("auto", "new", "version"), default="auto")
     p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
 
+
+def _rehearse_args(sub: argparse._SubParsersAction) -> None:
+    """`cellseg kaggle rehearse`: the kernel run locally as Kaggle would."""
     p = sub.add_parser("rehearse", help="run the kernel locally as Kaggle would, internet off")
     p.add_argument("kernel_dir")
     p.add_argument("--data", help="competition folder with test/*.png (default: a synthetic set)")
@@ -109,6 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(`cellseg kaggle image --list`); a description JSON path; local: this "
                         "interpreter's packages (fast)")
 
+
+def _api_args(sub: argparse._SubParsersAction) -> None:
+    """`push`, `status`, `output`, `submit`: the Kaggle API."""
     p = sub.add_parser("push", help="push a kernel folder, wait for the run, download its output")
     p.add_argument("kernel_dir")
     p.add_argument("--no-wait", action="store_true")
