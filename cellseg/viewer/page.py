@@ -99,122 +99,165 @@ def write_viewer(out_dir: str | os.PathLike, runs: Sequence[ViewRun], image_ids:
         threads: images rendered at once (default: up to 4, one per CPU core).
         embed: pictures inside ``index.html`` (data URIs) rather than in ``img/``.
     """
-    from cellseg.io import atomic_open, atomic_path, read_gray
-    from cellseg.report import outline_labels
-    from cellseg.viewer import render
+    from concurrent.futures import ThreadPoolExecutor
 
     if not runs:
         raise ValueError("write_viewer needs at least one run")
-    import base64
-    import tempfile
-    import threading
-
-    out = Path(out_dir)
-    (out / "img").mkdir(parents=True, exist_ok=True)
-    pics = tempfile.TemporaryFile("w+", encoding="ascii") if embed else None
-    lock = threading.Lock()
-    cell_types = cell_types or {}
-    image_paths = image_paths or {}
-    shapes = shapes or {}
-    results: list[dict[str, ImageResult]] = [dict(r.results or {}) for r in runs]
+    sink = _Pictures(Path(out_dir), embed)
+    page_in = _PageInputs(runs, truth, cell_types or {}, image_paths or {}, shapes or {},
+                          [dict(r.results or {}) for r in runs])
     rows: list[dict[str, Any]] = []
-    written: set[str] = set()
-
-    def put(name: str, data: bytes) -> None:
-        if pics is not None:
-            mime = "image/jpeg" if name.endswith(".jpg") else "image/png"
-            uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-            with lock:
-                pics.write(f'<script>PICS["{name}"]="{uri}";</script>\n')
-            return
-        with atomic_path(out / "img" / name) as tmp:
-            Path(tmp).write_bytes(data)
-        written.add(name)
-
-    def render_one(k: int, image_id: str) -> dict[str, Any]:
-        t = truth.get(image_id) if truth is not None else None
-        path = image_paths.get(image_id)
-        image = read_gray(path) if path is not None else None
-        shape = (t.shape if t is not None else image.shape[:2] if image is not None else
-                 next((r.pred[image_id].shape for r in runs if image_id in r.pred),
-                      shapes.get(image_id, (520, 704))))
-        if image is None:
-            image = np.zeros(shape, np.uint8)
-        put(f"{k}.jpg", render.base_jpeg(image))
-        row: dict[str, Any] = {"id": image_id, "type": cell_types.get(image_id) or "unknown",
-                               "h": int(shape[0]), "w": int(shape[1]), "runs": []}
-        t_edge = None
-        if t is not None:
-            t_edge = outline_labels(t)
-            put(f"{k}.t.png", render.truth_layer(t_edge, t.n))
-            row["n_true"] = int(t.n)
-        for j, run in enumerate(runs):
-            p = run.pred.get(image_id) or Runs(*(np.zeros(0, np.int64),) * 3, 0, shape)
-            conf = run.scores.get(image_id) if run.scores is not None else None
-            cell: dict[str, Any] = {"n_pred": int(p.n),
-                                    "conf": _num(np.mean(conf)) if conf is not None and len(conf)
-                                    else None}
-            oc = None
-            if t is not None:
-                res = results[j].get(image_id)
-                if res is None:
-                    res = match_image(t, p, shape, image_id=image_id,
-                                      cell_type=cell_types.get(image_id))
-                    results[j][image_id] = res
-                oc = render.outcome(t, p, res)
-                cell.update(score=_num(res.score), tp=int(res.tp[0]), fp=int(res.fp[0]),
-                            fn=int(res.fn[0]), near=oc.n_near, iou=_num(oc.mean_iou, 3),
-                            s10=[_num(s, 3) for s in res.scores])
-            pred_png, err_png = render.run_layers(t_edge, outline_labels(p), p.n, oc)
-            put(f"{k}.{j}.p.png", pred_png)
-            if err_png is not None:
-                put(f"{k}.{j}.e.png", err_png)
-            row["runs"].append(cell)
-        return row
-
     # images in small batches over a few threads (numpy, OpenCV and PIL's encoders release the
     # GIL); a batch's pictures are on disk before the next batch starts, so memory stays flat
-    from concurrent.futures import ThreadPoolExecutor
-
     n_threads = max(1, min(4, os.cpu_count() or 1)) if threads is None else max(1, threads)
     with ThreadPoolExecutor(n_threads) as pool:
         for s in range(0, len(image_ids), 4 * n_threads):
             batch = [(k, image_ids[k]) for k in range(s, min(s + 4 * n_threads, len(image_ids)))]
-            rows += pool.map(lambda kv: render_one(*kv), batch)
-    for old in (out / "img").iterdir():  # pictures of an earlier, larger page in this folder
-        if old.name not in written and old.name.split(".")[0].isdigit():
-            old.unlink()
+            rows += pool.map(lambda kv: _render_image(kv[0], kv[1], page_in, sink), batch)
+    sink.drop_stale()
+    data = {"title": title, "has_truth": truth is not None, "thresholds": list(THRESHOLD_KEYS),
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": " ".join(command) if command else None,
+            "runs": _run_meta(page_in, image_ids, rows), "images": rows}
+    return sink.write_page(_html(data))
 
-    run_meta = []
+
+@dataclass
+class _PageInputs:
+    """What every image of the page is drawn from; ``results[j]`` fills up as run j is scored."""
+
+    runs: Sequence[ViewRun]
+    truth: Mapping[str, Runs] | None
+    cell_types: Mapping[str, str | None]
+    image_paths: Mapping[str, str | os.PathLike]
+    shapes: Mapping[str, tuple[int, int]]
+    results: list[dict[str, ImageResult]]
+
+
+class _Pictures:
+    """Where the page's pictures go: ``img/<name>`` files (atomic), or data URIs streamed to a
+    temporary file and copied into ``index.html`` (``embed``). Thread-safe ``put``."""
+
+    def __init__(self, out: Path, embed: bool) -> None:
+        import tempfile
+        import threading
+
+        self.out, self.embed = out, embed
+        (out / "img").mkdir(parents=True, exist_ok=True)
+        self._uris = tempfile.TemporaryFile("w+", encoding="ascii") if embed else None
+        self._lock = threading.Lock()
+        self.written: set[str] = set()
+
+    def put(self, name: str, data: bytes) -> None:
+        from cellseg.io import atomic_path
+
+        if self._uris is not None:
+            import base64
+
+            mime = "image/jpeg" if name.endswith(".jpg") else "image/png"
+            uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+            with self._lock:
+                self._uris.write(f'<script>PICS["{name}"]="{uri}";</script>\n')
+            return
+        with atomic_path(self.out / "img" / name) as tmp:
+            Path(tmp).write_bytes(data)
+        with self._lock:
+            self.written.add(name)
+
+    def drop_stale(self) -> None:
+        """Remove the pictures of an earlier, larger page in this folder."""
+        for old in (self.out / "img").iterdir():
+            if old.name not in self.written and old.name.split(".")[0].isdigit():
+                old.unlink()
+
+    def write_page(self, text: str) -> Path:
+        """``index.html`` (atomically, last), with the embedded pictures where the page wants
+        them; returns its path."""
+        import shutil
+
+        from cellseg.io import atomic_open
+
+        page = self.out / "index.html"
+        head, tail = text.split(_PICS_HERE, 1)
+        with atomic_open(page) as fh:
+            fh.write(head)
+            if self._uris is not None:
+                self._uris.seek(0)
+                shutil.copyfileobj(self._uris, fh)
+                self._uris.close()
+            fh.write(tail)
+        if self.embed and not any((self.out / "img").iterdir()):
+            (self.out / "img").rmdir()
+        return page
+
+
+def _render_image(k: int, image_id: str, page_in: _PageInputs, sink: _Pictures) -> dict[str, Any]:
+    """Row ``k`` of the page: the image's pictures (base, truth and per-run layers) through
+    ``sink``, and its numbers per run (scored against the truth when there is one)."""
+    from cellseg.io import read_gray
+    from cellseg.report import outline_labels
+    from cellseg.viewer import render
+
+    runs = page_in.runs
+    t = page_in.truth.get(image_id) if page_in.truth is not None else None
+    path = page_in.image_paths.get(image_id)
+    image = read_gray(path) if path is not None else None
+    shape = (t.shape if t is not None else image.shape[:2] if image is not None else
+             next((r.pred[image_id].shape for r in runs if image_id in r.pred),
+                  page_in.shapes.get(image_id, (520, 704))))
+    if image is None:
+        image = np.zeros(shape, np.uint8)
+    sink.put(f"{k}.jpg", render.base_jpeg(image))
+    row: dict[str, Any] = {"id": image_id, "type": page_in.cell_types.get(image_id) or "unknown",
+                           "h": int(shape[0]), "w": int(shape[1]), "runs": []}
+    t_edge = None
+    if t is not None:
+        t_edge = outline_labels(t)
+        sink.put(f"{k}.t.png", render.truth_layer(t_edge, t.n))
+        row["n_true"] = int(t.n)
     for j, run in enumerate(runs):
+        p = run.pred.get(image_id) or Runs(*(np.zeros(0, np.int64),) * 3, 0, shape)
+        conf = run.scores.get(image_id) if run.scores is not None else None
+        cell: dict[str, Any] = {"n_pred": int(p.n),
+                                "conf": _num(np.mean(conf)) if conf is not None and len(conf)
+                                else None}
+        oc = None
+        if t is not None:
+            res = page_in.results[j].get(image_id)
+            if res is None:
+                res = match_image(t, p, shape, image_id=image_id,
+                                  cell_type=page_in.cell_types.get(image_id))
+                page_in.results[j][image_id] = res
+            oc = render.outcome(t, p, res)
+            cell.update(score=_num(res.score), tp=int(res.tp[0]), fp=int(res.fp[0]),
+                        fn=int(res.fn[0]), near=oc.n_near, iou=_num(oc.mean_iou, 3),
+                        s10=[_num(s, 3) for s in res.scores])
+        pred_png, err_png = render.run_layers(t_edge, outline_labels(p), p.n, oc)
+        sink.put(f"{k}.{j}.p.png", pred_png)
+        if err_png is not None:
+            sink.put(f"{k}.{j}.e.png", err_png)
+        row["runs"].append(cell)
+    return row
+
+
+def _run_meta(page_in: _PageInputs, image_ids: Sequence[str], rows: Sequence[dict[str, Any]]
+              ) -> list[dict[str, Any]]:
+    """Per run: its name, what made it, its summary (scored, or counts only) and, for every run
+    after the first, the paired comparison with the first."""
+    out = []
+    results = page_in.results
+    for j, run in enumerate(page_in.runs):
         meta: dict[str, Any] = {"name": run.name, "info": dict(run.info)}
-        if truth is not None:
+        if page_in.truth is not None:
             meta["summary"] = _summary(ScoreReport({i: results[j][i] for i in image_ids}))
         else:
             n = [r["runs"][j]["n_pred"] for r in rows]
             meta["summary"] = {"n_images": len(rows), "n_pred": int(sum(n))}
-        if j > 0 and truth is not None:
+        if j > 0 and page_in.truth is not None:
             meta["vs_first"] = paired([results[0][i].score for i in image_ids],
                                       [results[j][i].score for i in image_ids])
-        run_meta.append(meta)
-    data = {"title": title, "has_truth": truth is not None, "thresholds": list(THRESHOLD_KEYS),
-            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(command) if command else None,
-            "runs": run_meta, "images": rows}
-    page = out / "index.html"
-    head, tail = _html(data).split(_PICS_HERE, 1)
-    with atomic_open(page) as fh:
-        fh.write(head)
-        if pics is not None:
-            import shutil
-
-            pics.seek(0)
-            shutil.copyfileobj(pics, fh)
-            pics.close()
-        fh.write(tail)
-    if embed and not any((out / "img").iterdir()):
-        (out / "img").rmdir()
-    return page
+        out.append(meta)
+    return out
 
 
 _PICS_HERE = "<!-- pictures -->\n"
