@@ -96,38 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise UserError(f"--steps {args.steps} is not a step count", where="--steps",
                         fix="pass --steps 1 or more")
-    from cellseg.cv import PEERS
-
-    names = list(dict.fromkeys(args.reference or ["plain_unet"]))
-    bad = [n for n in names if n not in PEERS]
-    if bad:
-        raise UserError(f"--reference {bad[0]} is not a peer", where="--reference",
-                        fix=f"name some of: {', '.join(PEERS)}")
-    peers = tuple(PEERS[n].method for n in names)
-    if "cellpose" in names:
-        import importlib.util
-
-        if importlib.util.find_spec("cellpose") is None:
-            raise UserError("the cellpose peer needs the cellpose package",
-                            where="--reference cellpose",
-                            fix="pip install -e '.[peers]' && pip install --no-deps "
-                                "cellpose==3.1.1.3 (docs/peers.md)")
-    methods = (peers if args.only_reference
-               else ("kit", *peers) if args.reference is not None else ("kit",))
-    if args.pseudo_images:
-        if args.only_reference:
-            raise UserError("--pseudo-images needs the kit's models as teachers",
-                            where="--only-reference", fix="drop --only-reference")
-        if not 0.0 < args.pseudo_weight < 1.0:
-            raise UserError(f"--pseudo-weight {args.pseudo_weight} is not a share",
-                            where="--pseudo-weight", fix="pass a value strictly between 0 and 1")
-        from cellseg.data.sources import list_image_files
-
-        if not list_image_files(args.pseudo_images):
-            raise UserError("no *.png / *.tif image", where=f"--pseudo-images "
-                            f"{' '.join(args.pseudo_images)}",
-                            fix="pass the folder(s) of unlabeled images")
-        methods = (methods[0], "kit_pl", *methods[1:])
+    methods = _methods(args)
     # check the configs and sources before any training starts (errors: one line, exit 2)
     load_train_config(args.config, args.overrides)
     load_inference_config(args.infer_config, args.infer_set)
@@ -175,3 +144,42 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(str(err), where="--report", fix="rerun the fold(s) named") from None
         print(f"wrote {page} (open it in a browser)")
     return 0
+
+
+def _methods(args: argparse.Namespace) -> tuple[str, ...]:
+    """The methods of this CV run from --reference, --only-reference and --pseudo-images,
+    checked (unknown peer, missing cellpose package, pseudo-label options) before any work."""
+    from cellseg.cv import PEERS
+    from cellseg.errors import UserError
+
+    names = list(dict.fromkeys(args.reference or ["plain_unet"]))
+    bad = [n for n in names if n not in PEERS]
+    if bad:
+        raise UserError(f"--reference {bad[0]} is not a peer", where="--reference",
+                        fix=f"name some of: {', '.join(PEERS)}")
+    peers = tuple(PEERS[n].method for n in names)
+    if "cellpose" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("cellpose") is None:
+            raise UserError("the cellpose peer needs the cellpose package",
+                            where="--reference cellpose",
+                            fix="pip install -e '.[peers]' && pip install --no-deps "
+                                "cellpose==3.1.1.3 (docs/peers.md)")
+    methods = (peers if args.only_reference
+               else ("kit", *peers) if args.reference is not None else ("kit",))
+    if args.pseudo_images:
+        if args.only_reference:
+            raise UserError("--pseudo-images needs the kit's models as teachers",
+                            where="--only-reference", fix="drop --only-reference")
+        if not 0.0 < args.pseudo_weight < 1.0:
+            raise UserError(f"--pseudo-weight {args.pseudo_weight} is not a share",
+                            where="--pseudo-weight", fix="pass a value strictly between 0 and 1")
+        from cellseg.data.sources import list_image_files
+
+        if not list_image_files(args.pseudo_images):
+            raise UserError("no *.png / *.tif image", where=f"--pseudo-images "
+                            f"{' '.join(args.pseudo_images)}",
+                            fix="pass the folder(s) of unlabeled images")
+        methods = (methods[0], "kit_pl", *methods[1:])
+    return methods
