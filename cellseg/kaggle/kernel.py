@@ -172,9 +172,8 @@ def build_kernel(weights: Sequence[str], out: str | os.PathLike, *,
     from cellseg.checkpoint import git_commit
     from cellseg.io import atomic_open, write_json
     from cellseg.kaggle.kernel_template import render
-    from cellseg.errors import ConfigError, InputError
+    from cellseg.errors import ConfigError
     from cellseg.kaggle.image import find_image
-    from cellseg.weights import find_entry, load_manifest, verify_entry
 
     if not weights:
         raise ConfigError("no weights to bundle", where="--weights",
@@ -187,22 +186,7 @@ def build_kernel(weights: Sequence[str], out: str | os.PathLike, *,
     wheels_dataset = check_ref(wheels_dataset or f"{owner}/{DEFAULT_WHEELS_SLUG}", "wheels dataset")
     weights_dataset = check_ref(weights_dataset or f"{owner}/{DEFAULT_WEIGHTS_SLUG}", "weights dataset")
     manifest = Path(manifest).resolve()
-    try:  # weights.py reports a bad manifest or an unknown name as ValueError / KeyError
-        entries = load_manifest(manifest)
-        if not entries:
-            raise InputError(f"{manifest} lists no weights", where="--manifest",
-                             fix="register them with `cellseg weights add`")
-        chosen = [find_entry(entries, n) for n in weights]
-    except (ValueError, KeyError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(str(exc.args[0] if exc.args else exc), where="--weights/--manifest",
-                         fix="see `cellseg weights list`") from exc
-    if verify:
-        problems = [p for p in (verify_entry(e, manifest) for e in chosen) if p]
-        if problems:
-            raise InputError("weights do not match the manifest: " + "; ".join(problems),
-                             where=str(manifest), fix="re-register them with `cellseg weights add`")
+    chosen = _chosen_weights(weights, manifest, verify)
     img = find_image(image or "kaggle")
     wheels = wheel_hashes(wheels_dir) if wheels_dir else []
     config_name, config_yaml = read_config_text(config) if config else (None, None)
@@ -243,3 +227,28 @@ def build_kernel(weights: Sequence[str], out: str | os.PathLike, *,
         "note": "local only: push uploads just the code file",
     })
     return KernelBuild(folder=out, metadata=metadata, code_file=code, embedded=embedded)
+
+
+def _chosen_weights(names: Sequence[str], manifest: Path, verify: bool) -> list[Any]:
+    """The manifest entries of ``names``; with ``verify`` their local files must match them.
+    A bad manifest, an unknown name or a mismatching file is one ``InputError``."""
+    from cellseg.errors import InputError
+    from cellseg.weights import find_entry, load_manifest, verify_entry
+
+    try:  # weights.py reports a bad manifest or an unknown name as ValueError / KeyError
+        entries = load_manifest(manifest)
+        if not entries:
+            raise InputError(f"{manifest} lists no weights", where="--manifest",
+                             fix="register them with `cellseg weights add`")
+        chosen = [find_entry(entries, n) for n in names]
+    except (ValueError, KeyError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(str(exc.args[0] if exc.args else exc), where="--weights/--manifest",
+                         fix="see `cellseg weights list`") from exc
+    if verify:
+        problems = [p for p in (verify_entry(e, manifest) for e in chosen) if p]
+        if problems:
+            raise InputError("weights do not match the manifest: " + "; ".join(problems),
+                             where=str(manifest), fix="re-register them with `cellseg weights add`")
+    return chosen
