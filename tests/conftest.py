@@ -1,5 +1,5 @@
 """Shared fixtures. Tests that need the real samples in ../shared/data skip when it is absent
-(a user's fresh clone has no ../shared), except where ``CELLSEG_REQUIRE_DATA=1`` (the project's CI,
+(a user's fresh clone has no ../shared), except where ``CELLSEG_STRICT=1`` (the project's CI,
 `.ci/run`): there a missing sample fails the test, so CI never passes with real-data tests skipped."""
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _shared(sub: str) -> Path:
     path = SHARED_DATA / sub
     if not path.exists():
         why = f"real sample data not found at {path} (needs ../shared/data beside the repo)"
-        if os.environ.get("CELLSEG_REQUIRE_DATA") == "1":
-            pytest.fail(f"{why}; CELLSEG_REQUIRE_DATA=1 forbids skipping it", pytrace=False)
+        if os.environ.get("CELLSEG_STRICT") == "1":
+            pytest.fail(f"{why}; CELLSEG_STRICT=1 forbids skipping it", pytrace=False)
         pytest.skip(why)
     return path
 

@@ -44,7 +44,7 @@ def _need_cellpose() -> None:
 
     if importlib.util.find_spec("cellpose") is None:
         why = "the cellpose peer needs cellpose 3: see docs/peers.md (make venv installs it)"
-        if os.environ.get("CELLSEG_REQUIRE_DATA") == "1":
+        if os.environ.get("CELLSEG_STRICT") == "1":
             pytest.fail(why, pytrace=False)
         pytest.skip(why)
 
