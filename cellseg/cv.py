@@ -315,8 +315,8 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             log(f"fold {fold} {method}: not finished, left out of the report")
             continue
         if method == "kit":
-            secs = run_logged(cmd, mdir / "train.log", settings.threads,
-                               f"fold {fold} kit training")
+            cost = run_logged(cmd, mdir / "train.log", settings.threads,
+                              f"fold {fold} kit training")
             preds = _kit_predict(_kit_checkpoint(mdir), held, settings)
         elif method == "kit_pl":
             teacher = _kit_checkpoint(fold_dir / "kit")
@@ -335,12 +335,12 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
                                 where=str(fold_dir / "pseudo" / "pseudo_label.json"),
                                 fix="lower --pseudo-min-score / --pseudo-min-keep-fraction / "
                                     "--pseudo-min-cells, or train the teacher longer (--steps)")
-            secs = run_logged(cmd, mdir / "train.log", settings.threads,
-                               f"fold {fold} kit_pl student training")
+            cost = run_logged(cmd, mdir / "train.log", settings.threads,
+                              f"fold {fold} kit_pl student training")
             preds = _kit_predict(_kit_checkpoint(mdir), held, settings)
         else:
-            secs = run_logged(cmd, mdir / "train.log", settings.threads,
-                               f"fold {fold} peer {method}")
+            cost = run_logged(cmd, mdir / "train.log", settings.threads,
+                              f"fold {fold} peer {method}")
             from cellseg.core.submission import read_submission
 
             preds = dict(read_submission(mdir / "pred.csv"))
@@ -348,13 +348,16 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             from cellseg.core.submission import write_submission
 
             write_submission(mdir / "pred.csv", [(r.image_id, preds[r.image_id]) for r in held])
-        fold_rows = score_rows(method, fold, held, preds, secs, settings.overlays,
+        fold_rows = score_rows(method, fold, held, preds, cost.wall, settings.overlays,
                                settings.matching)
+        for row in fold_rows:  # the training's CPU (peers: training and predicting), per fold
+            row["cpu_seconds"] = round(cost.cpu, 1)
         write_json(done, {"command": cmd, "infer": key, "rows": fold_rows})
         rows += fold_rows
         log(f"fold {fold} {method}: " + ", ".join(f"{r['image_id']} {r['score']:.4f} "
                                                    f"({r['n_pred']}/{r['n_true']} cells)"
-                                                   for r in fold_rows) + f" [{secs:.0f} s]")
+                                                   for r in fold_rows)
+            + f" [{cost.wall:.0f} s, {cost.cpu / 60:.1f} CPU-min]")
     return rows
 
 
@@ -387,7 +390,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "per_image": {r["image_id"]: r["score"] for r in mine},
             "n_pred": int(sum(r["n_pred"] for r in mine)),
             "n_true": int(sum(r["n_true"] for r in mine)),
-            "seconds": float(sum(r["seconds"] for r in mine)),
+            # every row of a fold carries that fold's training cost: count each fold once
+            "seconds": float(sum({r["fold"]: r["seconds"] for r in mine}.values())),
+            "cpu_minutes": float(sum({r["fold"]: r.get("cpu_seconds", 0.0)
+                                      for r in mine}.values())) / 60,
         }
     return out
 
@@ -399,14 +405,15 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
     n_type = {t: len({r["image_id"] for r in rows if r["cell_type"] == t}) for t in types}
     mw = max([8, *map(len, methods)])
     head = f"{'method':<{mw}} {'score (mean ± sd)':>18} " + " ".join(
-        f"{f'{t} ({n_type[t]})':>14}" for t in types)
+        f"{f'{t} ({n_type[t]})':>14}" for t in types) + f" {'CPU-min':>8}"
     lines = [head]
     for m in methods:
         s = summary[m]
         pt = s["per_cell_type"]
         cells = " ".join(f"{pt[t]['mean']:>7.4f}±{pt[t]['sd']:<6.4f}" if t in pt else f"{'-':>14}"
                          for t in types)
-        lines.append(f"{m:<{mw}} {s['mean']:>9.4f} ± {s['sd']:<6.4f} {cells}")
+        cpu = f"{s['cpu_minutes']:>8.1f}" if s.get("cpu_minutes") else f"{'-':>8}"
+        lines.append(f"{m:<{mw}} {s['mean']:>9.4f} ± {s['sd']:<6.4f} {cells} {cpu}")
     rules = {rule: [m for m in methods if rule in summary[m].get("by_matching", {})]
              for rule in ("dsb", "greedy")}
     differ = [m for m in methods if len({round(v["all"], 6) for v in

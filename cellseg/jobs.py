@@ -1,7 +1,8 @@
 """Child processes of long commands (`cellseg cv`, `cellseg pseudo-label`): each training or
 pseudo-labelling step runs as its own ``python -m cellseg ...`` with its output in a log file.
 
-    secs = run_logged(cmd, out / "train.log", threads=1, what="fold 0 kit training")
+    t = run_logged(cmd, out / "train.log", threads=1, what="fold 0 kit training")
+    t.wall, t.cpu     # seconds of wall time, and of CPU (user + system) the child used
 
 A step that fails is reported as one line (a ``StepFailed``, a user-visible failure rather than a
 bug of the caller): what failed, its exit code, the log's last line and where the full log is.
@@ -10,8 +11,10 @@ bug of the caller): what failed, its exit code, the log's last line and where th
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cellseg.errors import UserError
@@ -41,14 +44,28 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_logged(cmd: list[str], log_path: Path, threads: int, what: str) -> float:
-    """Run ``cmd`` with its stdout and stderr in ``log_path``; return the seconds it took.
+@dataclass(frozen=True)
+class Timing:
+    """What a child step cost: ``wall`` seconds, and ``cpu`` seconds (user + system, all its
+    threads and its own children): the budget of a CPU training, whatever else ran."""
+
+    wall: float
+    cpu: float
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_logged(cmd: list[str], log_path: Path, threads: int, what: str) -> Timing:
+    """Run ``cmd`` with its stdout and stderr in ``log_path``; return what it cost (``Timing``).
 
     Raises ``StepFailed`` (one line: what, exit code, the log's last line, the log's path) when
     the child exits non-zero.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     with open(log_path, "w") as fh:
         fh.write(" ".join(cmd) + "\n")
         fh.flush()
@@ -58,4 +75,4 @@ def run_logged(cmd: list[str], log_path: Path, threads: int, what: str) -> float
         last = lines[-1] if len(lines) > 1 else "no output"
         raise StepFailed(f"{what} failed (exit {rc}): {last}", where=f"log {log_path}",
                          fix="read the log, fix the cause, then rerun with --resume")
-    return time.perf_counter() - t0
+    return Timing(time.perf_counter() - t0, _children_cpu() - c0)

@@ -12,8 +12,9 @@ from cellseg.jobs import StepFailed, run_logged, thread_env
 
 def test_run_logged_returns_seconds_and_keeps_the_output(tmp_path):
     log = tmp_path / "a" / "train.log"
-    secs = run_logged([sys.executable, "-c", "print('hello')"], log, threads=1, what="step")
-    assert secs >= 0 and log.read_text().splitlines()[-1] == "hello"
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint('hello')"
+    t = run_logged([sys.executable, "-c", spin], log, threads=1, what="step")
+    assert t.wall >= t.cpu * 0.5 and t.cpu >= 0.3 and log.read_text().splitlines()[-1] == "hello"
 
 
 def test_failed_step_is_one_user_line_with_the_log(tmp_path):

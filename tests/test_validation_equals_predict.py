@@ -57,6 +57,9 @@ def test_validation_score_equals_score_of_predict(three_types: Path, tmp_path: P
     val_ids = list(ckpt["data"]["val_ids"])
     val_score = float(ckpt["metrics"]["score"])  # the validation at the last step
     assert ckpt["step"] == 30 and len(val_ids) == 3
+    # the training images' pixel classifier rides in the checkpoint: validation and predict
+    # both pick each image's thresholds with it (the test images' types are unknown)
+    assert sorted(ckpt["type_classifier"]["types"]) == ["astro", "cort", "shsy5y"]
 
     sub = tmp_path / "submission.csv"
     images = [str(three_types / "train" / f"{i}.png") for i in val_ids]

@@ -5,11 +5,15 @@
     ctype = image_cell_type(raw, names, given=None)  # "astro", or None: cfg.default applies
 
 The rule, the same for ``cellseg predict``, the Kaggle kernel, training validation, ``cv`` and
-``pseudo-label``: a type the caller gives (``--cell-type``) wins; otherwise the image's instances
-vote through their labels when the labels name types (a per-type head: ``model.spec.class_map``,
-or ``cfg.cell_type_names``); otherwise the type is unknown and ``cfg.default`` applies. A record's
-own ``cell_type`` (known for training data, never for test images) is not used: validation must
-pick thresholds the way predict will on the test set.
+``pseudo-label``: a type the caller gives (``--cell-type``) wins; otherwise the models' pixel
+classifier decides (``cellseg.data.typeclf``: fitted on the training images at training time and
+stored in the checkpoint as ``type_classifier``; an ensemble averages its members'
+probabilities); otherwise the image's instances vote through their labels when the labels name
+types (a per-type head: ``model.spec.class_map``, or ``cfg.cell_type_names``); otherwise the type
+is unknown and ``cfg.default`` applies. A record's own ``cell_type`` (known for training data,
+never for test images) is not used: validation must pick thresholds the way predict will on the
+test set. The classifier comes before the vote because it is right more often
+(docs/validation.md, "Cell-type decision").
 """
 
 from __future__ import annotations
@@ -21,6 +25,32 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from cellseg.core.instances import Instances
     from cellseg.infer.config import InferenceConfig
+
+
+def type_classifiers(models: Sequence[tuple[Any, Any, float]]) -> list[tuple[Any, float]]:
+    """(classifier, member weight) of the members whose checkpoint carried a type classifier
+    (``model.type_classifier``, set by ``cellseg.infer.predict.load_models`` and by training)."""
+    return [(clf, w) for model, _, w in models
+            if (clf := getattr(model, "type_classifier", None)) is not None]
+
+
+def pixel_cell_type(models: Sequence[tuple[Any, Any, float]], image: np.ndarray) -> str | None:
+    """The type the models' pixel classifiers give one (H, W) image: the weighted mean of their
+    probabilities over the types they share; None when no member has a classifier."""
+    clfs = type_classifiers(models)
+    if not clfs:
+        return None
+    from cellseg.data.typeclf import type_features
+
+    feats = type_features(image)
+    names = sorted(set.intersection(*(set(c.types) for c, _ in clfs)))
+    if not names:
+        return None
+    total = np.zeros(len(names))
+    for clf, w in clfs:
+        p = clf.probabilities(feats)
+        total += max(w, 1e-12) * np.array([p[clf.types.index(n)] for n in names])
+    return names[int(np.argmax(total))]
 
 
 def class_names(models: Sequence[tuple[Any, Any, float]]) -> tuple[str, ...]:

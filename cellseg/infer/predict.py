@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from cellseg.core.instances import Instances
-from cellseg.infer.celltype import class_names, label_names
+from cellseg.infer.celltype import class_names, label_names, pixel_cell_type
 from cellseg.infer.config import InferenceConfig
 from cellseg.infer.output import save_label_png, save_overlay
 from cellseg.infer.postprocess import placeholder, postprocess
@@ -47,8 +47,10 @@ def load_models(paths: Sequence[str | os.PathLike], device: Any = "cpu",
                 weights: Sequence[float] | None = None) -> list[Member]:
     """Load checkpoints (``cellseg.models.load_model``) as (model, family, weight) triples.
 
-    ``weights``: one per path (default 1 each).
+    ``weights``: one per path (default 1 each). A checkpoint's cell-type classifier (fitted by
+    training) rides on its model as ``model.type_classifier`` (``cellseg.infer.celltype``).
     """
+    from cellseg.data.typeclf import TypeClassifier
     from cellseg.models import load_model
 
     weights = [1.0] * len(paths) if not weights else [float(w) for w in weights]
@@ -57,7 +59,9 @@ def load_models(paths: Sequence[str | os.PathLike], device: Any = "cpu",
                          f"pass one weight per --weights file")
     out = []
     for path, w in zip(paths, weights):
-        model, family, _ = load_model(path, device=device)
+        model, family, ckpt = load_model(path, device=device)
+        clf = ckpt.get("type_classifier")
+        model.type_classifier = TypeClassifier.from_dict(clf) if clf else None
         out.append((model, family, w))
     return out
 
@@ -87,12 +91,16 @@ def predict_images(models: Sequence[Member], images: Sequence[np.ndarray], cfg: 
                    timer: Timer | None = None) -> list[Instances]:
     """``predict_raw`` then ``postprocess`` for each image (final, non-overlapping instances).
 
-    ``cell_types``: per image, a type to force (None: decided by ``cellseg.infer.celltype``,
-    voting through ``cfg.cell_type_names`` or the models' class names).
+    ``cell_types``: per image, a type to force (None: decided by ``cellseg.infer.celltype``: the
+    models' pixel classifier, else a vote through ``cfg.cell_type_names`` or the models' class
+    names).
     """
     timer = timer or NO_TIMER
     raw = predict_raw(models, images, cfg, device=device, timer=timer)
     cell_types = [None] * len(raw) if cell_types is None else list(cell_types)
+    with timer("cell type"):
+        cell_types = [ct if ct is not None else pixel_cell_type(models, im)
+                      for ct, im in zip(cell_types, images)]
     # per-type heads name their classes: the image-level type vote can use them
     cfg = dataclasses.replace(cfg, cell_type_names=label_names(cfg, models))
     with timer("postprocess"):

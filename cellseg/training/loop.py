@@ -85,6 +85,7 @@ def main(args: argparse.Namespace) -> int:
     from cellseg.models import get_family
     from cellseg.models.pretrained import check_pretrained_available
     from cellseg.data.sources import load_data
+    from cellseg.data.typeclf import fit_on_records
     from cellseg.training import data as td
     from cellseg.training import distributed as D
     from cellseg.training.bookkeeping import Bookkeeper, Plan, stop_requests
@@ -118,6 +119,10 @@ def main(args: argparse.Namespace) -> int:
         seed_all(tc.seed)
         family = get_family(cfg.model.family)
         model = family.build(**cfg.model.args)
+        # the test images' types are unknown: predict (and validation) pick each image's
+        # thresholds with this classifier of the training images' pixels
+        type_clf = fit_on_records(train_records, log)
+        model.type_classifier = type_clf
         if ckpt is None and tc.init_from:
             _init_weights(model, tc.init_from, cfg.model.family, log)
         opts = _step_options(cfg, family, dist, not args.no_progress)
@@ -136,7 +141,8 @@ def main(args: argparse.Namespace) -> int:
         # it from the checkpoint alone
         files = RunCheckpoints(out, spec=model.spec.to_dict(),
                                config=to_dict(cfg), data=data_desc,
-                               target_spec=spec.to_dict())
+                               target_spec=spec.to_dict(),
+                               type_classifier=type_clf.to_dict() if type_clf else None)
         files.on_missing_out = lambda: _out_vanished(out, cfg, lock, log)
         _prepare_out(out, cfg, dist)
         with stop_requests() as stop:
