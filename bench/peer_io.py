@@ -41,12 +41,14 @@ def predict_and_score(out: str | os.PathLike, test_records: Sequence,
                       ) -> dict[str, Any]:
     """Predict every test record with ``predict(record) -> (H, W) int label image`` (0 = none,
     cells 1..N, no overlap by construction), write ``out/pred.csv`` and, with the per image scores
-    of annotated test images and ``predict_seconds`` added to ``summary``, ``out/scores.json``.
-    Returns the completed summary."""
+    of annotated test images, ``predict_seconds`` and ``train_cpu_seconds`` (this process's CPU
+    time, all threads, until now: loading and training, the budget ``cellseg cv`` compares) added
+    to ``summary``, ``out/scores.json``. Returns the completed summary."""
     from cellseg.core import masks, metrics
     from cellseg.core.submission import SubmissionWriter
     from cellseg.io import write_json
 
+    train_cpu = time.process_time()
     out = Path(out)
     per_image: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
@@ -59,6 +61,7 @@ def predict_and_score(out: str | os.PathLike, test_records: Sequence,
                 per_image[r.image_id] = {"score": res.score, "cell_type": r.cell_type,
                                          "n_true": res.n_true, "n_pred": res.n_pred}
     summary = {**summary, "predict_seconds": round(time.perf_counter() - t0, 1),
+               "train_cpu_seconds": round(train_cpu, 1),
                "per_image": per_image,
                "score": (float(np.mean([v["score"] for v in per_image.values()]))
                          if per_image else None)}

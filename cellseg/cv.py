@@ -256,6 +256,20 @@ def write_overlay(path: Path, image: np.ndarray, truth: Any, pred: Any, result: 
     write_png(path, rgb[..., ::-1])  # OpenCV writes BGR
 
 
+def _peer_training_cost(mdir: Path, cost: Any) -> Any:
+    """A peer trains and predicts in one process: its ``scores.json`` says how much CPU the
+    loading and training took (``train_cpu_seconds``); the whole run's when it does not."""
+    import json
+
+    from cellseg.jobs import Timing
+
+    try:
+        cpu = json.loads((mdir / "scores.json").read_text())["train_cpu_seconds"]
+    except (OSError, ValueError, KeyError):
+        return cost
+    return Timing(cost.wall, float(cpu))
+
+
 def _kit_predict(ckpt: Path, records: Sequence["ImageRecord"], settings: CVSettings) -> dict:
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.predict import load_models, predict_images
@@ -344,13 +358,14 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
             from cellseg.core.submission import read_submission
 
             preds = dict(read_submission(mdir / "pred.csv"))
+            cost = _peer_training_cost(mdir, cost)
         if method != "plain":  # (plain writes its own pred.csv) kept for `cellseg cv --report`
             from cellseg.core.submission import write_submission
 
             write_submission(mdir / "pred.csv", [(r.image_id, preds[r.image_id]) for r in held])
         fold_rows = score_rows(method, fold, held, preds, cost.wall, settings.overlays,
                                settings.matching)
-        for row in fold_rows:  # the training's CPU (peers: training and predicting), per fold
+        for row in fold_rows:  # the fold's training CPU, the budget the methods share
             row["cpu_seconds"] = round(cost.cpu, 1)
         write_json(done, {"command": cmd, "infer": key, "rows": fold_rows})
         rows += fold_rows

@@ -85,3 +85,13 @@ def test_predict_images_given_type_then_classifier(monkeypatch, real_records: li
     P.predict_images([_member(clf)], images, load_inference_config(),
                      cell_types=["cort", None, None])
     assert seen == ["cort", "cort", "shsy5y"]
+
+
+def test_tune_tunes_per_type_when_the_checkpoint_can_tell_types(real_records: list) -> None:
+    from cellseg.data.typeclf import fit_on_records
+    from cellseg.infer.config import load_inference_config
+    from cellseg.infer.tune import predict_knows_types
+
+    cfg = load_inference_config()
+    assert predict_knows_types(cfg, [_member(fit_on_records(real_records))])
+    assert not predict_knows_types(cfg, [(SimpleNamespace(), None, 1.0)])

@@ -189,6 +189,37 @@ def test_tune_decode_splits_touching_cells_with_a_higher_seed_threshold() -> Non
     assert len(after[0]) == 2
 
 
+def test_decode_per_type_tuned_and_applied_to_that_type_only() -> None:
+    """A type's own decode (types.<t>.decode) is tuned on that type's images, lands in the
+    config, and is applied to images of that type only."""
+    rec, maps = _touching_pair_maps()  # an astro pair that seed 0.3 merges
+    th = TypeThresholds(score_thresh=0.0, min_area=0, nms_iou=1.0)
+    cfg = InferenceConfig(default=th, types={"astro": th, "cort": th},
+                          decode={"seed_thresh": 0.3}, fill_holes=False)
+    st = [_stitched(maps)]
+    tuned, report = tune.tune_decode_by_type(st, [rec], cfg, progress=False)
+    assert tuned.decode == {"seed_thresh": 0.3}  # the global decode stays
+    assert tuned.types["astro"].decode["seed_thresh"] >= 0.5
+    assert tuned.types["cort"].decode == {}
+    assert report["per_type"]["astro"]["after"] == pytest.approx(1.0)
+    assert tuned.decode_for("astro")["seed_thresh"] >= 0.5
+    assert tuned.decode_for(None) == tuned.decode_for("cort") == {"seed_thresh": 0.3}
+    # applied by type: the astro image splits, the same maps as cort (or unknown) stay merged
+    assert [len(r) for r in tune.raw_from_stitched(st * 3, tuned, ["astro", "cort", None])] \
+        == [2, 1, 1]
+    # written and read back as a config file
+    again = load_inference_config(to_dict_yaml_roundtrip(tuned))
+    assert again.types["astro"].decode == tuned.types["astro"].decode
+
+
+def to_dict_yaml_roundtrip(cfg: InferenceConfig):
+    import yaml
+
+    from cellseg.configlib import to_dict
+
+    return yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+
+
 def test_unet_decode_grid_lives_with_the_family() -> None:
     from cellseg.models.unet import FAMILY
     from cellseg.models.unet_decode import DECODE_GRID, decode_unet

@@ -7,8 +7,10 @@
 
 ``--data`` is anything ``cellseg.data.loaders.load_records`` reads (competition folder, train.csv,
 LIVECell root, COCO JSON), optionally ``PATH:SPLIT``; repeat it (or list several) to pool sources.
-``--decode`` first tunes the dense family's decode arguments (``decode.seed_thresh`` etc., one
-global setting) on maps computed once, then the per-type thresholds on the tuned decode.
+``--decode`` first tunes the dense family's decode arguments (``decode.seed_thresh`` etc.) on
+maps computed once: one setting per cell type (``types.<type>.decode``) when predict can tell an
+image's type (the checkpoint's pixel classifier), else one global setting; then the per-type
+thresholds on the tuned decode.
 With ``--fold K`` only fold K of ``make_folds`` (the training split's
 held-out fold, same ``--n-folds``/``--fold-seed`` as training) is used; without it, every record.
 Prints the score before and after; writes the tuned inference config atomically.
@@ -95,13 +97,19 @@ def run(args: argparse.Namespace) -> int:
     if args.decode:
         stitched = tune.collect_stitched(models, records, cfg, device=device,
                                          progress=not args.no_progress)
-        decode, decode_report = tune.tune_decode(stitched, records, cfg, by_type=by_type,
-                                                 progress=not args.no_progress,
-                                                 matching=args.matching)
-        cfg = dataclasses.replace(cfg, decode=decode)
-        raw = tune.raw_from_stitched(stitched, cfg)
+        if by_type:  # predict knows each image's type before decoding: one decode per type
+            cfg, decode_report = tune.tune_decode_by_type(stitched, records, cfg,
+                                                          progress=not args.no_progress,
+                                                          matching=args.matching)
+        else:
+            decode, decode_report = tune.tune_decode(stitched, records, cfg, by_type=False,
+                                                     progress=not args.no_progress,
+                                                     matching=args.matching)
+            cfg = dataclasses.replace(cfg, decode=decode)
+        raw = tune.raw_from_stitched(stitched, cfg, tune.tuning_types(records, by_type))
     elif raw is None:
-        raw = tune.collect_raw(models, records, cfg, device=device, progress=not args.no_progress)
+        raw = tune.collect_raw(models, records, cfg, device=device, progress=not args.no_progress,
+                               by_type=by_type)
         if args.cache:
             tune.save_cache(args.cache, records, raw)
     if not by_type and not args.no_progress:

@@ -64,6 +64,10 @@ class TypeThresholds:
     min_pred_iou, min_stability: drop instances whose ``extra["pred_iou"]`` (a learned IoU head,
         promptseg) or ``extra["stability"]`` (SAM's stability score) fall below; 0 = off, and
         instances without that extra are never dropped by it.
+    decode: this type's dense-family decode arguments, on top of ``InferenceConfig.decode``
+        (e.g. ``{seed_thresh: 0.5}`` for large irregular astrocytes that a high seed threshold
+        cuts into pieces); empty = the global decode. Used when the type is known before
+        decoding (``--cell-type`` or the checkpoint's pixel classifier, ``cellseg.infer.celltype``).
     """
 
     score_thresh: float = 0.5
@@ -71,6 +75,7 @@ class TypeThresholds:
     nms_iou: float = 0.5
     min_pred_iou: float = 0.0
     min_stability: float = 0.0
+    decode: dict[str, Any] = field(default_factory=dict)
 
     # checked at load time by cellseg.configlib (numeric ranges)
     RANGES: ClassVar[dict[str, Range]] = {
@@ -174,6 +179,11 @@ class InferenceConfig:
         if isinstance(ts, tuple):
             return ts  # type: ignore[return-value]
         return (int(ts), int(ts))
+
+    def decode_for(self, cell_type: str | None) -> dict[str, Any]:
+        """The decode arguments of an image of ``cell_type``: ``decode`` with that type's own
+        ``decode`` on top (None or an unlisted type: ``decode`` alone)."""
+        return {**self.decode, **self.thresholds_for(cell_type).decode}
 
     def thresholds_for(self, cell_type: str | None) -> TypeThresholds:
         """The thresholds of ``cell_type`` (``default`` when unknown or not listed)."""

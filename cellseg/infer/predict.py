@@ -71,7 +71,8 @@ def load_models(paths: Sequence[str | os.PathLike], device: Any = "cpu",
 
 
 def predict_raw(models: Sequence[Member], images: Sequence[np.ndarray], cfg: InferenceConfig,
-                *, device: Any = None, timer: Timer | None = None) -> list[Instances]:
+                *, cell_types: Sequence[str | None] | None = None, device: Any = None,
+                timer: Timer | None = None) -> list[Instances]:
     """Every model, every flip pass, tiles merged, dense maps decoded and outputs voted: one
     ``Instances`` per image, in native coordinates, BEFORE postprocessing (thresholds, NMS,
     overlap removal). ``stitch.stitch`` then ``stitch.decode_stitched``.
@@ -79,11 +80,14 @@ def predict_raw(models: Sequence[Member], images: Sequence[np.ndarray], cfg: Inf
     Args:
         models: (model, family, weight) triples (``cfg.model_weights`` overrides the weights).
         images: (H, W) uint8 arrays (sizes may differ).
+        cell_types: per image, the type whose decode applies (``cfg.decode_for``; None: the
+            global decode).
         device: if given, models are moved there first (a no-op when they already are).
     """
     timer = timer or NO_TIMER
-    return [decode_stitched(s, cfg, timer=timer)
-            for s in stitch(models, images, cfg, device=device, timer=timer)]
+    cell_types = [None] * len(images) if cell_types is None else list(cell_types)
+    return [decode_stitched(s, cfg, cell_type=ct, timer=timer)
+            for s, ct in zip(stitch(models, images, cfg, device=device, timer=timer), cell_types)]
 
 
 def predict_images(models: Sequence[Member], images: Sequence[np.ndarray], cfg: InferenceConfig,
@@ -96,11 +100,11 @@ def predict_images(models: Sequence[Member], images: Sequence[np.ndarray], cfg: 
     names).
     """
     timer = timer or NO_TIMER
-    raw = predict_raw(models, images, cfg, device=device, timer=timer)
-    cell_types = [None] * len(raw) if cell_types is None else list(cell_types)
-    with timer("cell type"):
+    cell_types = [None] * len(images) if cell_types is None else list(cell_types)
+    with timer("cell type"):  # before decoding: a type may have its own decode
         cell_types = [ct if ct is not None else pixel_cell_type(models, im)
                       for ct, im in zip(cell_types, images)]
+    raw = predict_raw(models, images, cfg, cell_types=cell_types, device=device, timer=timer)
     # per-type heads name their classes: the image-level type vote can use them
     cfg = dataclasses.replace(cfg, cell_type_names=label_names(cfg, models))
     with timer("postprocess"):

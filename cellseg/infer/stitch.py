@@ -292,16 +292,17 @@ def stitch(models: Sequence[Member], images: Sequence[np.ndarray], cfg: Inferenc
     return out
 
 
-def decode_stitched(st: Stitched, cfg: InferenceConfig, *, timer: Timer | None = None
-                    ) -> Instances:
-    """Decode one image's dense maps with ``cfg.decode`` and vote them with its instance
-    outputs (``cfg.vote_iou``): the image's raw instances in native coordinates, BEFORE
-    postprocessing (thresholds, NMS, overlap removal)."""
+def decode_stitched(st: Stitched, cfg: InferenceConfig, *, cell_type: str | None = None,
+                    timer: Timer | None = None) -> Instances:
+    """Decode one image's dense maps with ``cfg.decode_for(cell_type)`` (the global decode,
+    with that type's own on top) and vote them with its instance outputs (``cfg.vote_iou``): the
+    image's raw instances in native coordinates, BEFORE postprocessing (thresholds, NMS,
+    overlap removal)."""
     timer = timer or NO_TIMER
     outputs = list(st.instances)
     for d in st.dense:
         with timer("decode"):
-            inst = d.family.decode(d.maps, **dict(cfg.decode))
+            inst = d.family.decode(d.maps, **cfg.decode_for(cell_type))
         inst = Instances(st.shape, inst.boxes, inst.masks, inst.scores, inst.labels,
                          dict(inst.extra))
         if d.agnostic:

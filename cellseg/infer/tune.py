@@ -66,24 +66,28 @@ def coordinate_ascent(start: Any, grids: Mapping[str, Sequence[Any]],
 
 def _per_batch(fn: Any, records: Sequence["ImageRecord"], cfg: InferenceConfig,
                progress: bool) -> list[Any]:
-    """``fn(images)`` over the records' images, ``cfg.batch_size`` at a time, concatenated."""
+    """``fn(images, records)`` over the records, ``cfg.batch_size`` at a time, concatenated."""
     from tqdm import tqdm
 
     out: list[Any] = []
     step = max(1, int(cfg.batch_size))
     for s in tqdm(range(0, len(records), step), desc="tune: predict", file=sys.stderr,
                   disable=not progress):
-        out.extend(fn([r.read_image() for r in records[s:s + step]]))
+        batch = records[s:s + step]
+        out.extend(fn([r.read_image() for r in batch], batch))
     return out
 
 
 def collect_raw(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: InferenceConfig, *,
-                device: Any = None, progress: bool = True) -> list[Instances]:
-    """Raw merged instances (before postprocessing) of every record, ``cfg.batch_size`` at a time."""
+                device: Any = None, progress: bool = True, by_type: bool = False
+                ) -> list[Instances]:
+    """Raw merged instances (before postprocessing) of every record, ``cfg.batch_size`` at a time
+    (``by_type``: each decoded with its true type's decode, ``cfg.decode_for``)."""
     from cellseg.infer.predict import predict_raw
 
-    return _per_batch(lambda images: predict_raw(models, images, cfg, device=device), records,
-                      cfg, progress)
+    return _per_batch(lambda images, recs: predict_raw(
+        models, images, cfg, cell_types=tuning_types(recs, by_type), device=device),
+        records, cfg, progress)
 
 
 def save_cache(path: str | os.PathLike, records: Sequence["ImageRecord"],
@@ -115,14 +119,14 @@ def tuning_types(records: Sequence["ImageRecord"], by_type: bool) -> list[str | 
 
 def predict_knows_types(cfg: InferenceConfig, models: Sequence[Any] | None,
                         raw: Sequence[Instances] = ()) -> bool:
-    """Whether predict will pick per-type thresholds for these models (their labels name cell
-    types: ``cellseg.infer.celltype.label_names``); tuning per type otherwise tunes thresholds
-    predict never applies. Without models (a cache alone), nonzero labels betray a per-type
-    head."""
-    from cellseg.infer.celltype import label_names
+    """Whether predict will pick per-type thresholds for these models (a checkpoint's pixel
+    classifier, or labels that name cell types: ``cellseg.infer.celltype``); tuning per type
+    otherwise tunes thresholds predict never applies. Without models (a cache alone), nonzero
+    labels betray a per-type head."""
+    from cellseg.infer.celltype import label_names, type_classifiers
 
     if models is not None:
-        return bool(label_names(cfg, models))
+        return bool(label_names(cfg, models)) or bool(type_classifiers(models))
     return bool(cfg.cell_type_names) or any((inst.labels > 0).any() for inst in raw)
 
 
@@ -238,16 +242,18 @@ def collect_stitched(models: Sequence[Any], records: Sequence["ImageRecord"],
     if not any(fam.kind == "dense" for _, fam, _ in models):
         raise ValueError(f"decode tuning needs a dense family (e.g. unet), got "
                          f"{sorted({fam.name for _, fam, _ in models})}; tune without --decode")
-    return _per_batch(lambda images: stitch(models, images, cfg, device=device), records, cfg,
-                      progress)
+    return _per_batch(lambda images, _: stitch(models, images, cfg, device=device), records,
+                      cfg, progress)
 
 
-def raw_from_stitched(stitched: Sequence["Stitched"], cfg: InferenceConfig) -> list[Instances]:
+def raw_from_stitched(stitched: Sequence["Stitched"], cfg: InferenceConfig,
+                      cell_types: Sequence[str | None] | None = None) -> list[Instances]:
     """Raw instances (before postprocessing) as ``predict_raw`` gives them under ``cfg``
-    (``cellseg.infer.stitch.decode_stitched``)."""
+    (``cellseg.infer.stitch.decode_stitched``; ``cell_types``: per image, whose decode)."""
     from cellseg.infer.stitch import decode_stitched
 
-    return [decode_stitched(s, cfg) for s in stitched]
+    cell_types = [None] * len(stitched) if cell_types is None else list(cell_types)
+    return [decode_stitched(s, cfg, cell_type=ct) for s, ct in zip(stitched, cell_types)]
 
 
 def tune_decode(stitched: Sequence["Stitched"], records: Sequence["ImageRecord"],
@@ -282,3 +288,38 @@ def tune_decode(stitched: Sequence["Stitched"], records: Sequence["ImageRecord"]
     if progress:
         print(f"tune decode: {start:.4f} -> {best:.4f} with {params}", file=sys.stderr)
     return params, {"before": start, "after": best, "decode": params}
+
+
+def tune_decode_by_type(stitched: Sequence["Stitched"], records: Sequence["ImageRecord"],
+                        cfg: InferenceConfig, *, grids: dict | None = None, rounds: int = 2,
+                        progress: bool = True, matching: str = "dsb"
+                        ) -> tuple[InferenceConfig, dict[str, Any]]:
+    """``tune_decode`` on the images of each cell type apart; each type's result goes to its
+    ``types[t].decode`` (what ``cfg.decode_for(t)`` applies when predict knows the type), the
+    global ``decode`` stays. Images without a type are left out. Returns (config, report
+    {"before", "after", "per_type": {type: {"n_images", "before", "after", "decode"}}}), the
+    scores being means over the typed images."""
+    groups: dict[str, list[int]] = {}
+    for k, r in enumerate(records):
+        if r.cell_type:
+            groups.setdefault(r.cell_type, []).append(k)
+    tuned, per_type = cfg, {}
+    for ctype, idx in sorted(groups.items()):
+        # the type's images decoded with the decode under test (its own on top of the global)
+        start = dataclasses.replace(cfg, decode=cfg.decode_for(ctype))
+        params, rep = tune_decode([stitched[k] for k in idx], [records[k] for k in idx], start,
+                                  by_type=True, grids=grids, rounds=rounds, progress=False,
+                                  matching=matching)
+        th = dataclasses.replace(cfg.thresholds_for(ctype),
+                                 decode={k: v for k, v in params.items()
+                                         if cfg.decode.get(k) != v})
+        tuned = _with_thresholds(tuned, ctype, th)
+        per_type[ctype] = {"n_images": len(idx), "before": rep["before"], "after": rep["after"],
+                           "decode": th.decode}
+        if progress:
+            print(f"tune decode {ctype}: {rep['before']:.4f} -> {rep['after']:.4f} with "
+                  f"{th.decode or 'the global decode'}", file=sys.stderr)
+    n = sum(v["n_images"] for v in per_type.values()) or 1
+    report = {key: sum(v[key] * v["n_images"] for v in per_type.values()) / n
+              for key in ("before", "after")}
+    return tuned, {**report, "per_type": per_type}
