@@ -1,7 +1,8 @@
 """What a GPU recipe costs before you start it: FLOPs per training step, measured, and the
 expected wall time on a T4 and an A100.
 
-    .venv/bin/python -m bench gpu_cost      # ~3-6 min on one core (builds SAM ViT-B once)
+    .venv/bin/python -m bench gpu_cost      # ~10 min on one core (builds SAM ViT-B twice)
+    BENCH_GPU_RECIPES=unet_competition_finetune .venv/bin/python -m bench gpu_cost   # some only
 
 For each GPU recipe (``*_livecell_pretrain``, ``*_competition_finetune``) one real training step
 (a batch from the real competition sample through the kit's loader, the family's loss,
@@ -45,8 +46,9 @@ GPUS = {"T4": 8.1, "A100": 19.5}
 AMP_SPEEDUP = 2.0
 NO_PRETRAINED = {"unet": ["model.args.encoder_weights=null"],
                  "maskrcnn": ["model.args.weights=null", "model.args.backbone_weights=null"],
-                 "promptseg": ["model.args.sam_checkpoint=null",
-                               "model.args.detector.weights=null"]}
+                 "promptseg": ["model.args.sam_checkpoint=null"]}
+# promptseg's detector from a stage-1 checkpoint: the same R50-FPN, built from its arguments
+DETECTOR = "{backbone: resnet50, norm: imagenet, detections_per_img: 2000}"
 
 
 def step_flops(model, family, batch) -> float:
@@ -90,7 +92,13 @@ def recipe_row(name: str, records) -> dict:
     from cellseg.models import get_family
 
     base = load_train_config(name)
-    cfg = load_train_config(name, NO_PRETRAINED[base.model.family] + ["train.init_from=null"])
+    off = NO_PRETRAINED[base.model.family] + ["train.init_from=null"]
+    args = base.model.args
+    if getattr(args, "detector_checkpoint", None):
+        off += ["model.args.detector_checkpoint=null", f"model.args.detector={DETECTOR}"]
+    elif getattr(args, "detector", None):
+        off += ["model.args.detector.weights=null"]
+    cfg = load_train_config(name, off)
     family = get_family(cfg.model.family)
     torch.manual_seed(0)
     model = family.build(**cfg.model.args)
@@ -128,14 +136,15 @@ def main() -> None:
           + "\n")
     print("| recipe | batch x crop | TFLOP / step | steps (epochs) | T4 hours | A100 hours |")
     print("|---|---|---:|---:|---:|---:|")
-    for name in RECIPES:
+    only = os.environ.get("BENCH_GPU_RECIPES")  # e.g. "promptseg_livecell_pretrain,..."
+    for name in (only.split(",") if only else RECIPES):
         row = recipe_row(name, records)
         total = row["tflop_step"] * row["steps"]
         crop = row["crop"] or "520x704"
         hours = {g: total / r / 3600 for g, r in rate.items()}
         print(f"| {name} | {row['batch']} x {crop} | {row['tflop_step']:.2f} | "
               f"{row['steps']} ({row['epochs']}) | "
-              + " | ".join(f"{h / AMP_SPEEDUP:.1f} - {h:.1f}" for h in hours.values()) + " |",
+              + " | ".join(f"{h / AMP_SPEEDUP:.2f} - {h:.2f}" for h in hours.values()) + " |",
               flush=True)
 
 

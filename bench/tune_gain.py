@@ -29,15 +29,6 @@ import numpy as np
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
-def _decode_per_type(stitched: Sequence[Any], types: Sequence[str | None], cfg: Any,
-                     decodes: dict[str | None, dict[str, Any]]) -> list[Any]:
-    """Raw instances, each image decoded with its type's decode (``decodes``; else cfg.decode)."""
-    from cellseg.infer.stitch import decode_stitched
-
-    return [decode_stitched(s, dataclasses.replace(cfg, decode=decodes.get(t, cfg.decode)))
-            for s, t in zip(stitched, types)]
-
-
 def _scores(raw: Sequence[Any], records: Sequence[Any], cfg: Any, types: Sequence[str | None],
             matching: str) -> np.ndarray:
     from cellseg.core.masks import runs_from_rles
@@ -48,27 +39,25 @@ def _scores(raw: Sequence[Any], records: Sequence[Any], cfg: Any, types: Sequenc
 
 
 def tune_half(stitched: Sequence[Any], records: Sequence[Any], cfg: Any, per_type_decode: bool,
-              matching: str) -> tuple[Any, dict[str | None, dict[str, Any]]]:
-    """(tuned config, decode per type) from the images of one half (their true types)."""
+              matching: str) -> Any:
+    """The config ``cellseg tune --decode`` would write from the images of one half (their true
+    types): the decode (one per type with ``per_type_decode``), then the per-type thresholds."""
     from cellseg.infer import tune
 
-    decodes: dict[str | None, dict[str, Any]] = {}
     if per_type_decode:
-        for t in sorted({r.cell_type for r in records}):
-            idx = [i for i, r in enumerate(records) if r.cell_type == t]
-            decodes[t], _ = tune.tune_decode([stitched[i] for i in idx], [records[i] for i in idx],
-                                             cfg, by_type=True, progress=False, matching=matching)
+        cfg, _ = tune.tune_decode_by_type(stitched, records, cfg, progress=False,
+                                          matching=matching)
     else:
         decode, _ = tune.tune_decode(stitched, records, cfg, by_type=True, progress=False,
                                      matching=matching)
         cfg = dataclasses.replace(cfg, decode=decode)
-    raw = _decode_per_type(stitched, [r.cell_type for r in records], cfg, decodes)
+    raw = tune.raw_from_stitched(stitched, cfg, [r.cell_type for r in records])
     tuned, _ = tune.tune_thresholds(raw, records, cfg, progress=False, by_type=True,
                                     matching=matching)
-    return tuned, decodes
+    return tuned
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="+", required=True, help="checkpoint(s) (an ensemble)")
     p.add_argument("--data", nargs="+", required=True, help="held-out annotated images")
@@ -76,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="tune the UNet decode of each cell type apart")
     p.add_argument("--matching", default="dsb")
     p.add_argument("--json", default=None, help="also write the figures here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
 
     from cellseg.data.folds import make_folds
     from cellseg.data.sources import load_sources
@@ -93,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     stitched = tune.collect_stitched(models, records, cfg, progress=False)
     # the type each image gets at predict time (None: no classifier in the checkpoint)
     decided = [pixel_cell_type(models, r.read_image()) for r in records]
-    default_raw = _decode_per_type(stitched, decided, cfg, {})
+    default_raw = tune.raw_from_stitched(stitched, cfg, decided)
     default = _scores(default_raw, records, cfg, decided, args.matching)
     held_tuned = np.zeros(len(records))
     in_sample = np.zeros(len(records))
@@ -101,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     for h in (0, 1):
         fit = [i for i, r in enumerate(records) if halves[r.image_id] == h]
         test = [i for i, r in enumerate(records) if halves[r.image_id] != h]
-        tuned, decodes = tune_half([stitched[i] for i in fit], [records[i] for i in fit], cfg,
-                                   args.per_type_decode, args.matching)
-        configs.append({"decode": tuned.decode, "decode_per_type": decodes,
+        tuned = tune_half([stitched[i] for i in fit], [records[i] for i in fit], cfg,
+                          args.per_type_decode, args.matching)
+        configs.append({"decode": tuned.decode,
                         "types": {t: dataclasses.asdict(v) for t, v in tuned.types.items()}})
         for idx, out in ((test, held_tuned), (fit, in_sample)):
             sub = [records[i] for i in idx]
             types = [decided[i] for i in idx]
-            raw = _decode_per_type([stitched[i] for i in idx], types, tuned, decodes)
+            raw = tune.raw_from_stitched([stitched[i] for i in idx], tuned, types)
             out[idx] = _scores(raw, sub, tuned, types, args.matching)
     truth_types = [r.cell_type for r in records]
     right = sum(d == t for d, t in zip(decided, truth_types))

@@ -73,9 +73,19 @@ def _check(cmd: str) -> None:
         spec.loader.exec_module(module)
         _parses(module.get_args_parser().parse_args, argv[2:], cmd)
     elif argv[:3] == ["python", "-m", "bench"]:
+        from bench.__main__ import EXTRA
+
         names = {p.stem[len("bench_"):] for p in (ROOT / "bench").glob("bench_*.py")}
-        names |= {"plain_unet"}
+        names |= set(EXTRA)
         assert set(argv[3:]) <= names, f"{cmd}: unknown benchmark(s) {set(argv[3:]) - names}"
+    elif argv[:2] == ["python", "-m"] and argv[2].startswith("bench."):
+        import importlib
+
+        module = argv[2]
+        assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), f"{cmd}: no {module}"
+        parser = getattr(importlib.import_module(module), "get_args_parser", None)
+        if parser is not None:  # the module's own command line
+            _parses(parser().parse_args, argv[3:], cmd)
     elif argv[0] == "make":
         targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
         wanted = [a for a in argv[1:] if "=" not in a]
