@@ -3,13 +3,16 @@ expected wall time on a T4 and an A100.
 
     .venv/bin/python -m bench gpu_cost      # ~10 min on one core (builds SAM ViT-B twice)
     BENCH_GPU_RECIPES=unet_competition_finetune .venv/bin/python -m bench gpu_cost   # some only
+    BENCH_GPU_RECIPES=promptseg_livecell_pretrain BENCH_GPU_COUNT_BATCH=1 .venv/bin/python -m bench gpu_cost
 
 For each GPU recipe (``*_livecell_pretrain``, ``*_competition_finetune``) one real training step
 (a batch from the real competition sample through the kit's loader, the family's loss,
 backward) runs on the CPU under ``torch.utils.flop_counter.FlopCounterMode`` with random
 weights (pretrained names are switched off: the FLOPs do not depend on them). The run's length
 is the config's epochs x (training images / batch): the competition's 606 train images less the
-held-out fold (485), LIVECell's 3,253 train images.
+held-out fold (485), LIVECell's 3,253 train images. ``BENCH_GPU_COUNT_BATCH=N`` counts a step
+of N images and scales it to the recipe's batch (FLOPs grow linearly with the batch; SAM ViT-B's
+backward at batch 8 needs more memory than a 24 GB machine has).
 
 Time = FLOPs / sustained throughput. The throughput is not a datasheet peak: it is calibrated on
 a published figure, torchvision's own Mask R-CNN R50-FPN training time (0.2728 s per iteration
@@ -103,12 +106,14 @@ def recipe_row(name: str, records) -> dict:
     torch.manual_seed(0)
     model = family.build(**cfg.model.args)
     # the sample holds fewer images than a batch: repeat them (a full batch is what a GPU runs)
-    records = list(records) * -(-cfg.train.batch_size // len(records))
-    _, batches = _loader_rate(cfg, family, model, records, cfg.train.batch_size)
+    count = min(int(os.environ.get("BENCH_GPU_COUNT_BATCH", "0")) or cfg.train.batch_size,
+                cfg.train.batch_size)
+    records = (list(records) * -(-count // len(records)))[:count]
+    _, batches = _loader_rate(cfg, family, model, records, count)
     n = len(batches[0][0])
-    if n != cfg.train.batch_size:
-        raise RuntimeError(f"{name}: a batch of {n} images, not {cfg.train.batch_size}")
-    flops = step_flops(model, family, batches[0])
+    if n != count:
+        raise RuntimeError(f"{name}: a batch of {n} images, not {count}")
+    flops = step_flops(model, family, batches[0]) * cfg.train.batch_size / count
     data = "livecell" if "livecell" in name else "competition"
     steps = cfg.train.epochs * -(-TRAIN_IMAGES[data] // cfg.train.batch_size)
     return {"name": name, "batch": cfg.train.batch_size, "crop": cfg.data.crop_size,
