@@ -11,7 +11,8 @@ backward) runs on the CPU under ``torch.utils.flop_counter.FlopCounterMode`` wit
 weights (pretrained names are switched off: the FLOPs do not depend on them). The run's length
 is the config's epochs x (training images / batch): the competition's 606 train images less the
 held-out fold (485), LIVECell's 3,253 train images. ``BENCH_GPU_COUNT_BATCH=N`` counts a step
-of N images and scales it to the recipe's batch (FLOPs grow linearly with the batch; SAM ViT-B's
+of N images and scales it to the recipe's batch (a UNet's FLOPs grow linearly with the batch,
+a detector's about so, with the cells of each crop; SAM ViT-B's
 backward at batch 8 needs more memory than a 24 GB machine has).
 
 Time = FLOPs / sustained throughput. The throughput is not a datasheet peak: it is calibrated on
