@@ -74,8 +74,10 @@ class DataConfig:
     ``val_split`` are split into ``n_folds`` grouped folds and ``fold`` is held out for validation
     (``fold: null`` trains on everything and validates on nothing); a source with a ``val_split``
     (LIVECell: ``val``) gives its validation records from that split instead.
-    ``samples_per_epoch`` (null: one sample per training image) and ``source_weights`` (one per
-    source: the share of each source in an epoch) are explained in ``cellseg.data.sampling``.
+    ``samples_per_epoch`` (null: one sample per training image), ``source_weights`` (one per
+    source: the share of each source in an epoch) and ``type_balance`` (0: each cell type of a
+    source drawn in proportion to its images, 1: every type equally often) are explained in
+    ``cellseg.data.sampling``.
     Every source is checked (path, layout, annotation file, image files) before a model is built.
     """
 
@@ -95,11 +97,13 @@ class DataConfig:
     cell_types: tuple[str, ...] | None = None
     samples_per_epoch: int | None = None
     source_weights: tuple[float, ...] | None = None
+    type_balance: float = 0.0
 
     RANGES: ClassVar[dict[str, Range]] = {
         "fold": Range(0), "n_folds": Range(2), "fold_seed": Range(0), "crop_size": Range(8),
         "workers": Range(0), "min_cells": Range(0), "max_train_images": Range(1),
-        "max_val_images": Range(0), "samples_per_epoch": Range(1), "source_weights": Range(0)}
+        "max_val_images": Range(0), "samples_per_epoch": Range(1), "source_weights": Range(0),
+        "type_balance": Range(0, 1)}
 
 
 @dataclass(frozen=True)

@@ -87,12 +87,50 @@ def config_names() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_config_source(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
-    """``(mapping, origin)`` of a shipped config name or a YAML path; origin names it in errors."""
+def read_config_source(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()
+                       ) -> tuple[dict[str, Any], str]:
+    """``(mapping, origin)`` of a shipped config name or a YAML path; origin names it in errors.
+
+    A config may start from another: ``base: unet_small_real`` (a shipped name or a YAML path)
+    loads that one first, then this file's keys replace its keys, section by section
+    (``data: {type_balance: 1.0}`` changes that key and keeps the base's other ``data`` keys).
+    """
+    data, origin = _read_one(name_or_path)
+    base = data.pop("base", None)
+    if base is None:
+        return data, origin
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"base={base!r} is not a config name", where=origin,
+                          fix="give a shipped config name or a YAML path", key="base")
+    here = os.fspath(name_or_path)
+    if _looks_like_path(base) and not os.path.isabs(base) and _looks_like_path(here):
+        base = os.path.normpath(os.path.join(os.path.dirname(here), base))  # beside its file
+    seen = _seen or (os.path.normpath(here) if _looks_like_path(here) else here,)
+    if base in seen:
+        raise ConfigError(f"config bases loop: {' -> '.join((*seen, base))}", where=origin,
+                          fix="remove one of the base: keys", key="base")
+    parent, _ = read_config_source(base, (*seen, base))
+    return _deep_merge(parent, data), origin
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _looks_like_path(text: str) -> bool:
+    return (os.sep in text or "/" in text or text.endswith((".yaml", ".yml"))
+            or Path(text).exists())
+
+
+def _read_one(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     text = os.fspath(name_or_path)
-    looks_like_path = (os.sep in text or "/" in text or text.endswith((".yaml", ".yml"))
-                       or Path(text).exists())
-    if looks_like_path:
+    if _looks_like_path(text):
         return load_yaml(text), text
     from importlib import resources
 

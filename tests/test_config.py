@@ -214,3 +214,31 @@ def test_model_args_are_typed_by_the_family_args_class():
 def test_to_dict_is_plain():
     d = to_dict(from_dict(TrainConfig, {"data": {"sources": ["x"]}}))
     assert d["data"]["sources"] == ["x"] and isinstance(d["model"], dict)
+
+
+def test_a_config_starts_from_its_base(tmp_path):
+    """``base:`` loads a shipped config or a YAML (relative to the file) and changes only the
+    keys the file names, section by section."""
+    small = load_train_config("unet_small_real")
+    mine = tmp_path / "sub" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text("base: unet_small_real\ndata: {crop_size: 320}\ntrain: {epochs: 5}\n")
+    cfg = load_train_config(mine)
+    assert (cfg.data.crop_size, cfg.train.epochs) == (320, 5)
+    # everything else, inside the changed sections too, is the base's
+    assert cfg.data.samples_per_epoch == small.data.samples_per_epoch
+    assert cfg.train.batch_size == small.train.batch_size and cfg.model == small.model
+    # a chain through a relative path, then overrides on top
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("base: mine.yaml\noptim: {lr: 3.0e-4}\n")
+    cfg = load_train_config(child, ["train.epochs=2"])
+    assert (cfg.optim.lr, cfg.optim.name, cfg.data.crop_size, cfg.train.epochs) == \
+        (3e-4, small.optim.name, 320, 2)
+    # a loop is one clear error
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="config bases loop"):
+        load_train_config(loop)
+    with pytest.raises(ConfigError, match="no config named 'unet_smal'"):
+        mine.write_text("base: unet_smal\n")
+        load_train_config(mine)

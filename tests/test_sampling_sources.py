@@ -109,3 +109,42 @@ def test_livecell_json_given_directly_finds_its_images(shared_livecell, tmp_path
     with pytest.raises(SourceError, match=r"images not found .*LIVECell root folder"):
         load_data(DataConfig(sources=(str(lonely),), fold=None), log=lambda m: None)
     assert json.loads(lonely.read_text())["images"]
+
+
+def test_type_balance_shares_a_source_among_its_cell_types(tmp_path):
+    from cellseg.data.record import ImageRecord
+    from cellseg.data.sampling import type_strata
+
+    types = ["cort"] * 28 + ["astro"] * 10 + ["shsy5y"] * 2
+    recs = [ImageRecord(f"i{k}", tmp_path / f"i{k}.png", 8, 8, cell_type=t)
+            for k, t in enumerate(types)]
+
+    def drawn(balance: float) -> Counter:
+        cfg = DataConfig(sources=("a",), samples_per_epoch=280, crop_size=None, augment=None,
+                         type_balance=balance)
+        _, sampler = build_train_data(cfg, TargetSpec(kind="maps"), recs, seed=0)
+        return Counter(types[i] for i in sampler)
+
+    # 0: the images' own proportions (7 passes over 40 images)
+    assert drawn(0.0) == {"cort": 196, "astro": 70, "shsy5y": 14}
+    assert sorted(drawn(1.0).values()) == [93, 93, 94]
+    half = drawn(0.5)  # shares ~ sqrt(n_t): 5.29 : 3.16 : 1.41
+    assert half["cort"] > half["astro"] > half["shsy5y"] > 14
+    # two sources keep their weights; the types share each source's part
+    strata, w = type_strata([0, 0, 0, 1], ["a", "a", "b", "a"], [1.0, 3.0], 1.0)
+    assert strata.tolist() == [0, 0, 1, 2] and w == [0.5, 0.5, 3.0]
+
+
+def test_type_balance_on_the_competition_images(shared_sartorius_409):
+    """sartorius_409's lopsided types (280 cort, 107 astro, 22 shsy5y) drawn equally often."""
+    from cellseg.data.loaders import load_records
+
+    recs = load_records(shared_sartorius_409)
+    cfg = DataConfig(sources=(str(shared_sartorius_409),), samples_per_epoch=600,
+                     crop_size=None, augment=None, type_balance=1.0)
+    _, sampler = build_train_data(cfg, TargetSpec(kind="maps"), recs, seed=0)
+    got = Counter(recs[i].cell_type for i in sampler)
+    assert got == {"cort": 200, "astro": 200, "shsy5y": 200}
+    # every shsy5y image is shown, about as often as the others of its type
+    shown = Counter(recs[i].image_id for i in sampler if recs[i].cell_type == "shsy5y")
+    assert len(shown) == 22 and max(shown.values()) - min(shown.values()) <= 1

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-UNET_CONFIGS = ["unet_small_real", "unet_competition_finetune", "unet_livecell_pretrain",
-                "unet_tiny"]
+UNET_CONFIGS = ["unet_small_real", "unet_competition_cpu", "unet_competition_finetune",
+                "unet_livecell_pretrain", "unet_tiny"]
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,25 @@ def test_small_real_recipe_trains_on_the_real_samples(tmp_path, shared_sartorius
     err = capsys.readouterr().err
     assert "6 training images" in err and "no validation images" in err
     assert (out / "best.pt").is_file()
+
+
+def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, shared_sartorius_409,
+                                                                 capsys) -> None:
+    """The competition CPU recipe as its config types it, for 2 steps on sartorius_409: all 409
+    images, every type drawn equally often, a checkpoint holding the type classifier; its full
+    budget is 1,000 steps (docs/competition.md)."""
+    from cellseg.checkpoint import load_checkpoint
+    from cellseg.cli import main
+    from cellseg.config import load_train_config
+
+    cfg = load_train_config("unet_competition_cpu")
+    assert cfg.data.samples_per_epoch * cfg.train.epochs // cfg.train.batch_size == 1000
+    assert cfg.data.type_balance == 1.0
+    out = tmp_path / "run"
+    assert main(["train", "--config", "unet_competition_cpu", "--data", str(shared_sartorius_409),
+                 "--out", str(out), "--no-progress", "--set", "train.max_steps=2"]) == 0
+    err = capsys.readouterr().err
+    assert "409 training images" in err and "astro 107, cort 280, shsy5y 22" in err
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["config"]["data"]["type_balance"] == 1.0
+    assert ckpt["type_classifier"]
