@@ -126,6 +126,11 @@ def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, share
                  "--out", str(out), "--no-progress", "--set", "train.max_steps=2"]) == 0
     err = capsys.readouterr().err
     assert "409 training images" in err and "astro 107, cort 280, shsy5y 22" in err
+    mix = err.split("sampling: an epoch draws 200 samples: ")[1].split(" (data.type_balance")[0]
+    drawn = dict(part.split(" ") for part in mix.split(", "))
+    assert set(drawn) == {"astro", "cort", "shsy5y"}
+    assert sorted(map(int, drawn.values())) == [66, 67, 67]
+
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["config"]["data"]["type_balance"] == 1.0
     assert ckpt["type_classifier"]

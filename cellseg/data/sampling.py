@@ -132,6 +132,17 @@ def type_strata(source_of: Sequence[int], cell_types: Sequence[str | None],
     return stratum_of, strata_w
 
 
+def type_mix(sampler: SourceSampler, records: Sequence[ImageRecord]) -> str:
+    """One line of the cell types in an epoch's draw, e.g. "an epoch draws 200 samples: astro
+    67, cort 67, shsy5y 66" (every epoch draws the same counts per stratum)."""
+    counts: dict[str, int] = {}
+    for i in sampler.draw():
+        t = str(records[int(i)].cell_type)
+        counts[t] = counts.get(t, 0) + 1
+    parts = ", ".join(f"{t} {n}" for t, n in sorted(counts.items()))
+    return f"an epoch draws {sampler.samples} samples: {parts}"
+
+
 def build_train_data(cfg: Any, spec: TargetSpec, records: Sequence[ImageRecord],
                      sources: Sequence[int] | None = None, *, seed: int = 0, rank: int = 0,
                      world_size: int = 1) -> tuple[Any, SourceSampler]:

@@ -84,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
     (0 done, 130 stopped by Ctrl-C/SIGTERM after writing ``last.pt``)."""
     from cellseg.models import get_family
     from cellseg.models.pretrained import check_pretrained_available
+    from cellseg.data.sampling import type_mix
     from cellseg.data.sources import load_data
     from cellseg.data.typeclf import fit_on_records
     from cellseg.training import data as td
@@ -130,6 +131,9 @@ def main(args: argparse.Namespace) -> int:
 
         spec = family.target_spec(**cfg.model.args)
         dataset, sampler = td.build_dataset(cfg, spec, train_records, train_sources, dist)
+        if cfg.data.type_balance > 0:
+            log(f"sampling: {type_mix(sampler, train_records)} (data.type_balance "
+                f"{cfg.data.type_balance:g})")
         loader = td.make_loader(cfg, dataset, sampler, family.collate, dist)
         plan = Plan.of(tc, len(loader))
         opts = dataclasses.replace(opts, max_steps=plan.total_steps)
