@@ -400,6 +400,11 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                       for t in types}}
                             for rule in ("dsb", "greedy")
                             if all(f"score_{rule}" in r for r in mine)},
+            # the mean of the per-type means: what the score would be if every type had as many
+            # images (a fold's own mix, e.g. 56 cort of 82, otherwise decides the mean)
+            "types_equal": float(np.mean([_mean_sd([r["score"] for r in mine
+                                                   if r["cell_type"] == t])["mean"]
+                                          for t in types])),
             "per_fold": {str(f): _mean_sd([r["score"] for r in mine if r["fold"] == f])["mean"]
                          for f in folds},
             "per_image": {r["image_id"]: r["score"] for r in mine},
@@ -420,7 +425,8 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
     n_type = {t: len({r["image_id"] for r in rows if r["cell_type"] == t}) for t in types}
     mw = max([8, *map(len, methods)])
     head = f"{'method':<{mw}} {'score (mean ± sd)':>18} " + " ".join(
-        f"{f'{t} ({n_type[t]})':>14}" for t in types) + f" {'CPU-min':>8}"
+        f"{f'{t} ({n_type[t]})':>14}" for t in types) + (
+        f" {'types equal':>11}" if len(types) > 1 else "") + f" {'CPU-min':>8}"
     lines = [head]
     for m in methods:
         s = summary[m]
@@ -428,6 +434,8 @@ def format_table(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str
         cells = " ".join(f"{pt[t]['mean']:>7.4f}±{pt[t]['sd']:<6.4f}" if t in pt else f"{'-':>14}"
                          for t in types)
         cpu = f"{s['cpu_minutes']:>8.1f}" if s.get("cpu_minutes") else f"{'-':>8}"
+        if len(types) > 1:
+            cells += f" {s['types_equal']:>11.4f}" if "types_equal" in s else f" {'-':>11}"
         lines.append(f"{m:<{mw}} {s['mean']:>9.4f} ± {s['sd']:<6.4f} {cells} {cpu}")
     rules = {rule: [m for m in methods if rule in summary[m].get("by_matching", {})]
              for rule in ("dsb", "greedy")}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cellseg.cv import CVSettings, kit_train_command, make_cv_folds, summarise
+from cellseg.cv import CVSettings, format_table, kit_train_command, make_cv_folds, summarise
 from cellseg.data.record import ImageRecord
 
 
@@ -37,6 +37,10 @@ def test_summary_mean_sd_per_type() -> None:
     assert s["mean"] == pytest.approx(0.3) and s["sd"] == pytest.approx(0.2) and s["n"] == 3
     assert s["per_cell_type"]["x"]["mean"] == pytest.approx(0.2)
     assert s["per_cell_type"]["y"] == {"mean": 0.5, "sd": 0.0, "n": 1}
+    # every type weighed alike: (0.2 + 0.5) / 2, not the images' mean 0.3
+    assert s["types_equal"] == pytest.approx(0.35)
+    table = format_table(summarise(rows), rows).splitlines()
+    assert "types equal" in table[0] and table[1].split()[-2] == "0.3500"
 
 
 def test_kit_command_repeats_the_fold_for_a_real_epoch(tmp_path) -> None:
@@ -198,5 +202,5 @@ def test_score_rows_per_type_and_both_rules(shared_sartorius_409) -> None:
     assert set(s["per_cell_type"]) == {"astro", "shsy5y"}
     assert s["by_matching"]["dsb"]["shsy5y"] == pytest.approx(shs["score_dsb"])
     table = format_table(summarise(rows), rows)
-    assert "astro (1)" in table and "shsy5y (1)" in table
+    assert "astro (1)" in table and "shsy5y (1)" in table and "types equal" in table
     assert "matching rules differ" in table
