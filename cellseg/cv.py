@@ -389,10 +389,11 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         mine = [r for r in rows if r["method"] == method]
         types = sorted({r["cell_type"] for r in mine})
         folds = sorted({r["fold"] for r in mine})
+        per_type = {t: _mean_sd([r["score"] for r in mine if r["cell_type"] == t])
+                    for t in types}
         out[method] = {
             **_mean_sd([r["score"] for r in mine]),
-            "per_cell_type": {t: _mean_sd([r["score"] for r in mine if r["cell_type"] == t])
-                              for t in types},
+            "per_cell_type": per_type,
             # the mean under each matching rule, overall and per type (rows of older runs lack it)
             "by_matching": {rule: {"all": _mean_sd([r[f"score_{rule}"] for r in mine])["mean"],
                                    **{t: _mean_sd([r[f"score_{rule}"] for r in mine
@@ -402,9 +403,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                             if all(f"score_{rule}" in r for r in mine)},
             # the mean of the per-type means: what the score would be if every type had as many
             # images (a fold's own mix, e.g. 56 cort of 82, otherwise decides the mean)
-            "types_equal": float(np.mean([_mean_sd([r["score"] for r in mine
-                                                   if r["cell_type"] == t])["mean"]
-                                          for t in types])),
+            "types_equal": float(np.mean([v["mean"] for v in per_type.values()])),
             "per_fold": {str(f): _mean_sd([r["score"] for r in mine if r["fold"] == f])["mean"]
                          for f in folds},
             "per_image": {r["image_id"]: r["score"] for r in mine},

@@ -172,10 +172,9 @@ def build_train_data(cfg: Any, spec: TargetSpec, records: Sequence[ImageRecord],
         weights = [w for w, p in zip(weights, present) if p]
     else:
         _, source_of = np.unique(source_of, return_inverse=True)
-    balance = float(getattr(cfg, "type_balance", 0.0) or 0.0)
-    if balance > 0:
+    if cfg.type_balance > 0:
         source_of, weights = type_strata(source_of, [r.cell_type for r in records], weights,
-                                         balance)
+                                         cfg.type_balance)
     sampler = SourceSampler(source_of, samples_per_epoch=cfg.samples_per_epoch, weights=weights,
                             seed=seed, rank=rank, world_size=world_size)
     return dataset, sampler
