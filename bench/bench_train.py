@@ -10,7 +10,8 @@ decode + augment + targets; 0 workers, and 2 workers including their start-up) v
 the train step alone (forward + backward + optimiser on pre-built batches), seconds per step.
 The loader is timed in steady state: the mask cache is filled first (training decodes each
 image's RLEs once, in epoch 1); the 2-worker figure includes the workers' start-up. The loader should be >= 3x the model so that
-2-4 workers keep a GPU busy. Table 2: validation score (competition metric on held-out synthetic
+2-4 workers keep a GPU busy. Table 2: the CPU recipe's (``unet_competition_cpu``) train step in float32 and under bfloat16
+autocast. Table 3: validation score (competition metric on held-out synthetic
 images) against training minutes for ``unet_tiny``, read from the run's ``log.csv``.
 """
 
@@ -45,21 +46,31 @@ def _loader_rate(cfg, family, model, records, n_images: int,
     return seen / (time.perf_counter() - t0), batches
 
 
-def _step_rate(cfg, family, model, batches, n_steps: int) -> tuple[float, float]:
+def _step_rate(cfg, family, model, batches, n_steps: int, amp_dtype=None,
+               channels_last: bool = False) -> tuple[float, float]:
     import torch
 
     from cellseg.training import engine
 
     opt = engine.build_optimizer(model, cfg.optim)
     model.train()
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    model.to(memory_format=fmt)
+    batches = [(engine.to_device(x, torch.device("cpu"), channels_last),
+                engine.to_device(y, torch.device("cpu"), channels_last)) for x, y in batches]
+
+    def loss_of(images, targets):
+        with torch.autocast("cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            return family.loss(model, images, targets)["loss"]
+
     # one warm-up step (allocations, lazy init) outside the timing
-    family.loss(model, *batches[0])["loss"].backward()
+    loss_of(*batches[0]).backward()
     opt.step()
     opt.zero_grad()
     n_img, t0 = 0, time.perf_counter()
     for i in range(n_steps):
         images, targets = batches[i % len(batches)]
-        loss = family.loss(model, images, targets)["loss"]
+        loss = loss_of(images, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
@@ -107,6 +118,26 @@ def main() -> None:
             print(f"| {name} | {load_rate:.2f} | {load_rate2:.2f} | {step_rate:.2f} | {s_step:.2f} "
                   f"({cfg.train.batch_size}x{cfg.data.crop_size}px) | {ratio:.2f}x | "
                   f"{'ok' if ratio >= 3 else 'NO: loader-bound'} |", flush=True)
+
+        # the CPU recipe's precision: bfloat16 autocast is what buys its 2,000 steps in an hour
+        from cellseg.training.loop import native_bfloat16
+
+        cfg = load_train_config("unet_competition_cpu")
+        family = get_family(cfg.model.family)
+        _, batches = _loader_rate(cfg, family, None, records, 2 * cfg.train.batch_size,
+                                  cache_dir=tmp / "cache_cpu")
+        print(f"\nunet_competition_cpu train step (batch {cfg.train.batch_size}x"
+              f"{cfg.data.crop_size}px, channels_last, 1 thread); this CPU computes bfloat16 "
+              f"natively: {'yes' if native_bfloat16('cpu') else 'no'}\n")
+        print("| precision | s/step | speed-up |")
+        print("|---|---:|---:|")
+        base = None
+        for label, dtype in (("float32", None), ("bfloat16 autocast", torch.bfloat16)):
+            torch.manual_seed(0)
+            model = family.build(**cfg.model.args)
+            _, s_step = _step_rate(cfg, family, model, batches, 2 if quick else 5, dtype, True)
+            base = base or s_step
+            print(f"| {label} | {s_step:.2f} | {base / s_step:.2f}x |", flush=True)
 
         # learning curve: the real `cellseg train` path, validation every epoch
         from cellseg.training.loop import get_args_parser, main as train_main

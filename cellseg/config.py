@@ -147,8 +147,10 @@ class TrainSection:
     Step hygiene: ``amp`` runs the forward pass under autocast, float16 + GradScaler on CUDA;
     on CPU only when ``amp_dtype`` names a dtype (``auto`` is fp32 there): ``bfloat16`` (no
     scaler; the resnet18 UNet step ran 1.9x faster on a CPU with avx512_bf16, and is slower
-    without bf16 units, hence opt-in) or ``float16`` (the CUDA path, GradScaler included: slow on
-    CPU, there to test that path without a GPU). ``channels_last`` (null: on for dense
+    without bf16 units, hence opt-in), ``bfloat16_if_native`` (bfloat16 where the device has it
+    natively, a CPU with avx512_bf16/AMX or a bf16 GPU, else as ``auto``; the CPU recipes use it)
+    or ``float16`` (the CUDA path, GradScaler included: slow on CPU, there to test that path
+    without a GPU). ``channels_last`` (null: on for dense
     families, whose convolutions run faster in that layout) and ``compile`` (``torch.compile``,
     off by default) only change speed. ``prefetch`` batches per loader worker are kept ready
     (2 per worker already hides the loader behind the step; a Mask R-CNN batch holds full-size
@@ -160,7 +162,7 @@ class TrainSection:
     grad_accum: int = 1
     clip_norm: float | None = 10.0
     amp: bool = True
-    amp_dtype: typing.Literal["auto", "float16", "bfloat16"] = "auto"
+    amp_dtype: typing.Literal["auto", "float16", "bfloat16", "bfloat16_if_native"] = "auto"
     channels_last: bool | None = None
     compile: bool = False
     prefetch: int = 2

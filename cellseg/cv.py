@@ -66,11 +66,14 @@ class Peer:
     method: str  # its name in cv.json / cv.csv / the table
     module: str
     args: tuple[str, ...] = ()
+    # the flag that trains it under CPU bfloat16 autocast, passed when the kit's recipe trains
+    # so (same steps, same precision: the same CPU budget); None: the peer has no such switch
+    bf16_flag: str | None = None
 
 
 # --reference NAME -> the peer; plain_unet keeps the method name "plain" it has always had
 PEERS: dict[str, Peer] = {
-    "plain_unet": Peer("plain", "bench.plain_unet", ("--border", "2")),
+    "plain_unet": Peer("plain", "bench.plain_unet", ("--border", "2"), bf16_flag="--bf16"),
     "cellpose": Peer("cellpose", "bench.cellpose_ref"),
     "plain_maskrcnn": Peer("plain_maskrcnn", "bench.plain_maskrcnn"),
 }
@@ -205,10 +208,21 @@ def _kit_checkpoint(mdir: Path) -> Path:
     return mdir / "best.pt" if (mdir / "best.pt").is_file() else mdir / "last.pt"
 
 
+def kit_trains_in_bfloat16(settings: CVSettings) -> bool:
+    """Whether the kit's recipe (with its overrides) trains under bfloat16 autocast on this CPU
+    (``train.amp_dtype`` bfloat16, or bfloat16_if_native on a CPU with bf16 units)."""
+    from cellseg.config import load_train_config
+    from cellseg.training.loop import native_bfloat16
+
+    tc = load_train_config(settings.config, list(settings.overrides)).train
+    return tc.amp and (tc.amp_dtype == "bfloat16" or
+                       (tc.amp_dtype == "bfloat16_if_native" and native_bfloat16("cpu")))
+
+
 def peer_command(peer: Peer | str, settings: CVSettings, train_data: Path, test_data: Path,
                  out: Path) -> list[str]:
     """The ``python -m bench.<peer module>`` command of one fold (``peer``: a ``Peer`` or the
-    method name of one)."""
+    method name of one). A peer that can train in bfloat16 does when the kit's recipe does."""
     if isinstance(peer, str):
         peer = PEER_BY_METHOD[peer]
     if repo_root() is None:
@@ -219,6 +233,8 @@ def peer_command(peer: Peer | str, settings: CVSettings, train_data: Path, test_
            *map(str, settings.extra_train), "--test", str(test_data), "--out", str(out),
            "--steps", str(settings.steps), "--seed", str(settings.seed),
            "--threads", str(settings.threads), *peer.args]
+    if peer.bf16_flag and kit_trains_in_bfloat16(settings):
+        cmd.append(peer.bf16_flag)
     return cmd + (["--tta"] if settings.tta else [])
 
 

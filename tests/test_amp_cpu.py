@@ -6,6 +6,7 @@ so these run where no GPU is. (Resume after a skipped step: tests/test_faults.py
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import torch
 
@@ -165,3 +166,38 @@ def test_predict_float16_channels_last_on_cpu_matches_float32(tiny_unet_ckpt):
     assert abs(len(fp16) - len(fp32)) <= max(1, 0.05 * len(fp32))
     iou = iou_matrix(fp32, fp16, shape=image.shape)
     assert iou.max(axis=1).mean() >= 0.9
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_if_native_follows_the_device(monkeypatch, native):
+    """The CPU recipes' ``bfloat16_if_native``: bfloat16 autocast where the CPU has bf16 units,
+    float32 (as "auto") where bfloat16 would only be emulated; the log line says which and why."""
+    from cellseg.config import load_train_config
+    from cellseg.models import get_family
+    from cellseg.training import loop
+    from cellseg.training.distributed import DistInfo
+
+    monkeypatch.setattr(loop, "native_bfloat16", lambda device: native)
+    dist = DistInfo(device=torch.device("cpu"))
+    cfg = load_train_config("unet_competition_cpu")
+    assert (cfg.train.amp, cfg.train.amp_dtype) == (True, "bfloat16_if_native")
+    opts = loop._step_options(cfg, get_family("unet"), dist, False)
+    line = loop.precision_line(opts, cfg)
+    if native:
+        assert opts.amp_dtype == torch.bfloat16 and line.startswith("precision: bfloat16 autocast")
+    else:
+        assert opts.amp_dtype is None and line.startswith("precision: float32 (")
+        assert "no native bfloat16" in line
+
+
+def test_native_bfloat16_reads_torchs_cpu_probes(monkeypatch):
+    from cellseg.training.loop import native_bfloat16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert native_bfloat16("cpu") is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_bfloat16("cpu") is True
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert native_bfloat16("cpu") is False  # private probes gone in a later torch: no

@@ -96,6 +96,41 @@ def test_plain_unet_tiny_run(folders, tmp_path) -> None:
                            "--threads", "2"]) == 0
     s = _check_outputs(out, held)
     assert s["border"] == plain_unet.DEFAULT_BORDER == 2 and (out / "model.pt").is_file()
+    assert s["bf16"] is False
+
+
+def test_plain_unet_bf16_run(folders, tmp_path) -> None:
+    """``--bf16``: the peer's forward pass under CPU bfloat16 autocast; it still learns a finite
+    loss and writes its outputs."""
+    train, test, held = folders
+    out = tmp_path / "plain_bf16"
+    assert plain_unet.cli(["--train", str(train), "--test", str(test), "--out", str(out),
+                           "--steps", "2", "--batch", "2", "--crop", "64", "--threads", "2",
+                           "--bf16"]) == 0
+    assert _check_outputs(out, held)["bf16"] is True
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_plain_unet_peer_trains_at_the_kits_precision(monkeypatch, tmp_path, native) -> None:
+    """cv gives the plain U-Net the kit's steps AND its precision: --bf16 exactly when the kit's
+    recipe trains in bfloat16 on this CPU, so both get the same CPU budget."""
+    from cellseg import cv
+    from cellseg.training import loop
+
+    monkeypatch.setattr(loop, "native_bfloat16", lambda device: native)
+    monkeypatch.setattr(cv, "repo_root", lambda: tmp_path)
+
+    def command(config: str, *overrides: str) -> list[str]:
+        settings = cv.CVSettings(config=config, overrides=overrides)
+        return cv.peer_command("plain", settings, tmp_path / "tr", tmp_path / "te", tmp_path / "o")
+
+    assert ("--bf16" in command("unet_competition_cpu")) is native
+    assert "--bf16" not in command("unet_small_real")
+    assert "--bf16" in command("unet_small_real", "train.amp=true", "train.amp_dtype=bfloat16")
+    assert "--bf16" not in command("unet_competition_cpu", "train.amp=false")
+    cellpose = cv.peer_command("cellpose", cv.CVSettings(config="unet_competition_cpu"),
+                               tmp_path / "tr", tmp_path / "te", tmp_path / "o")
+    assert "--bf16" not in cellpose  # no such switch: it trains as its own trainer does
 
 
 # ----------------------------------------------------------------------------- Cellpose

@@ -112,15 +112,17 @@ def test_small_real_recipe_trains_on_the_real_samples(tmp_path, shared_sartorius
 def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, shared_sartorius_409,
                                                                  capsys) -> None:
     """The competition CPU recipe as its config types it, for 2 steps on sartorius_409: all 409
-    images, every type drawn equally often, a checkpoint holding the type classifier; its full
-    budget is 1,000 steps (docs/competition.md)."""
+    images, every type drawn equally often, bfloat16 where the CPU has it natively, a checkpoint
+    holding the type classifier; its full budget is 2,000 steps (docs/competition.md)."""
     from cellseg.checkpoint import load_checkpoint
     from cellseg.cli import main
     from cellseg.config import load_train_config
+    from cellseg.training.loop import native_bfloat16
 
     cfg = load_train_config("unet_competition_cpu")
-    assert cfg.data.samples_per_epoch * cfg.train.epochs // cfg.train.batch_size == 1000
-    assert cfg.data.type_balance == 1.0
+    assert cfg.data.samples_per_epoch * cfg.train.epochs // cfg.train.batch_size == 2000
+    assert cfg.data.type_balance == 1.0 and cfg.train.amp_dtype == "bfloat16_if_native"
+    precision = "bfloat16 autocast" if native_bfloat16("cpu") else "float32 ("
     out = tmp_path / "run"
     assert main(["train", "--config", "unet_competition_cpu", "--data", str(shared_sartorius_409),
                  "--out", str(out), "--no-progress", "--set", "train.max_steps=2"]) == 0
@@ -130,6 +132,7 @@ def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, share
     drawn = dict(part.split(" ") for part in mix.split(", "))
     assert set(drawn) == {"astro", "cort", "shsy5y"}
     assert sorted(map(int, drawn.values())) == [66, 67, 67]
+    assert f"precision: {precision}" in err
 
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["config"]["data"]["type_balance"] == 1.0

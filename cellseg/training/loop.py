@@ -127,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
         if ckpt is None and tc.init_from:
             _init_weights(model, tc.init_from, cfg.model.family, log)
         opts = _step_options(cfg, family, dist, not args.no_progress)
+        log(precision_line(opts, cfg))
         model.to(dist.device, memory_format=_memory_format(opts.channels_last))
 
         spec = family.target_spec(**cfg.model.args)
@@ -236,18 +237,47 @@ def _step_options(cfg: TrainConfig, family: Any, dist: Any, progress: bool):
     from cellseg.training.engine import StepOptions
 
     tc, cuda = cfg.train, dist.device.type == "cuda"
+    want = tc.amp_dtype
+    if want == "bfloat16_if_native":
+        want = "bfloat16" if native_bfloat16(dist.device) else "auto"
     amp_dtype = None
-    if tc.amp and (cuda or tc.amp_dtype != "auto"):
+    if tc.amp and (cuda or want != "auto"):
         # CUDA: float16 + GradScaler unless bfloat16 is asked for. CPU: only on request ("auto"
         # is fp32 there: both are slower than fp32 on CPUs without bf16/fp16 units); float16 on
         # CPU runs the CUDA code path (autocast float16 + a GradScaler), which is how that path
         # is tested on machines without a GPU
-        amp_dtype = torch.bfloat16 if tc.amp_dtype == "bfloat16" else torch.float16
+        amp_dtype = torch.bfloat16 if want == "bfloat16" else torch.float16
     channels_last = (tc.channels_last if tc.channels_last is not None
                      else getattr(family, "kind", None) == "dense")
     return StepOptions(device=dist.device, grad_accum=tc.grad_accum, clip_norm=tc.clip_norm,
                        amp_dtype=amp_dtype, channels_last=channels_last,
                        log_every=tc.log_every, progress=progress and dist.is_main)
+
+
+def native_bfloat16(device: Any) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with avx512_bf16 or AMX instructions (elsewhere oneDNN emulates bfloat16 and an autocast step
+    is slower than a float32 one). torch's CPU probes are private: missing ones count as no."""
+    import torch
+
+    if torch.device(device).type == "cuda":  # UNTESTED here (no GPU; docs/status.md)
+        return bool(torch.cuda.is_bf16_supported())
+    probes = (getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(bool(p()) for p in probes if p is not None)
+
+
+def precision_line(opts: Any, cfg: TrainConfig) -> str:
+    """One log line: the step's precision, and why when ``bfloat16_if_native`` decided it."""
+    name = {None: "float32"}.get(opts.amp_dtype, str(opts.amp_dtype).replace("torch.", ""))
+    line = f"precision: {name}" + (" autocast" if opts.amp_dtype is not None else "")
+    if cfg.train.amp and cfg.train.amp_dtype == "bfloat16_if_native":
+        line += (" (train.amp_dtype bfloat16_if_native: this device computes bfloat16 natively)"
+                 if opts.amp_dtype is not None and "bfloat16" in name else
+                 " (train.amp_dtype bfloat16_if_native: this device has no native bfloat16, "
+                 "which would be slower than float32 here; a step budget sized for bfloat16 "
+                 "then takes about twice the CPU time)")
+    return line
 
 
 def _memory_format(channels_last: bool):
