@@ -120,7 +120,7 @@ def main() -> None:
                   f"{'ok' if ratio >= 3 else 'NO: loader-bound'} |", flush=True)
 
         # the CPU recipe's precision: bfloat16 autocast is what buys its 2,000 steps in an hour
-        from cellseg.training.loop import native_bfloat16
+        from cellseg.config import native_bfloat16
 
         cfg = load_train_config("unet_competition_cpu")
         family = get_family(cfg.model.family)

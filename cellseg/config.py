@@ -222,3 +222,16 @@ def load_train_config(name_or_path: str | os.PathLike,
                           where=blame("val.matching", overrides, str(name_or_path)),
                           fix="use dsb or greedy", key="val.matching")
     return cfg
+
+
+def native_bfloat16(device: Any) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with avx512_bf16 or AMX instructions (elsewhere oneDNN emulates bfloat16 and an autocast step
+    is slower than a float32 one). torch's CPU probes are private: missing ones count as no."""
+    import torch
+
+    if torch.device(device).type == "cuda":  # UNTESTED here (no GPU; docs/status.md)
+        return bool(torch.cuda.is_bf16_supported())
+    probes = (getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(bool(p()) for p in probes if p is not None)

@@ -212,7 +212,7 @@ def kit_trains_in_bfloat16(settings: CVSettings) -> bool:
     """Whether the kit's recipe (with its overrides) trains under bfloat16 autocast on this CPU
     (``train.amp_dtype`` bfloat16, or bfloat16_if_native on a CPU with bf16 units)."""
     from cellseg.config import load_train_config
-    from cellseg.training.loop import native_bfloat16
+    from cellseg.config import native_bfloat16
 
     tc = load_train_config(settings.config, list(settings.overrides)).train
     return tc.amp and (tc.amp_dtype == "bfloat16" or

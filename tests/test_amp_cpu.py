@@ -172,12 +172,13 @@ def test_predict_float16_channels_last_on_cpu_matches_float32(tiny_unet_ckpt):
 def test_bfloat16_if_native_follows_the_device(monkeypatch, native):
     """The CPU recipes' ``bfloat16_if_native``: bfloat16 autocast where the CPU has bf16 units,
     float32 (as "auto") where bfloat16 would only be emulated; the log line says which and why."""
+    from cellseg import config
     from cellseg.config import load_train_config
     from cellseg.models import get_family
     from cellseg.training import loop
     from cellseg.training.distributed import DistInfo
 
-    monkeypatch.setattr(loop, "native_bfloat16", lambda device: native)
+    monkeypatch.setattr(config, "native_bfloat16", lambda device: native)
     dist = DistInfo(device=torch.device("cpu"))
     cfg = load_train_config("unet_competition_cpu")
     assert (cfg.train.amp, cfg.train.amp_dtype) == (True, "bfloat16_if_native")
@@ -191,7 +192,7 @@ def test_bfloat16_if_native_follows_the_device(monkeypatch, native):
 
 
 def test_native_bfloat16_reads_torchs_cpu_probes(monkeypatch):
-    from cellseg.training.loop import native_bfloat16
+    from cellseg.config import native_bfloat16
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)

@@ -115,9 +115,9 @@ def test_the_plain_unet_peer_trains_at_the_kits_precision(monkeypatch, tmp_path,
     """cv gives the plain U-Net the kit's steps AND its precision: --bf16 exactly when the kit's
     recipe trains in bfloat16 on this CPU, so both get the same CPU budget."""
     from cellseg import cv
-    from cellseg.training import loop
+    from cellseg import config
 
-    monkeypatch.setattr(loop, "native_bfloat16", lambda device: native)
+    monkeypatch.setattr(config, "native_bfloat16", lambda device: native)
     monkeypatch.setattr(cv, "repo_root", lambda: tmp_path)
 
     def command(config: str, *overrides: str) -> list[str]:

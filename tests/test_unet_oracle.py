@@ -117,7 +117,7 @@ def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, share
     from cellseg.checkpoint import load_checkpoint
     from cellseg.cli import main
     from cellseg.config import load_train_config
-    from cellseg.training.loop import native_bfloat16
+    from cellseg.config import native_bfloat16
 
     cfg = load_train_config("unet_competition_cpu")
     assert cfg.data.samples_per_epoch * cfg.train.epochs // cfg.train.batch_size == 2000

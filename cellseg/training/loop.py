@@ -239,6 +239,8 @@ def _step_options(cfg: TrainConfig, family: Any, dist: Any, progress: bool):
     tc, cuda = cfg.train, dist.device.type == "cuda"
     want = tc.amp_dtype
     if want == "bfloat16_if_native":
+        from cellseg.config import native_bfloat16  # looked up per call: tests patch it
+
         want = "bfloat16" if native_bfloat16(dist.device) else "auto"
     amp_dtype = None
     if tc.amp and (cuda or want != "auto"):
@@ -252,19 +254,6 @@ def _step_options(cfg: TrainConfig, family: Any, dist: Any, progress: bool):
     return StepOptions(device=dist.device, grad_accum=tc.grad_accum, clip_norm=tc.clip_norm,
                        amp_dtype=amp_dtype, channels_last=channels_last,
                        log_every=tc.log_every, progress=progress and dist.is_main)
-
-
-def native_bfloat16(device: Any) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU
-    with avx512_bf16 or AMX instructions (elsewhere oneDNN emulates bfloat16 and an autocast step
-    is slower than a float32 one). torch's CPU probes are private: missing ones count as no."""
-    import torch
-
-    if torch.device(device).type == "cuda":  # UNTESTED here (no GPU; docs/status.md)
-        return bool(torch.cuda.is_bf16_supported())
-    probes = (getattr(torch.cpu, name, None)
-              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return any(bool(p()) for p in probes if p is not None)
 
 
 def precision_line(opts: Any, cfg: TrainConfig) -> str:
