@@ -163,3 +163,42 @@ def test_perfect_maps_of_real_annotations_decode_to_a_high_score(shared_sartoriu
         inst = decode_unet(unet_maps(record.masks()))
         score = metrics.match_image(list(record.rles), inst.to_rles(), shape=record.shape).score
         assert score > floor, (record.image_id, score)
+
+
+def _two_lobes(border_ridge: float) -> np.ndarray:
+    """(3, 40, 60) maps of one dumbbell-shaped foreground region with two centre peaks (the two
+    lobes) and a border ridge of ``border_ridge`` across the neck."""
+    yy, xx = np.mgrid[:40, :60]
+    lobe1 = np.hypot(yy - 20, xx - 17) < 12
+    lobe2 = np.hypot(yy - 20, xx - 43) < 12
+    neck = (abs(yy - 20) < 5) & (xx > 17) & (xx < 43)
+    cell = (lobe1 | lobe2 | neck).astype(np.float32)
+    centre = np.maximum(np.clip(1 - np.hypot(yy - 20, xx - 17) / 12, 0, 1),
+                        np.clip(1 - np.hypot(yy - 20, xx - 43) / 12, 0, 1)).astype(np.float32)
+    border = np.zeros_like(cell)
+    border[:, 29:31] = border_ridge
+    border *= cell
+    return np.stack([cell, border, centre])
+
+
+def test_merge_joins_a_cell_split_without_a_border_and_keeps_a_real_contact():
+    # two centre peaks seed two markers; with no border between them the merge joins them
+    no_ridge = _two_lobes(0.0)
+    assert len(decode_unet(no_ridge, seed_thresh=0.5)) == 2
+    merged = decode_unet(no_ridge, seed_thresh=0.5, merge_thresh=0.3)
+    assert len(merged) == 1
+    assert merged.areas[0] == int((no_ridge[0] > 0.5).sum())
+    # a predicted border ridge across the neck (two touching cells) keeps them apart
+    ridge = _two_lobes(0.45)
+    assert len(decode_unet(ridge, seed_thresh=0.5, merge_thresh=0.3)) == 2
+    assert len(decode_unet(ridge, seed_thresh=0.5, merge_thresh=0.5)) == 1
+
+
+def test_merge_is_off_by_default_and_exact_on_perfect_maps():
+    labels = touching_cells(3)
+    maps = unet_maps_from_labels(labels)
+    plain = decode_unet(maps)
+    # on perfect maps every contact is a border ridge (value 1), so no merge happens at all
+    merged = decode_unet(maps, merge_thresh=0.5)
+    assert len(plain) == len(merged) == len(np.unique(labels)) - 1
+    assert (plain.to_label_image() == merged.to_label_image()).all()

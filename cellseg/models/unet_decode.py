@@ -11,7 +11,14 @@ Steps (map definitions in ``cellseg.data.targets``):
 3. ``skimage.segmentation.watershed`` on elevation ``1 - centre + border`` inside ``fg``
    (8-connectivity). Core pixels (elevation < 1) flood before any border pixel (elevation >= 1), so a
    border pixel is claimed by the first core next to it: its own cell when the maps are perfect.
-4. Instances smaller than ``min_area`` are dropped. Score = mean ``cell`` probability over the
+4. Optional (``merge_thresh`` > 0): neighbouring instances whose shared contact has a mean
+   ``border`` probability below ``merge_thresh`` are merged (transitively). Large irregular cells
+   (astrocytes) often carry two centre peaks, so step 2 seeds them twice and the watershed cuts
+   them along a line the network never marked as a border; a true contact between two cells is
+   a border ridge. 0 (the default) = off, and the exactness below holds. Measured on the
+   competition recipe's models it does not pay (docs/competition.md, "Why astro stays low"), so
+   ``cellseg tune`` does not search it; it stays for experiments (``bench.decode_scan``).
+5. Instances smaller than ``min_area`` are dropped. Score = mean ``cell`` probability over the
    instance (also ``extra["mask_prob"]``); ``extra["centre_max"]`` = peak centre value.
 
 Exactness (pinned by tests): decoding ``unet_maps_from_labels(labels)`` with the default
@@ -44,7 +51,7 @@ DECODE_GRID: dict[str, tuple[float, ...]] = {
 
 def decode_unet(maps: np.ndarray, *, channels: Sequence[str] = UNET_CHANNELS, fg_thresh: float = 0.5,
                 border_thresh: float = 0.5, seed_thresh: float = 0.3, min_marker_area: int = 8,
-                min_area: int = 8) -> Instances:
+                min_area: int = 8, merge_thresh: float = 0.0) -> Instances:
     """Decode (K, H, W) float maps in [0, 1] (names in ``channels``) into one image's instances.
 
     ``channels`` must contain "cell"; "border" and "centre" are optional (missing border = none,
@@ -84,6 +91,8 @@ def decode_unet(maps: np.ndarray, *, channels: Sequence[str] = UNET_CHANNELS, fg
 
     elevation = 1.0 - centre + border
     labels = watershed(elevation, markers, connectivity=2, mask=fg)
+    if merge_thresh > 0:
+        labels = merge_weak_contacts(labels, border, merge_thresh)
 
     ids = np.unique(labels[labels > 0])
     areas = ndimage.sum_labels(np.ones_like(cell), labels, ids)
@@ -101,3 +110,49 @@ def decode_unet(maps: np.ndarray, *, channels: Sequence[str] = UNET_CHANNELS, fg
     inst.extra["mask_prob"] = mean_prob.copy()
     inst.extra["centre_max"] = centre_max
     return inst
+
+
+def merge_weak_contacts(labels: np.ndarray, border: np.ndarray, thresh: float) -> np.ndarray:
+    """Merge 8-adjacent instances of an (H, W) int label image (0 = background) whose contact has
+    a mean ``border`` value (H, W, in [0, 1]) below ``thresh``; merging is transitive (connected
+    components of the weak-contact graph). Returns a new (H, W) int32 label image, ids 1..n.
+
+    A contact is every pair of 8-neighbouring pixels with two different non-zero labels; its
+    value is the mean of ``border`` over both pixels of every such pair.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    labels = np.asarray(labels)
+    n = int(labels.max())
+    if n < 2:
+        return labels.astype(np.int32, copy=True)
+    border = np.asarray(border, np.float32)
+    lows, highs, values = [], [], []
+    h, w = labels.shape
+    # right, down, down-right, down-left: each unordered 8-neighbour pair once
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = labels[:h - dy, max(0, -dx):w - max(0, dx)]
+        b = labels[dy:, max(0, dx):w + min(0, dx) or None]
+        ba = border[:h - dy, max(0, -dx):w - max(0, dx)]
+        bb = border[dy:, max(0, dx):w + min(0, dx) or None]
+        touch = (a != b) & (a > 0) & (b > 0)
+        if touch.any():
+            lows.append(np.minimum(a[touch], b[touch]))
+            highs.append(np.maximum(a[touch], b[touch]))
+            values.append(0.5 * (ba[touch] + bb[touch]))
+    if not lows:
+        return labels.astype(np.int32, copy=True)
+    lo, hi, val = np.concatenate(lows), np.concatenate(highs), np.concatenate(values)
+    key = lo.astype(np.int64) * (n + 1) + hi
+    pairs, inverse = np.unique(key, return_inverse=True)
+    mean = np.bincount(inverse, weights=val) / np.bincount(inverse)
+    weak = pairs[mean < thresh]
+    graph = coo_matrix((np.ones(weak.size), (weak // (n + 1), weak % (n + 1))), shape=(n + 1, n + 1))
+    _, component = connected_components(graph, directed=False)
+    # component ids -> 1..k in order of first appearance, background stays 0
+    lut = np.zeros(n + 1, np.int32)
+    present = np.unique(labels[labels > 0])
+    _, new_ids = np.unique(component[present], return_inverse=True)
+    lut[present] = new_ids.astype(np.int32) + 1
+    return lut[labels]
