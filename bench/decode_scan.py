@@ -26,36 +26,29 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", nargs="+", required=True, help="checkpoint(s) (an ensemble)")
-    p.add_argument("--data", nargs="+", required=True, help="held-out annotated images")
+    from bench.tune_gain import held_out_parser
+
+    p = held_out_parser(__doc__.splitlines()[0])
     p.add_argument("--key", required=True, help="a decode_unet keyword, e.g. merge_thresh")
     p.add_argument("--values", nargs="+", type=float, required=True)
     p.add_argument("--cell-type", default=None, help="set the value for this type only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="inference config override applied first (repeatable)")
-    p.add_argument("--matching", default="dsb")
-    p.add_argument("--json", default=None, help="also write the figures here")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
 
+    from bench.tune_gain import held_out_passes
     from cellseg.core.masks import runs_from_rles
-    from cellseg.data.sources import load_sources
     from cellseg.infer import tune
-    from cellseg.infer.celltype import pixel_cell_type
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.postprocess import postprocess
-    from cellseg.infer.predict import load_models
 
     t0 = time.process_time()
-    records = [r for r in load_sources(args.data, annotated=True) if r.rles]
-    models = load_models(args.weights)
     base = load_inference_config(None, args.set)
-    stitched = tune.collect_stitched(models, records, base, progress=False)
-    decided = [pixel_cell_type(models, r.read_image()) for r in records]
+    records, _, stitched, decided = held_out_passes(args.weights, args.data, base)
     truths = [runs_from_rles(r.rles, r.shape) for r in records]
     true_types = [r.cell_type for r in records]
     groups = [*sorted(set(true_types)), "all"]

@@ -57,14 +57,37 @@ def tune_half(stitched: Sequence[Any], records: Sequence[Any], cfg: Any, per_typ
     return tuned
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def held_out_passes(weights: Sequence[str], data: Sequence[str], cfg: Any
+                    ) -> tuple[list[Any], list[Any], list[Any], list[str | None]]:
+    """The annotated records of ``data``, the models of ``weights``, one network pass per record
+    under ``cfg`` (``tune.collect_stitched``) and the type predict decides for each record (None:
+    no classifier in the checkpoints): what every decode and threshold experiment reruns on."""
+    from cellseg.data.sources import load_sources
+    from cellseg.infer import tune
+    from cellseg.infer.celltype import pixel_cell_type
+    from cellseg.infer.predict import load_models
+
+    records = [r for r in load_sources(data, annotated=True) if r.rles]
+    models = load_models(weights)
+    stitched = tune.collect_stitched(models, records, cfg, progress=False)
+    decided = [pixel_cell_type(models, r.read_image()) for r in records]
+    return records, models, stitched, decided
+
+
+def held_out_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every held-out experiment takes: checkpoints, images, matching rule, JSON."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--weights", nargs="+", required=True, help="checkpoint(s) (an ensemble)")
     p.add_argument("--data", nargs="+", required=True, help="held-out annotated images")
-    p.add_argument("--per-type-decode", action="store_true",
-                   help="tune the UNet decode of each cell type apart")
     p.add_argument("--matching", default="dsb")
     p.add_argument("--json", default=None, help="also write the figures here")
+    return p
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = held_out_parser(__doc__.splitlines()[0])
+    p.add_argument("--per-type-decode", action="store_true",
+                   help="tune the UNet decode of each cell type apart")
     return p
 
 
@@ -72,20 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
 
     from cellseg.data.folds import make_folds
-    from cellseg.data.sources import load_sources
     from cellseg.infer import tune
-    from cellseg.infer.celltype import pixel_cell_type
     from cellseg.infer.config import load_inference_config
-    from cellseg.infer.predict import load_models
 
     t0 = time.process_time()
-    records = [r for r in load_sources(args.data, annotated=True) if r.rles]
-    models = load_models(args.weights)
     cfg = load_inference_config()
+    records, _, stitched, decided = held_out_passes(args.weights, args.data, cfg)
     halves = make_folds(records, n_folds=2, seed=0, log=lambda s: None)
-    stitched = tune.collect_stitched(models, records, cfg, progress=False)
-    # the type each image gets at predict time (None: no classifier in the checkpoint)
-    decided = [pixel_cell_type(models, r.read_image()) for r in records]
     default_raw = tune.raw_from_stitched(stitched, cfg, decided)
     default = _scores(default_raw, records, cfg, decided, args.matching)
     held_tuned = np.zeros(len(records))

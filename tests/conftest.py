@@ -63,6 +63,21 @@ def shared_sartorius_409() -> Path:
     return _shared("sartorius_409")
 
 
+@pytest.fixture
+def held_out_409(tmp_path: Path, shared_sartorius_409: Path) -> tuple[Path, list, list]:
+    """8 real sartorius_409 images (the first 4 astro, the first 4 cort) written as a
+    competition folder, as a ``cellseg cv`` fold's ``test_data``: (folder, those 8 records, all
+    409 records)."""
+    from cellseg.data.sources import load_sources
+    from cellseg.export import write_competition_folder
+
+    records = load_sources([str(shared_sartorius_409)], annotated=True)
+    pick = [r for t in ("astro", "cort") for r in [x for x in records if x.cell_type == t][:4]]
+    folder = tmp_path / "held"
+    write_competition_folder(pick, folder)
+    return folder, pick, records
+
+
 @pytest.fixture(scope="session")
 def shared_livecell() -> Path:
     """../shared/data/livecell: official layout, 5 annotated val images (1,243 cells)."""

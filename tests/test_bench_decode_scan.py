@@ -10,16 +10,11 @@ from pathlib import Path
 import torch  # noqa: F401  (a hard dependency: fail, never skip)
 
 
-def test_decode_scan_on_real_images(tmp_path: Path, shared_sartorius_409: Path,
-                                    tiny_unet_ckpt: Path, capsys) -> None:
+def test_decode_scan_on_real_images(tmp_path: Path, held_out_409: tuple, tiny_unet_ckpt: Path,
+                                    capsys) -> None:
     from bench.decode_scan import main
-    from cellseg.data.sources import load_sources
-    from cellseg.export import write_competition_folder
 
-    records = load_sources([str(shared_sartorius_409)], annotated=True)
-    pick = [r for t in ("astro", "cort") for r in [x for x in records if x.cell_type == t][:4]]
-    folder = tmp_path / "held"
-    write_competition_folder(pick, folder)
+    folder, pick, _ = held_out_409
     out = tmp_path / "scan.json"
     assert main(["--weights", str(tiny_unet_ckpt), "--data", str(folder), "--key",
                  "merge_thresh", "--values", "0", "1.01", "--set", "decode.seed_thresh=0.3",

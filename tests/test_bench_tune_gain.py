@@ -10,18 +10,13 @@ from pathlib import Path
 import torch  # noqa: F401  (a hard dependency: fail, never skip)
 
 
-def test_tune_gain_on_real_images(tmp_path: Path, shared_sartorius_409: Path,
-                                  tiny_unet_ckpt: Path, capsys) -> None:
+def test_tune_gain_on_real_images(tmp_path: Path, held_out_409: tuple, tiny_unet_ckpt: Path,
+                                  capsys) -> None:
     from bench.tune_gain import main
     from cellseg.checkpoint import load_checkpoint, save_checkpoint
-    from cellseg.data.sources import load_sources
     from cellseg.data.typeclf import fit_on_records
-    from cellseg.export import write_competition_folder
 
-    records = load_sources([str(shared_sartorius_409)], annotated=True)
-    pick = [r for t in ("astro", "cort") for r in [x for x in records if x.cell_type == t][:4]]
-    folder = tmp_path / "held"
-    write_competition_folder(pick, folder)
+    folder, _, records = held_out_409
     ckpt = load_checkpoint(tiny_unet_ckpt)
     ckpt["type_classifier"] = fit_on_records(records[:40] + records[-40:]).to_dict()
     weights = tmp_path / "typed.pt"
