@@ -42,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.tune_gain import held_out_passes
     from cellseg.core.masks import runs_from_rles
+    from cellseg.core.metrics import match_image
     from cellseg.infer import tune
     from cellseg.infer.config import load_inference_config
     from cellseg.infer.postprocess import postprocess
 
     t0 = time.process_time()
     base = load_inference_config(None, args.set)
-    records, _, stitched, decided = held_out_passes(args.weights, args.data, base)
+    records, stitched, decided = held_out_passes(args.weights, args.data, base)
     truths = [runs_from_rles(r.rles, r.shape) for r in records]
     true_types = [r.cell_type for r in records]
     groups = [*sorted(set(true_types)), "all"]
@@ -66,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = dataclasses.replace(base, decode={**base.decode, args.key: value})
         raw = tune.raw_from_stitched(stitched, cfg, decided)
-        scores = tune.score_images(raw, truths, cfg, decided, args.matching)
+        # one postprocess per image gives both its score and its cell count
+        results = [match_image(t, postprocess(inst, cfg, cell_type=ct), inst.image_shape,
+                               matching=args.matching)
+                   for inst, t, ct in zip(raw, truths, decided)]
+        scores = [res.score for res in results]
         counts = {g: [0, 0] for g in groups}
-        for r, inst, ct, tt in zip(records, raw, decided, true_types):
-            n_pred = len(postprocess(inst, cfg, cell_type=ct))
+        for res, tt in zip(results, true_types):
             for g in (tt, "all"):
-                counts[g][0] += n_pred
-                counts[g][1] += len(r.rles)
+                counts[g][0] += res.n_pred
+                counts[g][1] += res.n_true
         means = {g: float(np.mean([s for s, t in zip(scores, true_types) if g in ("all", t)]))
                  for g in groups}
         rows.append({"value": value, "means": means, "counts": counts})

@@ -58,10 +58,11 @@ def tune_half(stitched: Sequence[Any], records: Sequence[Any], cfg: Any, per_typ
 
 
 def held_out_passes(weights: Sequence[str], data: Sequence[str], cfg: Any
-                    ) -> tuple[list[Any], list[Any], list[Any], list[str | None]]:
-    """The annotated records of ``data``, the models of ``weights``, one network pass per record
-    under ``cfg`` (``tune.collect_stitched``) and the type predict decides for each record (None:
-    no classifier in the checkpoints): what every decode and threshold experiment reruns on."""
+                    ) -> tuple[list[Any], list[Any], list[str | None]]:
+    """The annotated records of ``data``, one network pass of the models of ``weights`` per
+    record under ``cfg`` (``tune.collect_stitched``) and the type predict decides for each record
+    (None: no classifier in the checkpoints): what every decode and threshold experiment reruns
+    on."""
     from cellseg.data.sources import load_sources
     from cellseg.infer import tune
     from cellseg.infer.celltype import pixel_cell_type
@@ -71,7 +72,7 @@ def held_out_passes(weights: Sequence[str], data: Sequence[str], cfg: Any
     models = load_models(weights)
     stitched = tune.collect_stitched(models, records, cfg, progress=False)
     decided = [pixel_cell_type(models, r.read_image()) for r in records]
-    return records, models, stitched, decided
+    return records, stitched, decided
 
 
 def held_out_parser(description: str) -> argparse.ArgumentParser:
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.process_time()
     cfg = load_inference_config()
-    records, _, stitched, decided = held_out_passes(args.weights, args.data, cfg)
+    records, stitched, decided = held_out_passes(args.weights, args.data, cfg)
     halves = make_folds(records, n_folds=2, seed=0, log=lambda s: None)
     default_raw = tune.raw_from_stitched(stitched, cfg, decided)
     default = _scores(default_raw, records, cfg, decided, args.matching)

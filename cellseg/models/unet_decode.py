@@ -150,7 +150,7 @@ def merge_weak_contacts(labels: np.ndarray, border: np.ndarray, thresh: float) -
     weak = pairs[mean < thresh]
     graph = coo_matrix((np.ones(weak.size), (weak // (n + 1), weak % (n + 1))), shape=(n + 1, n + 1))
     _, component = connected_components(graph, directed=False)
-    # component ids -> 1..k in order of first appearance, background stays 0
+    # component ids -> 1..k (in component order), background stays 0
     lut = np.zeros(n + 1, np.int32)
     present = np.unique(labels[labels > 0])
     _, new_ids = np.unique(component[present], return_inverse=True)
