@@ -148,7 +148,7 @@ def pseudo_label(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: "
 
 
 def run_rounds(labelled: Sequence[str], unlabeled: Sequence[str], out: str | os.PathLike, *,
-               rounds: int, config: str, steps: int, teacher: str | None = None,
+               rounds: int, config: str, steps: int | None = None, teacher: str | None = None,
                overrides: Sequence[str] = (), pseudo_args: Sequence[str] = (),
                threads: int = 1, log: Callable[[str], None] = print) -> str:
     """Teacher -> student rounds through the public commands; returns the last student.
@@ -156,14 +156,15 @@ def run_rounds(labelled: Sequence[str], unlabeled: Sequence[str], out: str | os.
     Round r (1-based): ``python -m cellseg pseudo-label`` with the current teacher writes
     ``out/round_r/pseudo``; ``python -m cellseg train --config config --data <labelled...>
     --data out/round_r/pseudo`` trains ``out/round_r/student`` (``train.max_steps`` = ``steps``),
-    which teaches round r + 1. Without ``teacher``, round 0 trains one on ``labelled`` alone.
+    which teaches round r + 1 (``steps`` None: the config's own budget). Without ``teacher``,
+    round 0 trains one on ``labelled`` alone.
     """
     from cellseg.jobs import run_logged
 
     out = Path(out)
     train_base = [sys.executable, "-m", "cellseg", "train", "--config", config, "--no-progress"]
     sets: list[str] = []
-    for o in (*overrides, f"train.max_steps={steps}"):
+    for o in (*overrides, *([f"train.max_steps={steps}"] if steps is not None else [])):
         sets += ["--set", o]
     if teacher is None:
         t_out = out / "round_0" / "teacher"

@@ -6,7 +6,7 @@ and write the confident cells as a competition-layout training source.
     cellseg train --config unet_small_real --data data/real --data data/pl_r1 --out runs/student
     # or teacher -> student rounds in one go (trains round 0's teacher when --weights is absent):
     cellseg pseudo-label --rounds 2 --data data/real --images unlabeled/ --out runs/pl \\
-        --config unet_small_real --steps 1500
+        --train-config unet_small_real
 
 ``--images``: folders (searched recursively) or files, *.png / *.tif. Writes ``OUT/train.csv``,
 ``OUT/train/<id>.png`` and ``OUT/pseudo_label.json`` (checkpoints + sha256, thresholds, inference
@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="labelled training source of each student (repeatable)")
     g.add_argument("--train-config", default="unet_small_real", help="students' training config")
     g.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--steps", type=int, default=1500, help="training steps of each model")
+    g.add_argument("--steps", type=int, default=None,
+                   help="training steps of each model (default: the training config's own budget)")
     g.add_argument("--threads", type=int, default=1, help="threads per training process")
 
 
