@@ -94,12 +94,12 @@ def test_training_and_prediction_normalise_alike(config):
 def test_small_real_recipe_trains_on_the_real_samples(tmp_path, shared_sartorius, shared_livecell,
                                                       capsys) -> None:
     """The documented recipe, as the README types it, for 2 steps: both sources, all 6 images,
-    no validation (said out loud), a checkpoint; its full budget is 1,500 steps."""
+    no validation (said out loud), a checkpoint; its full budget is 2,000 steps."""
     from cellseg.cli import main
     from cellseg.config import load_train_config
 
     cfg = load_train_config("unet_small_real")
-    assert cfg.data.samples_per_epoch * cfg.train.epochs // cfg.train.batch_size == 1500
+    assert cfg.data.samples_per_epoch * cfg.train.epochs // cfg.train.batch_size == 2000
     out = tmp_path / "run"
     assert main(["train", "--config", "unet_small_real", "--data", str(shared_sartorius),
                  "--data", f"{shared_livecell}:val", "--out", str(out), "--no-progress",
