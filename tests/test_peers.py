@@ -125,8 +125,9 @@ def test_the_plain_unet_peer_trains_at_the_kits_precision(monkeypatch, tmp_path,
         return cv.peer_command("plain", settings, tmp_path / "tr", tmp_path / "te", tmp_path / "o")
 
     assert ("--bf16" in command("unet_competition_cpu")) is native
-    assert "--bf16" not in command("unet_small_real")
-    assert "--bf16" in command("unet_small_real", "train.amp=true", "train.amp_dtype=bfloat16")
+    assert ("--bf16" in command("unet_small_real")) is native
+    assert "--bf16" not in command("unet_small_real", "train.amp=false")
+    assert "--bf16" in command("unet_tiny", "train.amp=true", "train.amp_dtype=bfloat16")
     assert "--bf16" not in command("unet_competition_cpu", "train.amp=false")
     cellpose = cv.peer_command("cellpose", cv.CVSettings(config="unet_competition_cpu"),
                                tmp_path / "tr", tmp_path / "te", tmp_path / "o")
