@@ -108,6 +108,7 @@ class CVSettings:
     pseudo_min_cells: int = 5
     pseudo_weight: float = 0.5
     pseudo_tta: bool = False
+    pseudo_ignore_dropped: bool = False
     matching: str = "dsb"  # the metric's rule (cellseg.core.metrics.MATCHING_RULES); both saved
 
 
@@ -198,7 +199,8 @@ def make_pseudo_labels(teacher: Path, records: Sequence["ImageRecord"], out: Pat
     cfg = load_inference_config(settings.infer_config, overrides)
     thresholds = PseudoSettings(min_score=settings.pseudo_min_score,
                                 min_cells=settings.pseudo_min_cells,
-                                min_keep_fraction=settings.pseudo_min_keep_fraction)
+                                min_keep_fraction=settings.pseudo_min_keep_fraction,
+                                ignore_dropped=settings.pseudo_ignore_dropped)
     return pseudo_label(load_models([teacher], device="cpu"), records, cfg, out, thresholds,
                         weights_paths=[teacher], device="cpu", progress=False,
                         log=lambda m: None)
@@ -315,7 +317,7 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
     infer_key = [settings.infer_config, list(settings.infer_overrides), settings.tta]
     pseudo_key = [list(settings.pseudo_images), settings.pseudo_min_score,
                   settings.pseudo_min_keep_fraction, settings.pseudo_min_cells,
-                  settings.pseudo_tta]
+                  settings.pseudo_tta] + ([True] if settings.pseudo_ignore_dropped else [])
     for method in settings.methods:
         key = infer_key + pseudo_key if method == "kit_pl" else infer_key
         mdir = fold_dir / method

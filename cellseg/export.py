@@ -45,7 +45,8 @@ def _link(src: Path, dst: Path) -> None:
 
 def write_competition_folder(records: Sequence["ImageRecord"], out: str | os.PathLike, *,
                              store: str | os.PathLike | None = None) -> list["ImageRecord"]:
-    """Write ``out/train.csv`` (one row per instance, atomically) and ``out/train/<id>.png``.
+    """Write ``out/train.csv`` (one row per instance, atomically) and ``out/train/<id>.png``,
+    plus ``out/ignore.csv`` when a record has ``ignore_rles``.
 
     Args:
         records: annotated records of any source; ``sample_id`` falls back to the LIVECell well
@@ -54,7 +55,7 @@ def write_competition_folder(records: Sequence["ImageRecord"], out: str | os.Pat
     Returns:
         The records as they read back from ``out`` (image paths inside it).
     """
-    from cellseg.data.sartorius import write_train_csv
+    from cellseg.data.sartorius import IGNORE_CSV, write_ignore_csv, write_train_csv
 
     out = Path(out)
     images = out / "train"
@@ -69,4 +70,9 @@ def write_competition_folder(records: Sequence["ImageRecord"], out: str | os.Pat
         sample = r.sample_id or (r.meta or {}).get("well")
         written.append(dataclasses.replace(r, image_path=dst, sample_id=sample))
     write_train_csv(written, out / "train.csv")
+    ignore = out / IGNORE_CSV
+    if any(r.ignore_rles for r in written):
+        write_ignore_csv(written, ignore)
+    elif ignore.is_file():  # a folder rewritten without regions must not keep stale ones
+        ignore.unlink()
     return written

@@ -18,7 +18,10 @@ model on the labelled sources plus the new pseudo-labelled folder"; the student 
 round's teacher. ``run_rounds`` drives that through the public commands (``python -m cellseg
 train`` / this module), and ``cellseg pseudo-label --rounds N --data SRC ...`` exposes it.
 Unlabeled cells the teacher missed are taught as background: keep ``min_keep_fraction`` high
-and prefer ``--tta`` / ensembles.
+and prefer ``--tta`` / ensembles. The cells it found but dropped (score or area) are taught as
+background too, unless ``ignore_dropped`` writes them to ``ignore.csv``: training then leaves
+their pixels out of the loss (``ImageRecord.ignore_rles``; UNet family), so a strict
+``min_score`` keeps the labels clean without teaching that a cell may be background.
 """
 
 from __future__ import annotations
@@ -52,19 +55,21 @@ class PseudoSettings:
     min_cells: int = 5
     min_keep_fraction: float = 0.5
     cell_type: str | None = None  # written to train.csv; None: LIVECell name prefix or empty
+    ignore_dropped: bool = False  # an accepted image's dropped cells go to ignore.csv
 
 
-def filter_cells(inst: "Instances", s: PseudoSettings) -> tuple["Instances", dict[str, Any]]:
+def filter_cells(inst: "Instances", s: PseudoSettings
+                 ) -> tuple["Instances", "Instances", dict[str, Any]]:
     """Keep the confident cells of one image's final instances.
 
-    Returns (kept instances, {"n_pred", "n_kept", "accepted", "reason"}); ``accepted`` False
-    means the whole image is rejected (``reason`` says why).
+    Returns (kept instances, dropped instances, {"n_pred", "n_kept", "accepted", "reason"});
+    ``accepted`` False means the whole image is rejected (``reason`` says why).
     """
     areas = inst.areas
     keep = (inst.scores >= s.min_score) & (areas >= s.min_area)
     if s.max_area is not None:
         keep &= areas <= s.max_area
-    kept = inst.select(np.flatnonzero(keep))
+    kept, dropped = inst.select(np.flatnonzero(keep)), inst.select(np.flatnonzero(~keep))
     n_pred, n_kept = len(inst), int(keep.sum())
     reason = None
     if n_kept < s.min_cells:
@@ -72,7 +77,7 @@ def filter_cells(inst: "Instances", s: PseudoSettings) -> tuple["Instances", dic
     elif n_pred and n_kept / n_pred < s.min_keep_fraction:
         reason = (f"only {n_kept}/{n_pred} cells confident (< min_keep_fraction "
                   f"{s.min_keep_fraction})")
-    return kept, {"n_pred": n_pred, "n_kept": n_kept, "accepted": reason is None,
+    return kept, dropped, {"n_pred": n_pred, "n_kept": n_kept, "accepted": reason is None,
                   "reason": reason, "mean_score": float(inst.scores.mean()) if n_pred else None}
 
 
@@ -119,15 +124,17 @@ def pseudo_label(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: "
         finals = predict_images(models, pixels, cfg, device=device,
                                 cell_types=[t if t in cfg.types else None for t in ctypes])
         for r, img, ctype, final in zip(chunk, pixels, ctypes, finals):
-            kept, info = filter_cells(final, settings)
+            kept, dropped, info = filter_cells(final, settings)
             images[r.image_id] = {"path": str(r.image_path), **info}
             if info["accepted"]:
                 kept_records.append(ImageRecord(
                     image_id=r.image_id, image_path=r.image_path, height=img.shape[0],
                     width=img.shape[1], cell_type=ctype, source="pseudo",
-                    sample_id=_well(Path(r.image_path).name), rles=tuple(kept.to_rles())))
+                    sample_id=_well(Path(r.image_path).name), rles=tuple(kept.to_rles()),
+                    ignore_rles=tuple(dropped.to_rles()) if settings.ignore_dropped else ()))
     write_competition_folder(kept_records, out)
     n_cells = sum(r.n_instances for r in kept_records)
+    n_ignored = sum(len(r.ignore_rles) for r in kept_records)
     prov = {
         "kind": "cellseg pseudo-labels",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -138,12 +145,14 @@ def pseudo_label(models: Sequence[Any], records: Sequence["ImageRecord"], cfg: "
         "inference": to_dict(cfg),
         "counts": {"images": len(records), "accepted": len(kept_records),
                    "rejected": len(records) - len(kept_records), "cells": n_cells,
+                   "cells_ignored": n_ignored,
                    "cells_predicted": int(sum(v["n_pred"] for v in images.values()))},
         "images": images,
     }
     write_json(out / "pseudo_label.json", prov)
-    log(f"pseudo-label: {len(kept_records)}/{len(records)} images accepted, {n_cells} cells "
-        f"-> {out}")
+    log(f"pseudo-label: {len(kept_records)}/{len(records)} images accepted, {n_cells} cells"
+        + (f" ({n_ignored} dropped cells in ignore.csv)" if settings.ignore_dropped else "")
+        + f" -> {out}")
     return prov
 
 

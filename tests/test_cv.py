@@ -150,6 +150,14 @@ def test_cv_pseudo_label_student_per_fold(tmp_path, shared_sartorius, shared_liv
         log = (out / f"fold_{k}" / "kit_pl" / "train.log").read_text().splitlines()[0]
         assert str(out / f"fold_{k}" / "pseudo") in log
         assert "data.source_weights=[1.0,1.0]" in log
+    # --pseudo-ignore-dropped: the teachers are reused, the labels and students made again
+    kit_model = (out / "fold_0" / "kit" / "best.pt").stat().st_mtime_ns
+    assert main(argv + ["--resume", "--pseudo-ignore-dropped"]) == 0
+    assert (out / "fold_0" / "kit" / "best.pt").stat().st_mtime_ns == kit_model
+    for k in range(2):
+        prov = json.loads((out / f"fold_{k}" / "pseudo" / "pseudo_label.json").read_text())
+        assert prov["thresholds"]["ignore_dropped"] is True
+        assert "cells_ignored" in prov["counts"]
 
 
 def test_cv_user_mistakes_exit_2(tmp_path, shared_sartorius, shared_livecell, capsys) -> None:

@@ -22,7 +22,7 @@ def _instances(scores, sizes) -> Instances:
 
 def test_filter_keeps_confident_cells_of_the_right_size() -> None:
     inst = _instances([0.9, 0.8, 0.3, 0.95, 0.9], [30, 30, 30, 5, 36])
-    kept, info = filter_cells(inst, PseudoSettings(min_score=0.6, min_area=20, max_area=35,
+    kept, dropped, info = filter_cells(inst, PseudoSettings(min_score=0.6, min_area=20, max_area=35,
                                                    min_cells=2, min_keep_fraction=0.3))
     assert info["accepted"] and info["n_pred"] == 5 and info["n_kept"] == 2
     assert np.allclose(kept.scores, [0.9, 0.8])
@@ -30,11 +30,11 @@ def test_filter_keeps_confident_cells_of_the_right_size() -> None:
 
 def test_image_rejection_reasons() -> None:
     inst = _instances([0.9, 0.2, 0.2, 0.2], [30] * 4)
-    _, info = filter_cells(inst, PseudoSettings(min_score=0.6, min_cells=2))
+    _, _, info = filter_cells(inst, PseudoSettings(min_score=0.6, min_cells=2))
     assert not info["accepted"] and "min_cells" in info["reason"]
-    _, info = filter_cells(inst, PseudoSettings(min_score=0.6, min_cells=1, min_keep_fraction=0.5))
+    _, _, info = filter_cells(inst, PseudoSettings(min_score=0.6, min_cells=1, min_keep_fraction=0.5))
     assert not info["accepted"] and "1/4" in info["reason"]
-    _, info = filter_cells(inst, PseudoSettings(min_score=0.6, min_cells=1, min_keep_fraction=0.25))
+    _, _, info = filter_cells(inst, PseudoSettings(min_score=0.6, min_cells=1, min_keep_fraction=0.25))
     assert info["accepted"]
 
 

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pseudo-weight", type=float, default=0.5,
                    help="share of the student's samples drawn from pseudo-labels (default 0.5)")
     g.add_argument("--pseudo-tta", action="store_true", help="the teacher labels with flip TTA")
+    g.add_argument("--pseudo-ignore-dropped", action="store_true",
+                   help="the student leaves the teacher's dropped cells out of its loss instead "
+                        "of learning them as background (cellseg pseudo-label --ignore-dropped)")
     parser.add_argument("--resume", action="store_true", help="reuse finished folds in --out")
     parser.add_argument("--only-fold", type=int, action="append", default=[], metavar="K",
                         help="run only fold K (repeatable; 0-based); finished results of the "
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                           pseudo_min_keep_fraction=args.pseudo_min_keep_fraction,
                           pseudo_min_cells=args.pseudo_min_cells,
                           pseudo_weight=args.pseudo_weight, pseudo_tta=args.pseudo_tta,
+                          pseudo_ignore_dropped=args.pseudo_ignore_dropped,
                           only_folds=tuple(args.only_fold), matching=args.matching)
     extra = {"command": ["cellseg", "cv", *sys.argv[2:]] if sys.argv[1:2] == ["cv"] else None,
              "sources": list(args.data)}

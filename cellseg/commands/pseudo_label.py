@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-keep-fraction", type=float, default=0.5,
                         help="reject an image where fewer than this share of its predicted cells "
                              "are confident (default 0.5)")
+    parser.add_argument("--ignore-dropped", action="store_true",
+                        help="write the accepted images' dropped cells to ignore.csv: training "
+                             "leaves them out of the loss instead of learning them as background")
     parser.add_argument("--cell-type", default=None,
                         help="cell_type written to train.csv (default: LIVECell name prefix)")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
@@ -70,7 +73,8 @@ def _pseudo_args(args: argparse.Namespace) -> list[str]:
         out += ["--cell-type", args.cell_type]
     if args.max_images:
         out += ["--max-images", str(args.max_images)]
-    return out + (["--tta"] if args.tta else [])
+    return out + (["--tta"] if args.tta else []) + (["--ignore-dropped"] if args.ignore_dropped
+                                                    else [])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,11 +117,13 @@ def run(args: argparse.Namespace) -> int:
     models = load_models(args.weights, device=device)
     settings = PseudoSettings(min_score=args.min_score, min_area=args.min_area,
                               max_area=args.max_area, min_cells=args.min_cells,
-                              min_keep_fraction=args.min_keep_fraction, cell_type=args.cell_type)
+                              min_keep_fraction=args.min_keep_fraction, cell_type=args.cell_type,
+                              ignore_dropped=args.ignore_dropped)
     prov = pseudo_label(models, records, cfg, args.out, settings, weights_paths=args.weights,
                         device=device, progress=not args.no_progress,
                         log=lambda m: print(m, file=sys.stderr))
     c = prov["counts"]
     print(f"wrote {args.out}: {c['accepted']}/{c['images']} images accepted "
-          f"({c['rejected']} rejected), {c['cells']} cells of {c['cells_predicted']} predicted")
+          f"({c['rejected']} rejected), {c['cells']} cells of {c['cells_predicted']} predicted"
+          + (f", {c['cells_ignored']} dropped cells to ignore" if args.ignore_dropped else ""))
     return 0

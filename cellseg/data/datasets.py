@@ -57,20 +57,27 @@ def _cache_key(record: ImageRecord) -> str:
     for r in record.rles:
         h.update(r.encode())
         h.update(b"\n")
+    if record.ignore_rles:  # (absent: the key of a record without regions is unchanged)
+        h.update(b"ignore\n")
+        for r in record.ignore_rles:
+            h.update(r.encode())
+            h.update(b"\n")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.image_id)
     return f"{safe}-{h.hexdigest()[:16]}"
 
 
 def record_layers(record: ImageRecord) -> np.ndarray:
     """A record's instances as (K, H, W) uint16 label layers, instance i -> i + 1 (RLE decoded
-    once; K = overlap depth). Errors name the image and instance."""
+    once; K = overlap depth); its ``ignore_rles`` follow as ids N + 1 ... (``split_ignore``
+    separates them after augmentation). Errors name the image and instance."""
     from cellseg.data.targets import crops_to_layers
 
-    if record.n_instances > MAX_INSTANCES:
-        raise ValueError(f"image {record.image_id} ({record.image_path}) has {record.n_instances} "
-                         f"instances; at most {MAX_INSTANCES} are supported")
+    n = record.n_instances + len(record.ignore_rles)
+    if n > MAX_INSTANCES:
+        raise ValueError(f"image {record.image_id} ({record.image_path}) has {n} "
+                         f"instances and ignored regions; at most {MAX_INSTANCES} are supported")
     try:
-        runs = runs_from_rles(record.rles, record.shape)
+        runs = runs_from_rles(record.rles + record.ignore_rles, record.shape)
     except rle_codec.RLEError as err:
         raise rle_codec.RLEError(f"image {record.image_id} ({record.image_path}): {err}") from None
     return crops_to_layers(runs.crops(), record.shape)
@@ -91,7 +98,8 @@ class InstanceDataset:
         min_visible: instances with fewer visible pixels after augmentation are dropped.
         cache_mb: bound of the in-memory cache of this process (each worker has its own).
 
-    Targets: ``spec.kind == "maps"``: {"maps": (len(spec.channels), H, W) float32 tensor};
+    Targets: ``spec.kind == "maps"``: {"maps": (len(spec.channels), H, W) float32 tensor}, plus
+    "ignore": (H, W) uint8 (1 = leave out of the loss) when the record has ``ignore_rles``;
     ``"instances"``: {"boxes": (M, 4) float32, "labels": (M,) int64 (class + spec.label_offset),
     "masks": (M, H, W) uint8 or "layers": (K, H, W) int16 (``spec.mask_format``)}; every target
     also has "image_id".
@@ -231,11 +239,13 @@ class InstanceDataset:
             image, codes = np.array(image), np.array(codes)  # never hand out cached arrays
         if self.min_visible > 1 and table.shape[1]:
             counts = np.bincount(codes.ravel(), minlength=len(table))[:len(table)]
-            areas = np.zeros(len(classes) + 1, np.int64)
+            n_ids = len(classes) + len(self.records[index].ignore_rles)
+            areas = np.zeros(n_ids + 1, np.int64)
             for j in range(table.shape[1]):
                 np.add.at(areas, table[:, j], counts)
-            lut = np.arange(len(classes) + 1, dtype=np.uint16)
+            lut = np.arange(n_ids + 1, dtype=np.uint16)
             lut[1:][areas[1:] < self.min_visible] = 0
+            lut[len(classes) + 1:] = np.arange(len(classes) + 1, n_ids + 1)  # regions stay whole
             table = lut[table]
         return image, codes, table, classes
 
@@ -250,12 +260,17 @@ class InstanceDataset:
     def target(self, layers: np.ndarray, classes: np.ndarray, shape: tuple[int, int]
                ) -> dict[str, Any]:
         """The spec's target (numpy arrays) from augmented layers (see ``load``)."""
-        from cellseg.data.targets import instance_target_from_layers, unet_maps_from_layers
+        from cellseg.data.targets import (instance_target_from_layers, split_ignore_layers,
+                                          unet_maps_from_layers)
 
         spec = self.spec
+        layers, ignore = split_ignore_layers(layers, len(classes))
         if spec.kind == "maps":
-            return {"maps": unet_maps_from_layers(layers, spec.channels, spec.border_width,
-                                                  shape=shape)}
+            out = {"maps": unet_maps_from_layers(layers, spec.channels, spec.border_width,
+                                                 shape=shape)}
+            if ignore is not None:
+                out["ignore"] = ignore
+            return out
         if not len(layers):
             layers = np.zeros((0, *shape), np.uint16)
         return instance_target_from_layers(layers, classes, min_mask_area=spec.min_mask_area,
@@ -266,11 +281,15 @@ class InstanceDataset:
                           ) -> dict[str, Any]:
         """The spec's target from ``load_codes`` output (what ``__getitem__`` uses; equal to
         ``target`` of the expanded layers)."""
-        from cellseg.data.targets import layers_from_codes, unet_maps_from_codes
+        from cellseg.data.targets import layers_from_codes, split_ignore, unet_maps_from_codes
 
         if self.spec.kind == "maps":
-            return {"maps": unet_maps_from_codes(codes, table, self.spec.channels,
-                                                 self.spec.border_width)}
+            table, ignore = split_ignore(codes, table, len(classes))
+            out = {"maps": unet_maps_from_codes(codes, table, self.spec.channels,
+                                                self.spec.border_width)}
+            if ignore is not None:
+                out["ignore"] = ignore
+            return out
         return self.target(layers_from_codes(codes, table), classes, codes.shape)
 
     def __getitem__(self, index: int) -> tuple["torch.Tensor", dict[str, Any]]:  # noqa: F821

@@ -31,6 +31,9 @@ class ImageRecord:
         source: ``"sartorius"``, ``"livecell"`` or ``"synthetic"``.
         sample_id: competition ``sample_id`` (the grouping key for folds); None elsewhere.
         rles: one competition RLE per instance, may overlap.
+        ignore_rles: regions left out of the training loss (their pixels that no instance
+            covers): cells a pseudo-labelling teacher found but was not sure of, which would
+            otherwise be taught as background. Empty for annotated data.
         meta: any further columns (plate_time, elapsed_timedelta, LIVECell image id, ...).
     """
 
@@ -43,6 +46,7 @@ class ImageRecord:
     sample_id: str | None = None
     rles: tuple[str, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+    ignore_rles: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -15,6 +15,10 @@ A minimal CSV with only ``id`` and ``annotation`` (a hand-made subset, a predict
 accepted: width/height default to 704/520 and the other columns to None, silently and by
 design (further columns may be present; width and height come together). Without ``id`` or
 ``annotation`` it is an error naming the file and the missing columns.
+
+An optional ``ignore.csv`` beside ``train.csv`` (``id``, ``annotation``, ``width``, ``height``)
+lists regions of its images that training leaves out of the loss (``ImageRecord.ignore_rles``):
+``cellseg pseudo-label --ignore-dropped`` writes the teacher's unsure cells there.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type", 
 REQUIRED: tuple[str, ...] = ("id", "annotation")
 META_COLUMNS: tuple[str, ...] = ("plate_time", "sample_date", "elapsed_timedelta")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
+# regions a training run must neither learn as cells nor as background (pseudo-labels' unsure
+# cells), beside train.csv
+IGNORE_CSV = "ignore.csv"
+IGNORE_COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height")
 MAX_LISTED = 10  # problems spelled out in an exception message; the rest are counted
 
 
@@ -223,7 +231,55 @@ def load_train(path: str | os.PathLike, *, fill_holes: bool = False,
             raise KeyError(f"{csv}: unknown image id(s) {unknown[:5]}"
                            f"{' ...' if len(unknown) > 5 else ''}")
         df = df[df["id"].isin(wanted)]
-    return records_from_frame(df, csv.parent / "train", fill_holes=fill_holes)
+    records = records_from_frame(df, csv.parent / "train", fill_holes=fill_holes)
+    ignore = csv.parent / IGNORE_CSV
+    return attach_ignore(records, ignore) if ignore.is_file() else records
+
+
+def attach_ignore(records: Sequence[ImageRecord], path: str | os.PathLike) -> list[ImageRecord]:
+    """Give each record the regions ``path`` (an ``ignore.csv``: ``id``, ``annotation``,
+    ``width``, ``height``, one row per region, validated as ``train.csv`` is) lists for its image
+    (``ImageRecord.ignore_rles``). A row whose image is not among ``records`` or whose size
+    differs is an error naming the row: the file belongs to that folder's ``train.csv``."""
+    import dataclasses
+
+    path = Path(path)
+    df = read_train_csv(path)
+    by_id = {r.image_id: r for r in records}
+    problems = []
+    for row, image_id, h, w in zip(df.index, df["id"], df["height"], df["width"]):
+        rec = by_id.get(image_id)
+        if rec is None:
+            problems.append(f"{path.name} row {row} (line {row + 1}, id {image_id}): no such image "
+                            f"in train.csv beside it; delete the row (or the file)")
+        elif (int(h), int(w)) != rec.shape:
+            problems.append(f"{path.name} row {row} (line {row + 1}, id {image_id}): size {w}x{h} "
+                            f"but train.csv says {rec.width}x{rec.height}")
+    if problems:
+        raise DataError(f"{path}: {len(problems)} bad row(s); fix or drop them", problems)
+    regions = df.groupby("id", sort=False)["annotation"].agg(lambda a: tuple(a.str.strip()))
+    return [dataclasses.replace(r, ignore_rles=regions[r.image_id]) if r.image_id in regions
+            else r for r in records]
+
+
+def write_ignore_csv(records: Sequence[ImageRecord], path: str | os.PathLike) -> int:
+    """Write the records' ``ignore_rles`` as ``ignore.csv`` (``attach_ignore``'s input), atomically;
+    returns the number of rows."""
+    import csv
+
+    from cellseg.io import atomic_open
+
+    n = 0
+    with atomic_open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(IGNORE_COLUMNS)
+        for rec in records:
+            if not rec.rles:  # an image without cells has no train.csv row to belong to
+                continue
+            for r in rec.ignore_rles:
+                writer.writerow([rec.image_id, r, rec.width, rec.height])
+                n += 1
+    return n
 
 
 def fill_holes_many(rles: Sequence[str], shape: tuple[int, int]) -> list[str]:

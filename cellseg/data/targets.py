@@ -258,6 +258,34 @@ def codes_from_layers(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inverse[1:].reshape(h, w).astype(dtype), table
 
 
+def split_ignore(codes: np.ndarray, table: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Separate ignored regions (ids above ``n``, ``record_layers``) from the ``n`` instances.
+
+    Returns the (C, K) table with those ids set to 0, and the (H, W) uint8 mask of pixels in a
+    region and in no instance (an instance wins: it is a label), or None when the table has no
+    region id, so records without regions cost nothing."""
+    table = np.asarray(table)
+    if not table.size or int(table.max()) <= n:
+        return table, None
+    region = table > n
+    instance = (table > 0) & ~region
+    ignored = region.any(1) & ~instance.any(1)
+    return np.where(region, 0, table).astype(table.dtype), ignored.astype(np.uint8)[codes]
+
+
+def split_ignore_layers(layers: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``split_ignore`` for (K, H, W) label layers: (layers without region ids, (H, W) uint8
+    ignore mask or None)."""
+    layers = np.asarray(layers)
+    if not layers.size or int(layers.max()) <= n:
+        return layers, None
+    region = layers > n
+    ignored = region.any(0) & ~((layers > 0) & ~region).any(0)
+    return remap_layers(layers, np.r_[np.arange(n + 1), np.zeros(int(layers.max()) - n)]
+                        .astype(layers.dtype)), ignored.astype(np.uint8)
+
+
 def layers_from_codes(codes: np.ndarray, table: np.ndarray, counts: np.ndarray | None = None
                       ) -> np.ndarray:
     """(H, W) codes and (C, K) table (``codes_from_layers``) -> (K', H, W) uint16 label layers,

@@ -121,7 +121,8 @@ class UNetFamily:
                                     channels=tuple(self.channels), border_width=self.border_width)
 
     def collate(self, samples: Sequence[tuple["torch.Tensor", dict]]) -> tuple[Any, Any]:  # noqa: F821
-        """Stack samples of one size -> ((B, C, H, W) images, {"maps": (B, K, H, W)})."""
+        """Stack samples of one size -> ((B, C, H, W) images, {"maps": (B, K, H, W)}), plus
+        "weight": (B, 1, H, W) float32 (0 on ignored pixels) when a sample has "ignore"."""
         import torch
 
         if not samples:
@@ -132,18 +133,30 @@ class UNetFamily:
                              "set crop_size in the dataset")
         images = torch.stack([torch.as_tensor(img) for img, _ in samples])
         maps = torch.stack([torch.as_tensor(t["maps"]) for _, t in samples])
-        return images, {"maps": maps}
+        if not any("ignore" in t for _, t in samples):
+            return images, {"maps": maps}
+        keep = torch.stack([1 - torch.as_tensor(t["ignore"]).float() if "ignore" in t
+                            else torch.ones(maps.shape[-2:]) for _, t in samples])
+        return images, {"maps": maps, "weight": keep[:, None]}
 
     def loss(self, model: "torch.nn.Module", images: Any, targets: Any) -> dict[str, "torch.Tensor"]:  # noqa: F821
-        """BCE + Dice on the maps; keys "loss", "bce", "dice" and "dice_<channel>"."""
+        """BCE + Dice on the maps; keys "loss", "bce", "dice" and "dice_<channel>". Pixels of
+        weight 0 (``targets["weight"]``, ignored regions) count in neither term."""
         import torch.nn.functional as F
 
         device = _device(model)
         images = images.to(device, non_blocking=True)
         maps = targets["maps"].to(device, non_blocking=True)
         logits = _forward_padded(model, images)
-        bce = F.binary_cross_entropy_with_logits(logits.float(), maps)
-        dice_per = _soft_dice(logits.float().sigmoid(), maps)
+        weight = targets.get("weight")
+        if weight is None:
+            bce = F.binary_cross_entropy_with_logits(logits.float(), maps)
+            dice_per = _soft_dice(logits.float().sigmoid(), maps)
+        else:  # the mean over the pixels that count, and Dice as if the rest were not there
+            weight = weight.to(device, non_blocking=True).expand_as(maps)
+            bce = (F.binary_cross_entropy_with_logits(logits.float(), maps, reduction="none")
+                   * weight).sum() / weight.sum().clamp(min=1.0)
+            dice_per = _soft_dice(logits.float().sigmoid() * weight, maps * weight)
         dice = dice_per.mean()
         out = {"loss": self.bce_weight * bce + self.dice_weight * dice, "bce": bce.detach(),
                "dice": dice.detach()}
