@@ -317,7 +317,9 @@ def run_fold(fold: int, held: Sequence["ImageRecord"], train: Sequence["ImageRec
     infer_key = [settings.infer_config, list(settings.infer_overrides), settings.tta]
     pseudo_key = [list(settings.pseudo_images), settings.pseudo_min_score,
                   settings.pseudo_min_keep_fraction, settings.pseudo_min_cells,
-                  settings.pseudo_tta] + ([True] if settings.pseudo_ignore_dropped else [])
+                  settings.pseudo_tta]
+    if settings.pseudo_ignore_dropped:  # only when set: results saved before it stay valid
+        pseudo_key.append(True)
     for method in settings.methods:
         key = infer_key + pseudo_key if method == "kit_pl" else infer_key
         mdir = fold_dir / method

@@ -245,7 +245,8 @@ class InstanceDataset:
                 np.add.at(areas, table[:, j], counts)
             lut = np.arange(n_ids + 1, dtype=np.uint16)
             lut[1:][areas[1:] < self.min_visible] = 0
-            lut[len(classes) + 1:] = np.arange(len(classes) + 1, n_ids + 1)  # regions stay whole
+            # a region cut down to a few pixels still marks them as not background
+            lut[len(classes) + 1:] = np.arange(len(classes) + 1, n_ids + 1)
             table = lut[table]
         return image, codes, table, classes
 
@@ -283,13 +284,14 @@ class InstanceDataset:
         ``target`` of the expanded layers)."""
         from cellseg.data.targets import layers_from_codes, split_ignore, unet_maps_from_codes
 
+        table, ignore = split_ignore(codes, table, len(classes))
         if self.spec.kind == "maps":
-            table, ignore = split_ignore(codes, table, len(classes))
             out = {"maps": unet_maps_from_codes(codes, table, self.spec.channels,
                                                 self.spec.border_width)}
             if ignore is not None:
                 out["ignore"] = ignore
             return out
+        # the instance families have no ignore target: the regions are background to them
         return self.target(layers_from_codes(codes, table), classes, codes.shape)
 
     def __getitem__(self, index: int) -> tuple["torch.Tensor", dict[str, Any]]:  # noqa: F821

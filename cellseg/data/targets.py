@@ -280,10 +280,9 @@ def split_ignore_layers(layers: np.ndarray, n: int) -> tuple[np.ndarray, np.ndar
     layers = np.asarray(layers)
     if not layers.size or int(layers.max()) <= n:
         return layers, None
-    region = layers > n
-    ignored = region.any(0) & ~((layers > 0) & ~region).any(0)
-    return remap_layers(layers, np.r_[np.arange(n + 1), np.zeros(int(layers.max()) - n)]
-                        .astype(layers.dtype)), ignored.astype(np.uint8)
+    codes, table = codes_from_layers(layers)
+    table, ignored = split_ignore(codes, table, n)
+    return layers_from_codes(codes, table), ignored
 
 
 def layers_from_codes(codes: np.ndarray, table: np.ndarray, counts: np.ndarray | None = None
