@@ -268,7 +268,7 @@ class InstanceDataset:
         layers, ignore = split_ignore_layers(layers, len(classes))
         if spec.kind == "maps":
             out = {"maps": unet_maps_from_layers(layers, spec.channels, spec.border_width,
-                                                 shape=shape)}
+                                                 shape=shape, centre=spec.centre)}
             if ignore is not None:
                 out["ignore"] = ignore
             return out
@@ -287,7 +287,7 @@ class InstanceDataset:
         table, ignore = split_ignore(codes, table, len(classes))
         if self.spec.kind == "maps":
             out = {"maps": unet_maps_from_codes(codes, table, self.spec.channels,
-                                                self.spec.border_width)}
+                                                self.spec.border_width, self.spec.centre)}
             if ignore is not None:
                 out["ignore"] = ignore
             return out

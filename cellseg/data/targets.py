@@ -18,7 +18,13 @@ Three UNet maps separate touching cells (``UNET_CHANNELS``):
   Free cell edges (cell next to background) are not borders: the foreground map already has them.
 - ``"centre"``: per-instance Euclidean distance to the instance's own outline (the image edge counts
   as outline), divided by the instance's maximum, so every cell peaks at 1 whatever its size; where
-  masks overlap the larger value wins.
+  masks overlap the larger value wins. With ``centre="peak"`` (``CENTRES``) the channel is instead
+  a Gaussian around the instance's deepest pixel (the first maximum of that distance in row-major
+  order), ``exp(-r^2 / 2s^2)`` with ``s = max(PEAK_SIGMA x max distance, 1)``, inside the
+  instance only. Why: a long thin cell (an astrocyte's process) has a medial ridge of normalised
+  distance ~1 along its whole length, so the distance map seeds it many times wherever a border
+  cuts the ridge, while a Gaussian seeds every cell once, at its thickest part; for a round cell
+  the two are alike (docs/competition.md, "One seed per cell").
 
 Why these definitions (``cellseg.models.unet_decode`` relies on them): with ``width=1`` a pixel of
 cell A that touches cell B is a border pixel, and so is its neighbour in B. Hence the *core*
@@ -53,6 +59,8 @@ import numpy as np
 from cellseg.core.masks import mask_boxes
 
 UNET_CHANNELS: tuple[str, ...] = ("cell", "border", "centre")
+CENTRES: tuple[str, ...] = ("distance", "peak")  # what the "centre" channel holds (docstring)
+PEAK_SIGMA = 0.5  # the peak Gaussian's width, in units of the instance's largest inner distance
 MAX_INSTANCES = 65534  # ids live in uint16 layers; 0 is background
 
 
@@ -76,6 +84,7 @@ class TargetSpec:
     norm_mean, norm_std: per input channel, 0-255 scale (``cellseg.data.transforms.resolve_norm``).
     class_map: ``((cell_type, class), ...)`` for per-cell-type heads (case-insensitive); None =
         every cell is class 0.
+    centre: what the UNet's "centre" channel holds, one of ``CENTRES`` (module docstring).
     """
 
     kind: Literal["maps", "instances"]
@@ -87,8 +96,11 @@ class TargetSpec:
     norm_mean: tuple[float, ...] = (123.675, 116.28, 103.53)
     norm_std: tuple[float, ...] = (58.395, 57.12, 57.375)
     class_map: tuple[tuple[str, int], ...] | None = None
+    centre: str = "distance"
 
     def __post_init__(self) -> None:
+        if self.centre not in CENTRES:
+            raise ValueError(f"centre must be one of {list(CENTRES)}, got {self.centre!r}")
         if self.kind not in ("maps", "instances"):
             raise ValueError(f"TargetSpec.kind must be 'maps' or 'instances', got {self.kind!r}")
         unknown = [c for c in self.channels if c not in UNET_CHANNELS]
@@ -125,7 +137,8 @@ class TargetSpec:
                 "border_width": self.border_width, "min_mask_area": self.min_mask_area,
                 "mask_format": self.mask_format, "label_offset": self.label_offset,
                 "norm_mean": list(self.norm_mean), "norm_std": list(self.norm_std),
-                "class_map": None if self.class_map is None else [list(p) for p in self.class_map]}
+                "class_map": None if self.class_map is None else [list(p) for p in self.class_map],
+                "centre": self.centre}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TargetSpec":
@@ -370,8 +383,8 @@ def _shelf_pack(heights: np.ndarray, widths: np.ndarray, width: int
     return oy, ox, y + shelf + 1, cw + 1
 
 
-def centre_from_layers(layers: np.ndarray) -> np.ndarray:
-    """(K, H, W) label layers -> (H, W) float32 centre map (module docstring).
+def centre_from_layers(layers: np.ndarray, centre: str = "distance") -> np.ndarray:
+    """(K, H, W) label layers -> (H, W) float32 centre map of kind ``centre`` (module docstring).
 
     Every instance's bounding box is copied, with one pixel of background around it, onto a
     shelf-packed canvas, and ONE exact OpenCV Euclidean transform runs on the canvas: inside its
@@ -389,13 +402,15 @@ def centre_from_layers(layers: np.ndarray) -> np.ndarray:
     if not idx_parts:
         return np.zeros((h, w), np.float32)
     return _centre_from_pairs(np.concatenate(idx_parts), np.concatenate(id_parts), (h, w),
-                              overlapping=k > 1)
+                              overlapping=k > 1, centre=centre)
 
 
 def _centre_from_pairs(idx: np.ndarray, ids: np.ndarray, shape: tuple[int, int],
-                       overlapping: bool) -> np.ndarray:
+                       overlapping: bool, centre: str = "distance") -> np.ndarray:
     """The centre map from (P,) flat pixel indices and (P,) instance ids, one pair per pixel
     and instance covering it (``overlapping``: a pixel may come more than once)."""
+    if centre not in CENTRES:
+        raise ValueError(f"centre must be one of {list(CENTRES)}, got {centre!r}")
     import cv2
 
     h, w = shape
@@ -424,7 +439,18 @@ def _centre_from_pairs(idx: np.ndarray, ids: np.ndarray, shape: tuple[int, int],
     d = np.sqrt(np.rint(d * d))
     peak = np.zeros(n + 1, np.float32)
     np.maximum.at(peak, ids, d)
-    d /= peak[ids]
+    if centre == "peak":
+        # each instance's deepest pixel: the smallest flat index among its maxima, which is the
+        # first maximum in row-major order whatever order the pairs come in
+        at = np.full(n + 1, h * w, np.intp)
+        deepest = d == peak[ids]
+        np.minimum.at(at, ids[deepest], idx[deepest])
+        py, px = np.divmod(at, w)
+        sigma = np.maximum(PEAK_SIGMA * peak, 1.0)
+        r2 = (ys - py[ids]) ** 2 + (xs - px[ids]) ** 2
+        d = np.exp(-r2 / (2.0 * sigma[ids] ** 2)).astype(np.float32)
+    else:
+        d /= peak[ids]
     if not overlapping:
         out[idx] = d
     else:  # where masks overlap the larger value wins
@@ -433,9 +459,10 @@ def _centre_from_pairs(idx: np.ndarray, ids: np.ndarray, shape: tuple[int, int],
 
 
 def unet_maps_from_layers(layers: np.ndarray, channels: Sequence[str] = UNET_CHANNELS,
-                          border_width: int = 1, shape: tuple[int, int] | None = None
-                          ) -> np.ndarray:
-    """(K, H, W) uint16 label layers -> (len(channels), H, W) float32 maps in [0, 1]."""
+                          border_width: int = 1, shape: tuple[int, int] | None = None,
+                          centre: str = "distance") -> np.ndarray:
+    """(K, H, W) uint16 label layers -> (len(channels), H, W) float32 maps in [0, 1]
+    (``centre``: one of ``CENTRES``)."""
     unknown = [c for c in channels if c not in UNET_CHANNELS]
     if unknown:
         raise ValueError(f"unknown UNet target channel(s) {unknown}; valid: {list(UNET_CHANNELS)}")
@@ -453,13 +480,13 @@ def unet_maps_from_layers(layers: np.ndarray, channels: Sequence[str] = UNET_CHA
         elif name == "border":
             maps[c] = contact_border(lab, count, border_width)
         else:
-            maps[c] = centre_from_layers(layers)
+            maps[c] = centre_from_layers(layers, centre)
     return maps
 
 
 def unet_maps_from_codes(codes: np.ndarray, table: np.ndarray,
-                         channels: Sequence[str] = UNET_CHANNELS, border_width: int = 1
-                         ) -> np.ndarray:
+                         channels: Sequence[str] = UNET_CHANNELS, border_width: int = 1,
+                         centre: str = "distance") -> np.ndarray:
     """(H, W) codes and (C, K) table (``codes_from_layers``) -> (len(channels), H, W) float32
     maps, equal to ``unet_maps_from_layers`` of the layers they stand for.
 
@@ -492,26 +519,28 @@ def unet_maps_from_codes(codes: np.ndarray, table: np.ndarray,
             if k == 1:
                 ids = table[code, 0]
                 keep = np.flatnonzero(ids)
-                maps[c] = _centre_from_pairs(idx[keep], ids[keep], (h, w), overlapping=False)
+                maps[c] = _centre_from_pairs(idx[keep], ids[keep], (h, w), overlapping=False,
+                                             centre=centre)
                 continue
             per_layer = table[code]  # (P, K)
             pix, lay = np.nonzero(per_layer)
-            maps[c] = _centre_from_pairs(idx[pix], per_layer[pix, lay], (h, w), overlapping=True)
+            maps[c] = _centre_from_pairs(idx[pix], per_layer[pix, lay], (h, w), overlapping=True,
+                                         centre=centre)
     return maps
 
 
 def unet_maps(masks: np.ndarray, channels: Sequence[str] = UNET_CHANNELS,
-              border_width: int = 1) -> np.ndarray:
+              border_width: int = 1, centre: str = "distance") -> np.ndarray:
     """(N, H, W) bool instance masks (may overlap) -> (K, H, W) float32 target maps."""
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
     return unet_maps_from_layers(layers_from_masks(masks), channels, border_width,
-                                 shape=masks.shape[1:])
+                                 shape=masks.shape[1:], centre=centre)
 
 
 def unet_maps_from_labels(labels: np.ndarray, channels: Sequence[str] = UNET_CHANNELS,
-                          border_width: int = 1) -> np.ndarray:
+                          border_width: int = 1, centre: str = "distance") -> np.ndarray:
     """(H, W) non-overlapping label image -> (K, H, W) float32 target maps."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -521,7 +550,8 @@ def unet_maps_from_labels(labels: np.ndarray, channels: Sequence[str] = UNET_CHA
     dense = inv.reshape(labels.shape) if ids[0] == 0 else inv.reshape(labels.shape) + 1
     if len(ids) > MAX_INSTANCES + 1:
         raise ValueError(f"{len(ids)} labels in one image; at most {MAX_INSTANCES} are supported")
-    return unet_maps_from_layers(dense.astype(np.uint16)[None], channels, border_width)
+    return unet_maps_from_layers(dense.astype(np.uint16)[None], channels, border_width,
+                                 centre=centre)
 
 
 # ----------------------------------------------------------------------------- instances

@@ -96,6 +96,10 @@ class UNetArgs(BuildArgs):
     encoder_weights: a published tag ("imagenet"), a LOCAL weights file of the encoder, or None.
     decoder_channels: one per encoder stage (``encoder_depth`` entries).
     norm: "imagenet" / "dataset" (LIVECell mean 128, std 11.58) or {"mean", "std"} (0-255).
+    centre: what the "centre" output learns: "distance" (each cell's inner distance, scaled to
+        peak at 1) or "peak" (a Gaussian at each cell's deepest pixel: one seed per cell, however
+        long and thin); ``cellseg.data.targets``. A target choice, kept here so that the
+        checkpoint records it with the network it trained.
     pretrained_origin: where the weights came from (filled in by ``build``); informational.
     """
 
@@ -108,6 +112,7 @@ class UNetArgs(BuildArgs):
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     decoder_attention_type: str | None = None
     norm: str | dict[str, Any] = "imagenet"
+    centre: Literal["distance", "peak"] = "distance"  # = cellseg.data.targets.CENTRES
     pretrained_origin: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:

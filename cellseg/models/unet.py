@@ -118,7 +118,8 @@ class UNetFamily:
 
         a = UNetArgs.parse(args, **kwargs)
         return TargetSpec.with_norm(resolve_norm(a.norm, a.in_channels), kind="maps",
-                                    channels=tuple(self.channels), border_width=self.border_width)
+                                    channels=tuple(self.channels), border_width=self.border_width,
+                                    centre=a.centre)
 
     def collate(self, samples: Sequence[tuple["torch.Tensor", dict]]) -> tuple[Any, Any]:  # noqa: F821
         """Stack samples of one size -> ((B, C, H, W) images, {"maps": (B, K, H, W)}), plus
