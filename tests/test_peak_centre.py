@@ -143,3 +143,18 @@ def test_training_on_peak_targets_records_them_in_the_checkpoint(tmp_path, share
     name, args = checkpoint_build_args(load_checkpoint(out / "last.pt"))
     assert args["centre"] == "peak"
     assert get_family(name).target_spec(args).centre == "peak"
+
+
+def test_bench_centre_ceiling_on_real_overlapping_masks(shared_sartorius):
+    """``python -m bench centre`` (docs/competition.md): both encodings' perfect maps of the real
+    sample decode close to its truth, and the table counts every true cell."""
+    from bench.bench_centre import ceiling
+    from cellseg.data import sartorius
+
+    records = sartorius.load_train(shared_sartorius)
+    table = ceiling(records)
+    assert set(table) == set(CENTRES)
+    for per in table.values():
+        (score, images, decoded, true), = per.values()
+        assert images == len(records) and true == sum(r.n_instances for r in records)
+        assert score > 0.88 and 0.9 * true < decoded < 1.1 * true

@@ -1,0 +1,69 @@
+"""The ceiling of each UNet centre target: perfect maps of the truth, decoded, scored.
+
+    .venv/bin/python -m bench centre     # ~3 min on one core (../shared/data/sartorius_409)
+
+For every annotated image of ``sartorius_409`` the target maps are built from its true masks
+(``cellseg.data.targets.unet_maps``) once per kind of centre channel (``CENTRES``: "distance",
+"peak"), decoded with the default decode (``decode_unet``) and scored against the truth with the
+competition metric. A network that learned its targets perfectly scores this; where it is far
+below 1 the encoding itself loses cells. Prints the mean score per cell type and the cells
+decoded against the true count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(os.environ.get("CELLSEG_SHARED_DATA",
+                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def ceiling(records) -> dict[str, dict[str, tuple[float, int, int, int]]]:
+    """Per centre kind and cell type: (mean score, images, cells decoded, true cells) of the
+    perfect maps of ``records`` (annotated ``ImageRecord``s) decoded with the default decode."""
+    from cellseg.core.metrics import match_image
+    from cellseg.data.targets import CENTRES, unet_maps
+    from cellseg.models.unet_decode import decode_unet
+
+    rows: dict[str, dict[str, list]] = {c: {} for c in CENTRES}
+    for r in records:
+        masks = r.masks()
+        for c in CENTRES:
+            inst = decode_unet(unet_maps(masks, centre=c))
+            s = match_image(list(r.rles), inst.to_rles(), shape=r.shape).score
+            row = rows[c].setdefault(str(r.cell_type), [[], 0, 0])
+            row[0].append(s)
+            row[1] += len(inst)
+            row[2] += len(masks)
+    return {c: {t: (float(np.mean(v[0])), len(v[0]), v[1], v[2]) for t, v in sorted(per.items())}
+            for c, per in rows.items()}
+
+
+def main() -> None:
+    from cellseg.data.loaders import load_records
+
+    root = SHARED / "sartorius_409"
+    if not root.is_dir():
+        print(f"(skipped: {root} not found)")
+        return
+    records = load_records(root, "train")
+    t0 = time.process_time()
+    table = ceiling(records)
+    types = list(next(iter(table.values())))
+    print(f"{len(records)} images, perfect maps decoded with the default decode\n")
+    print("| centre | " + " | ".join(f"{t} ({table['distance'][t][1]})" for t in types)
+          + " | all | cells decoded / true |")
+    print("|---|" + "---:|" * (len(types) + 1) + "---|")
+    for c, per in table.items():
+        mean = sum(v[0] * v[1] for v in per.values()) / sum(v[1] for v in per.values())
+        print(f"| {c} | " + " | ".join(f"{per[t][0]:.3f}" for t in types) + f" | {mean:.3f} | "
+              + ", ".join(f"{t} {per[t][2]:,} / {per[t][3]:,}" for t in types) + " |")
+    print(f"\n{(time.process_time() - t0) / 60:.1f} CPU-min")
+
+
+if __name__ == "__main__":
+    main()
