@@ -11,14 +11,10 @@ type and the confusion matrix of the grouped split.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(os.environ.get("CELLSEG_SHARED_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 N_FOLDS = 5
 
 
@@ -36,15 +32,13 @@ def cross_validate(features: np.ndarray, types: list[str], folds: np.ndarray) ->
 
 
 def main() -> None:
+    from bench import shared_train_records
     from cellseg.data.folds import make_folds
-    from cellseg.data.loaders import load_records
     from cellseg.data.typeclf import type_features
 
-    root = SHARED / "sartorius_409"
-    if not root.is_dir():
-        print(f"(skipped: {root} not found)")
+    records = shared_train_records()
+    if records is None:
         return
-    records = load_records(root, "train")
     t0 = time.perf_counter()
     features = np.stack([type_features(r.read_image()) for r in records])
     per_image = (time.perf_counter() - t0) / len(records)

@@ -4,7 +4,8 @@
 
 For every annotated image of ``sartorius_409`` the target maps are built from its true masks
 (``cellseg.data.targets.unet_maps``) once per kind of centre channel (``CENTRES``: "distance",
-"peak"), decoded with the default decode (``decode_unet``) and scored against the truth with the
+"peak"), decoded with the kit's default decode (``InferenceConfig().decode`` through
+``decode_unet``, what ``predict`` uses) and scored against the truth with the
 competition metric. A network that learned its targets perfectly scores this; where it is far
 below 1 the encoding itself loses cells. Prints the mean score per cell type and the cells
 decoded against the true count.
@@ -12,14 +13,9 @@ decoded against the true count.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
-
-SHARED = Path(os.environ.get("CELLSEG_SHARED_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def ceiling(records) -> dict[str, dict[str, tuple[float, int, int, int]]]:
@@ -27,13 +23,16 @@ def ceiling(records) -> dict[str, dict[str, tuple[float, int, int, int]]]:
     perfect maps of ``records`` (annotated ``ImageRecord``s) decoded with the default decode."""
     from cellseg.core.metrics import match_image
     from cellseg.data.targets import CENTRES, unet_maps
+    from cellseg.infer.config import InferenceConfig
     from cellseg.models.unet_decode import decode_unet
+
+    decode = InferenceConfig().decode
 
     rows: dict[str, dict[str, list]] = {c: {} for c in CENTRES}
     for r in records:
         masks = r.masks()
         for c in CENTRES:
-            inst = decode_unet(unet_maps(masks, centre=c))
+            inst = decode_unet(unet_maps(masks, centre=c), **decode)
             s = match_image(list(r.rles), inst.to_rles(), shape=r.shape).score
             row = rows[c].setdefault(str(r.cell_type), [[], 0, 0])
             row[0].append(s)
@@ -44,17 +43,17 @@ def ceiling(records) -> dict[str, dict[str, tuple[float, int, int, int]]]:
 
 
 def main() -> None:
-    from cellseg.data.loaders import load_records
+    from bench import shared_train_records
+    from cellseg.infer.config import InferenceConfig
 
-    root = SHARED / "sartorius_409"
-    if not root.is_dir():
-        print(f"(skipped: {root} not found)")
+    records = shared_train_records()
+    if records is None:
         return
-    records = load_records(root, "train")
     t0 = time.process_time()
     table = ceiling(records)
     types = list(next(iter(table.values())))
-    print(f"{len(records)} images, perfect maps decoded with the default decode\n")
+    print(f"{len(records)} images, perfect maps decoded with the default decode "
+          f"{InferenceConfig().decode}\n")
     print("| centre | " + " | ".join(f"{t} ({table['distance'][t][1]})" for t in types)
           + " | all | cells decoded / true |")
     print("|---|" + "---:|" * (len(types) + 1) + "---|")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cellseg.data.targets import (UNET_CHANNELS, boxes_from_masks, contact_border, unet_maps,
-                                  unet_maps_from_labels)
+from cellseg.data.targets import (CENTRES, UNET_CHANNELS, boxes_from_masks, contact_border,
+                                  unet_maps, unet_maps_from_labels)
 from cellseg.models.unet_decode import decode_unet
 
 EIGHT = np.ones((3, 3), bool)
@@ -95,14 +95,15 @@ def test_empty_masks_give_zero_maps():
     assert boxes_from_masks(np.zeros((0, 4, 4), bool)).shape == (0, 4)
 
 
-def test_decoder_recovers_touching_cells_exactly():
+@pytest.mark.parametrize("centre", CENTRES)
+def test_decoder_recovers_touching_cells_exactly(centre):
     checked = 0
     for seed in range(12):
         labels = touching_cells(seed)
         if not decodable(labels):
             continue
         checked += 1
-        inst = decode_unet(unet_maps_from_labels(labels))
+        inst = decode_unet(unet_maps_from_labels(labels, centre=centre))
         out = inst.to_label_image()
         assert same_partition(labels, out), f"seed {seed}: decoded partition differs"
         assert len(inst) == len(np.unique(labels)) - 1

@@ -46,7 +46,7 @@ def _oracle(records, config: str, blur: float = 0.0):
     preds = []
     for r in records:
         maps = unet_maps_from_layers(layers_from_masks(r.masks()), spec.channels,
-                                     spec.border_width)
+                                     spec.border_width, centre=spec.centre)
         if blur:
             maps = np.stack([gaussian_filter(m, blur) for m in maps])
         raw = family.decode(maps, **dict(icfg.decode))
@@ -122,6 +122,8 @@ def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, share
     cfg = load_train_config("unet_competition_cpu")
     assert cfg.data.samples_per_epoch * cfg.train.epochs // cfg.train.batch_size == 2000
     assert cfg.data.type_balance == 1.0 and cfg.train.amp_dtype == "bfloat16_if_native"
+    # one seed per cell, and the base's encoder and norm kept (model.args merge key by key)
+    assert cfg.model.args["centre"] == "peak" and cfg.model.args["encoder_name"] == "resnet18"
     precision = "bfloat16 autocast" if native_bfloat16("cpu") else "float32 ("
     out = tmp_path / "run"
     assert main(["train", "--config", "unet_competition_cpu", "--data", str(shared_sartorius_409),
@@ -137,3 +139,4 @@ def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, share
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["config"]["data"]["type_balance"] == 1.0
     assert ckpt["type_classifier"]
+    assert ckpt["spec"]["args"]["centre"] == "peak" and ckpt["spec"]["args"]["in_channels"] == 1
