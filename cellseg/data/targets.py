@@ -96,7 +96,7 @@ class TargetSpec:
     norm_mean: tuple[float, ...] = (123.675, 116.28, 103.53)
     norm_std: tuple[float, ...] = (58.395, 57.12, 57.375)
     class_map: tuple[tuple[str, int], ...] | None = None
-    centre: str = "distance"
+    centre: Literal["distance", "peak"] = "distance"  # = CENTRES
 
     def __post_init__(self) -> None:
         if self.centre not in CENTRES:
