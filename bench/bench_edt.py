@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(os.environ.get("CELLSEG_SHARED_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+from bench import SHARED
+
 PER_TYPE = 5
 REPEAT = 5
 

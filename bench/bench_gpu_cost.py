@@ -34,10 +34,9 @@ loader keeps up).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-SHARED = Path(os.environ.get("CELLSEG_SHARED_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+from bench import SHARED
+
 RECIPES = ("unet_livecell_pretrain", "unet_competition_finetune", "maskrcnn_livecell_pretrain",
            "maskrcnn_competition_finetune", "promptseg_livecell_pretrain",
            "promptseg_competition_finetune")

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import SHARED
+
 TARGETS = {"unet": 100.0, "maskrcnn": 40.0}
-SHARED = Path(os.environ.get("CELLSEG_SHARED_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 def _records(tmp: Path) -> tuple[list, str]:

@@ -36,10 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import SHARED
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-if not SHARED.exists():
-    SHARED = Path("/work/shared/data")
 LIVECELL = SHARED / "livecell"
 
 CONFIGS = {
