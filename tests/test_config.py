@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -222,12 +223,16 @@ def test_a_config_starts_from_its_base(tmp_path):
     small = load_train_config("unet_small_real")
     mine = tmp_path / "sub" / "mine.yaml"
     mine.parent.mkdir()
-    mine.write_text("base: unet_small_real\ndata: {crop_size: 320}\ntrain: {epochs: 5}\n")
+    mine.write_text("base: unet_small_real\ndata: {crop_size: 320}\ntrain: {epochs: 5}\n"
+                    "model: {args: {centre: distance}}\n")
     cfg = load_train_config(mine)
     assert (cfg.data.crop_size, cfg.train.epochs) == (320, 5)
-    # everything else, inside the changed sections too, is the base's
+    # everything else, inside the changed sections too, is the base's: model.args key by key
     assert cfg.data.samples_per_epoch == small.data.samples_per_epoch
-    assert cfg.train.batch_size == small.train.batch_size and cfg.model == small.model
+    assert cfg.train.batch_size == small.train.batch_size
+    assert small.model.args["centre"] == "peak"
+    assert cfg.model.args == dataclasses.replace(small.model.args, centre="distance")
+    assert cfg.model.family == small.model.family
     # a chain through a relative path, then overrides on top
     child = tmp_path / "sub" / "child.yaml"
     child.write_text("base: mine.yaml\noptim: {lr: 3.0e-4}\n")

@@ -29,7 +29,7 @@ def real_records(shared_sartorius, shared_livecell):
     return recs
 
 
-def _oracle(records, config: str, blur: float = 0.0):
+def _oracle(records, config: str, blur: float = 0.0, overrides: tuple[str, ...] = ()):
     from scipy.ndimage import gaussian_filter
 
     from cellseg.config import load_train_config
@@ -39,7 +39,7 @@ def _oracle(records, config: str, blur: float = 0.0):
     from cellseg.infer.postprocess import postprocess
     from cellseg.models import get_family
 
-    cfg = load_train_config(config)
+    cfg = load_train_config(config, list(overrides))
     family = get_family(cfg.model.family)
     spec = family.target_spec(**cfg.model.args)
     icfg = load_inference_config("infer_default")
@@ -65,10 +65,19 @@ def test_perfect_targets_of_real_images_decode_to_the_truth(real_records, config
     assert abs(n_pred - n_true) <= 0.03 * n_true, (n_pred, n_true)
 
 
-def test_slightly_blurred_targets_still_separate_touching_real_cells(real_records):
-    """A network's maps are smooth: a 1 px blur must not merge the dense real cells."""
-    report, preds = _oracle(real_records, "unet_small_real", blur=1.0)
-    assert report.score >= 0.88, report.per_image
+# Measured 2026-12-07 on the 6 real images: distance 0.915, peak 0.861 (MCF7_G4, 711 small dense
+# cells: 0.83 -> 0.71). A 1 px blur lowers a small cell's narrow Gaussian (width 1 px) below the
+# seed threshold where the distance ridge survives it; trained networks still score higher with
+# peak on those images (docs/recipes.md), so the floor is per target, not one for both.
+BLUR_FLOOR = {"distance": 0.88, "peak": 0.84}
+
+
+@pytest.mark.parametrize("centre", sorted(BLUR_FLOOR))
+def test_slightly_blurred_targets_still_separate_touching_real_cells(real_records, centre):
+    """A network's maps are smooth: a 1 px blur must not merge or lose the dense real cells."""
+    report, preds = _oracle(real_records, "unet_small_real", blur=1.0,
+                            overrides=(f"model.args.centre={centre}",))
+    assert report.score >= BLUR_FLOOR[centre], report.per_image
     n_pred = sum(len(p) for p in preds)
     n_true = sum(r.n_instances for r in real_records)
     assert n_pred >= 0.95 * n_true, (n_pred, n_true)
@@ -95,6 +104,7 @@ def test_small_real_recipe_trains_on_the_real_samples(tmp_path, shared_sartorius
                                                       capsys) -> None:
     """The documented recipe, as the README types it, for 2 steps: both sources, all 6 images,
     no validation (said out loud), a checkpoint; its full budget is 2,000 steps."""
+    from cellseg.checkpoint import load_checkpoint
     from cellseg.cli import main
     from cellseg.config import load_train_config
 
@@ -106,7 +116,8 @@ def test_small_real_recipe_trains_on_the_real_samples(tmp_path, shared_sartorius
                  "--set", "train.max_steps=2"]) == 0
     err = capsys.readouterr().err
     assert "6 training images" in err and "no validation images" in err
-    assert (out / "best.pt").is_file()
+    # one seed per cell: the checkpoint records it, so predict decodes what was learned
+    assert load_checkpoint(out / "best.pt")["spec"]["args"]["centre"] == "peak"
 
 
 def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, shared_sartorius_409,
@@ -122,7 +133,7 @@ def test_competition_cpu_recipe_trains_on_the_competition_images(tmp_path, share
     cfg = load_train_config("unet_competition_cpu")
     assert cfg.data.samples_per_epoch * cfg.train.epochs // cfg.train.batch_size == 2000
     assert cfg.data.type_balance == 1.0 and cfg.train.amp_dtype == "bfloat16_if_native"
-    # one seed per cell, and the base's encoder and norm kept (model.args merge key by key)
+    # one seed per cell and the encoder, from its base
     assert cfg.model.args["centre"] == "peak" and cfg.model.args["encoder_name"] == "resnet18"
     precision = "bfloat16 autocast" if native_bfloat16("cpu") else "float32 ("
     out = tmp_path / "run"
