@@ -95,7 +95,8 @@ class CVSettings:
     infer_overrides: tuple[str, ...] = ()
     tta: bool = False
     threads: int = 1
-    seed: int = 0
+    seed: int = 0  # picks the folds, and seeds every training unless ``train_seed`` is set
+    train_seed: int | None = None  # another training seed on the same folds (seed variance)
     resume: bool = False
     overlays: str | None = None
     extra_train: tuple[str, ...] = ()  # added to every fold's training set, never scored
@@ -110,6 +111,11 @@ class CVSettings:
     pseudo_tta: bool = False
     pseudo_ignore_dropped: bool = False
     matching: str = "dsb"  # the metric's rule (cellseg.core.metrics.MATCHING_RULES); both saved
+
+    @property
+    def training_seed(self) -> int:
+        """The seed every fold's training (kit and peers) runs with."""
+        return self.seed if self.train_seed is None else self.train_seed
 
 
 def make_cv_folds(records: Sequence["ImageRecord"], n_folds: int | None = None,
@@ -154,7 +160,7 @@ def kit_train_command(settings: CVSettings, train_data: Path, n_train: int, out:
     epochs = max(1, math.ceil(settings.steps / steps_per_epoch))
     for o in (*settings.overrides, *sets, "data.fold=null", "data.val_split=null",
               f"train.max_steps={settings.steps}", f"train.epochs={epochs}",
-              f"train.seed={settings.seed}"):
+              f"train.seed={settings.training_seed}"):
         cmd += ["--set", o]
     return cmd
 
@@ -233,7 +239,7 @@ def peer_command(peer: Peer | str, settings: CVSettings, train_data: Path, test_
                                 "a source checkout")
     cmd = [sys.executable, "-m", peer.module, "--train", str(train_data),
            *map(str, settings.extra_train), "--test", str(test_data), "--out", str(out),
-           "--steps", str(settings.steps), "--seed", str(settings.seed),
+           "--steps", str(settings.steps), "--seed", str(settings.training_seed),
            "--threads", str(settings.threads), *peer.args]
     if peer.bf16_flag and kit_trains_in_bfloat16(settings):
         cmd.append(peer.bf16_flag)

@@ -60,6 +60,30 @@ def test_kit_command_repeats_the_fold_for_a_real_epoch(tmp_path) -> None:
     assert cmd[1:4] == ["-m", "cellseg", "train"]
 
 
+def test_train_seed_reseeds_the_trainings_but_not_the_folds(tmp_path, monkeypatch) -> None:
+    """``cellseg cv --train-seed``: another training seed (kit and peers alike) on the folds
+    of ``--seed``; without it ``--seed`` seeds both."""
+    import argparse
+
+    from cellseg import cv
+    from cellseg.commands import cv as cv_command
+
+    monkeypatch.setattr(cv, "repo_root", lambda: tmp_path)
+
+    def seeds(settings: CVSettings) -> tuple[list[str], str]:
+        kit = kit_train_command(settings, tmp_path, 5, tmp_path / "out")
+        peer = cv.peer_command("plain", settings, tmp_path / "tr", tmp_path / "te", tmp_path / "o")
+        return ([a for a in kit if a.startswith("train.seed=")], peer[peer.index("--seed") + 1])
+
+    assert seeds(CVSettings(seed=3)) == (["train.seed=3"], "3")
+    assert seeds(CVSettings(seed=3, train_seed=7)) == (["train.seed=7"], "7")
+    parser = argparse.ArgumentParser()
+    cv_command.add_arguments(parser)
+    args = parser.parse_args(["--data", "x", "--out", "o", "--seed", "3", "--train-seed", "7"])
+    assert (args.seed, args.train_seed) == (3, 7)
+    assert parser.parse_args(["--data", "x", "--out", "o"]).train_seed is None
+
+
 def test_cv_tiny_run_on_real_samples(tmp_path, shared_sartorius, shared_livecell) -> None:
     """2 images, leave one out, kit (unet_tiny) and the plain reference, 1 step each."""
     from cellseg.cli import main

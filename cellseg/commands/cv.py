@@ -50,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           flag="--infer-config", dest="infer_set", set_flag="--infer-set")
     parser.add_argument("--tta", action="store_true", help="flip TTA for both methods")
     parser.add_argument("--threads", type=int, default=1, help="threads per training process")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="picks the folds and seeds every training (default 0)")
+    parser.add_argument("--train-seed", type=int, default=None, metavar="SEED",
+                        help="seed the trainings with this instead, on the folds of --seed: "
+                             "how much a score moves with the training seed alone")
     add_matching_arg(parser)
     parser.add_argument("--max-images", type=int, default=None,
                         help="use only the first N annotated images")
@@ -120,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     settings = CVSettings(config=args.config, overrides=tuple(args.overrides), steps=args.steps,
                           n_folds=n_folds, methods=methods, infer_config=args.infer_config,
                           infer_overrides=tuple(args.infer_set), tta=args.tta,
-                          threads=args.threads, seed=args.seed, resume=args.resume,
+                          threads=args.threads, seed=args.seed, train_seed=args.train_seed,
+                          resume=args.resume,
                           overlays=args.overlays, extra_train=tuple(args.extra_train),
                           report_only=args.report_only,
                           pseudo_images=tuple(args.pseudo_images),
