@@ -20,11 +20,14 @@ Three UNet maps separate touching cells (``UNET_CHANNELS``):
   as outline), divided by the instance's maximum, so every cell peaks at 1 whatever its size; where
   masks overlap the larger value wins. With ``centre="peak"`` (``CENTRES``) the channel is instead
   a Gaussian around the instance's deepest pixel (the first maximum of that distance in row-major
-  order), ``exp(-r^2 / 2s^2)`` with ``s = max(PEAK_SIGMA x max distance, 1)``, inside the
-  instance only. Why: a long thin cell (an astrocyte's process) has a medial ridge of normalised
-  distance ~1 along its whole length, so the distance map seeds it many times wherever a border
-  cuts the ridge, while a Gaussian seeds every cell once, at its thickest part; for a round cell
-  the two are alike (docs/competition.md, "One seed per cell").
+  order), ``exp(-r^2 / 2s^2)`` with ``s = max(PEAK_SIGMA x max distance, PEAK_SIGMA_MIN)``,
+  inside the instance only. Why: a long thin cell (an astrocyte's process) has a medial ridge of
+  normalised distance ~1 along its whole length, so the distance map seeds it many times
+  wherever a border cuts the ridge, while a Gaussian seeds every cell once, at its thickest part;
+  for a round cell the two are alike (docs/competition.md, "One seed per cell"). The 1 px floor
+  leaves a small cell's seed narrow (the decode seeds within 0.85 s of the peak), so the perfect
+  maps blurred by 1 px lose small cells; a 3 px floor keeps them there but trained models
+  scored lower with it on both competition folds (docs/competition.md, "A wider smallest seed").
 
 Why these definitions (``cellseg.models.unet_decode`` relies on them): with ``width=1`` a pixel of
 cell A that touches cell B is a border pixel, and so is its neighbour in B. Hence the *core*
@@ -61,6 +64,7 @@ from cellseg.core.masks import mask_boxes
 UNET_CHANNELS: tuple[str, ...] = ("cell", "border", "centre")
 CENTRES: tuple[str, ...] = ("distance", "peak")  # what the "centre" channel holds (docstring)
 PEAK_SIGMA = 0.5  # the peak Gaussian's width, in units of the instance's largest inner distance
+PEAK_SIGMA_MIN = 1.0  # ... and at least this many pixels (module docstring)
 MAX_INSTANCES = 65534  # ids live in uint16 layers; 0 is background
 
 
@@ -446,7 +450,7 @@ def _centre_from_pairs(idx: np.ndarray, ids: np.ndarray, shape: tuple[int, int],
         deepest = d == peak[ids]
         np.minimum.at(at, ids[deepest], idx[deepest])
         py, px = np.divmod(at, w)
-        sigma = np.maximum(PEAK_SIGMA * peak, 1.0)
+        sigma = np.maximum(PEAK_SIGMA * peak, PEAK_SIGMA_MIN)
         r2 = (ys - py[ids]) ** 2 + (xs - px[ids]) ** 2
         d = np.exp(-r2 / (2.0 * sigma[ids] ** 2)).astype(np.float32)
     else:
