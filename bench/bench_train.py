@@ -132,7 +132,7 @@ def main() -> None:
         print(f"\nunet_competition_cpu train step (batch {cfg.train.batch_size}x"
               f"{cfg.data.crop_size}px, channels_last, 1 thread); this CPU computes bfloat16 "
               f"natively: {'yes' if native_bfloat16('cpu') else 'no'}\n")
-        print("| precision | s/step | speed-up |")
+        print("| step | s/step | speed-up |")
         print("|---|---:|---:|")
         base = None
         # the last row: what halving the decoder's widths would buy (docs/competition.md, "A
